@@ -1,0 +1,142 @@
+"""The one narrow storage interface every layer above talks to.
+
+Implementations: memory.py (tests), sqlite.py + blobs.py (embedded default), PostgreSQL later.
+Nothing outside store/ may know which one runs, so this file speaks only in model types and the
+small dataclasses below. Every method is async: implementations keep blocking database and file
+calls off the event loop thread (DESIGN.md, Store).
+
+Durability contract: when `Spool.commit()`/`Store.deliver()` returns, the message bytes and their
+metadata are on stable storage (fsynced). That is the moment SMTP may say 250 (RFC 5321 §6.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from mailhouse.model import Account, Directory
+
+# Folders every account gets, with their RFC 6154 special-use attribute.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+class Outcome(Enum):
+    """Typed result of one recipient's delivery (as maddy's DeliveryTarget, Stalwart's Status)."""
+
+    DELIVERED = "delivered"
+    TEMPORARY = "temporary"  # try again later: 4xx
+    PERMANENT = "permanent"  # never: 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTarget:
+    account_id: int
+    mailbox: str = "INBOX"
+    flags: tuple[str, ...] = ()  # IMAP system flags (\Seen …) and keywords
+    internal_date: float | None = None  # seconds since the epoch; None means now
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    id: int
+    account_id: int
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highest_modseq: int
+    subscribed: bool
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    id: int
+    mailbox_id: int
+    uid: int
+    flags: frozenset[str]
+    internal_date: float
+    size: int
+    modseq: int
+    blob_id: str
+
+
+class Spool(Protocol):
+    """One incoming message's bytes on their way to disk. The transport streams DATA/BDAT into it
+    as it arrives, so a 50 MB message never sits whole in memory."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def write(self, data: bytes) -> None:
+        """Append bytes. May raise StorageFull or MailError (temporary)."""
+
+    async def abort(self) -> None:
+        """Throw the bytes away (transaction reset, connection lost, policy rejection)."""
+
+
+class Store(Protocol):
+    """Accounts, domains, aliases, mailboxes and messages."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema and reap what a crash left half-written."""
+
+    async def close(self) -> None: ...
+
+    # --- directory: who we receive mail for -------------------------------------------------
+    async def directory_serial(self) -> int:
+        """Changes whenever domains, accounts or aliases change (from any process)."""
+
+    async def directory(self) -> Directory: ...
+
+    async def add_domain(self, name: str) -> None:
+        """Idempotent. `name` is canonical (model.normalize_domain)."""
+
+    async def remove_domain(self, name: str) -> bool: ...
+
+    async def list_domains(self) -> list[str]: ...
+
+    async def add_account(self, address: str, password_hash: str) -> Account:
+        """Create the account and its DEFAULT_MAILBOXES. Raises KeyError if it exists."""
+
+    async def set_password(self, address: str, password_hash: str) -> bool: ...
+
+    async def remove_account(self, address: str) -> bool:
+        """Remove the account, its mailboxes and messages (blobs lose a reference)."""
+
+    async def get_account(self, address: str) -> Account | None: ...
+
+    async def list_accounts(self) -> list[Account]: ...
+
+    async def set_alias(self, alias: str, targets: Sequence[str]) -> None:
+        """`alias` is an address key or "@domain" (catch-all); targets are address keys."""
+
+    async def remove_alias(self, alias: str) -> bool: ...
+
+    async def list_aliases(self) -> dict[str, tuple[str, ...]]: ...
+
+    # --- messages --------------------------------------------------------------------------
+    def new_spool(self) -> Spool: ...
+
+    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget]) -> list[Outcome]:
+        """Store one message (one copy of the bytes) into every target mailbox, durably, in one
+        transaction shared with whatever else commits at the same moment (group commit). Returns
+        one Outcome per target, in order. The spool is consumed. Raises StorageFull / MailError
+        when nothing could be stored."""
+
+    async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...
+
+    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...
+
+    def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
+        """The stored bytes, in chunks."""
+        ...
