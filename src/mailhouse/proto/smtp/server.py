@@ -1,0 +1,533 @@
+"""The SMTP server core: bytes in, events out, replies as bytes (RFC 5321, 1870, 2920, 3030,
+3207, 6152, 6531, 2034). No sockets, no clock, no storage: the transport feeds `receive_data()`,
+pulls `next_event()`, answers decisions with `respond()`, and writes `data_to_send()`.
+
+PIPELINING (RFC 2920) falls out of the design: the core parses the next command only after the
+previous decision is answered, so replies keep their order and state never leaks between
+pipelined transactions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from mailhouse.errors import Reply
+from mailhouse.proto.smtp import events as ev
+from mailhouse.proto.smtp.data import BodyScanner, DotReader
+from mailhouse.proto.smtp.grammar import ParseError, parse_bdat, parse_path, split_command
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpServerConfig:
+    hostname: str
+    max_message_size: int = 52_428_800
+    max_recipients: int = 100
+    max_command_line: int = 512  # RFC 5321 §4.5.3.1.4
+    max_text_line: int = 1000  # RFC 5321 §4.5.3.1.6
+    max_errors: int = 20
+    max_received_headers: int = 50  # RFC 5321 §6.3 loop detection
+    tls_available: bool = True
+    banner_text: str = "ESMTP mailhouse"
+
+
+class State(Enum):
+    INIT = auto()  # greeted, no HELO/EHLO yet
+    READY = auto()  # HELO/EHLO done, no transaction
+    MAIL = auto()  # reverse-path accepted
+    RCPT = auto()  # at least one recipient accepted
+    DATA = auto()  # reading DATA content
+    CHUNK = auto()  # reading the octets of a BDAT chunk
+    BETWEEN_CHUNKS = auto()  # BDAT transaction open, waiting for the next BDAT
+    WAIT = auto()  # a decision event is out; nothing parsed until respond()
+    TLS = auto()  # STARTTLS accepted; waiting for the handshake
+    CLOSED = auto()
+
+
+_ANY = frozenset({State.INIT, State.READY, State.MAIL, State.RCPT, State.BETWEEN_CHUNKS})
+_SESSION = frozenset({State.READY, State.MAIL, State.RCPT, State.BETWEEN_CHUNKS})
+
+# The state table: in which states each verb may be used. Anything else is out of sequence.
+ALLOWED: dict[str, frozenset[State]] = {
+    "EHLO": _ANY,
+    "HELO": _ANY,
+    "MAIL": frozenset({State.READY}),
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.MAIL, State.RCPT}),
+    "BDAT": _ANY,  # always consumes its octets (RFC 3030 §2), then judged
+    "RSET": _ANY,
+    "NOOP": _ANY,
+    "QUIT": _ANY,
+    "HELP": _ANY,
+    "VRFY": _ANY,
+    "EXPN": _ANY,
+    "STARTTLS": frozenset({State.INIT, State.READY}),
+    "AUTH": _ANY,
+}
+
+OK = Reply(250, "2.0.0", "Ok")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
+UNKNOWN = Reply(500, "5.5.2", "Command not recognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")  # RFC 5321 §4.5.3.1.10
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")  # RFC 1870
+BARE_NEWLINE = Reply(521, "5.5.2", "Error: bare <CR> or <LF> received")
+LONG_TEXT_LINE = Reply(554, "5.6.0", "Message has a line longer than the limit")
+MAIL_LOOP = Reply(554, "5.4.6", "Too many Received headers: mail loop")
+TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+SHUTDOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+# A line with no LF this long is not a command any client sends: stop reading it.
+_DISCARD_LIMIT = 65536
+
+
+class SmtpServer:
+    """One SMTP session's protocol state."""
+
+    def __init__(self, config: SmtpServerConfig, *, tls_active: bool = False) -> None:
+        self.config = config
+        self.state = State.INIT
+        self.tls_active = tls_active
+        self.helo_name: str | None = None
+        self.esmtp = False
+        self.recipients = 0
+        self.errors = 0
+        self._buf = b""
+        self._out: list[bytes] = []
+        self._events: deque[ev.Event] = deque()
+        self._pending: ev.Event | None = None
+        self._discarding = 0  # bytes of an overlong command line thrown away so far
+        self._dot: DotReader | None = None
+        self._scanner: BodyScanner | None = None
+        self._aborted: Reply | None = None  # content arriving but to be refused
+        self._chunk_left = 0
+        self._chunk_last = False
+        self._chunk_error: Reply | None = None  # BDAT to consume and then refuse
+        self._transaction_mail: ev.MailFrom | None = None
+        self._reply(Reply(220, None, f"{config.hostname} {config.banner_text}"))
+
+    # --- transport-facing API ----------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        if self.state is not State.CLOSED and self.state is not State.TLS:
+            self._buf += data
+
+    def data_to_send(self) -> bytes:
+        out, self._out = b"".join(self._out), []
+        return out
+
+    def next_event(self) -> ev.Event:
+        while not self._events:
+            if self.state is State.CLOSED:
+                return ev.Closed()
+            if self.state in (State.WAIT, State.TLS) or not self._step():
+                return ev.NeedData()
+        return self._events.popleft()
+
+    def respond(self, reply: Reply) -> None:
+        """Answer the decision event last returned (MailFrom, RcptTo or DataComplete)."""
+        pending, self._pending = self._pending, None
+        if pending is None or self.state is not State.WAIT:
+            raise RuntimeError("respond() without a pending decision")
+        accepted = 200 <= reply.code < 300
+        if isinstance(pending, ev.MailFrom):
+            self.state = State.MAIL if accepted else State.READY
+            if not accepted:
+                self._transaction_mail = None
+        elif isinstance(pending, ev.RcptTo):
+            self.recipients += accepted
+            self.state = State.RCPT if self.recipients else State.MAIL
+        else:  # DataComplete: the transaction is over whatever the answer
+            self._reset_transaction(notify=False)
+            self.state = State.READY
+        self._reply(reply)
+        if reply.code == 421:
+            self._close()
+        elif not accepted and not isinstance(pending, ev.DataComplete):
+            self._count_error()
+
+    def tls_established(self) -> None:
+        """After the handshake: forget everything said before it (RFC 3207 §4.2)."""
+        self.tls_active = True
+        self.helo_name, self.esmtp = None, False
+        self._buf = b""
+        self.state = State.INIT
+
+    def timeout(self) -> None:
+        """The transport's idle or data timer ran out."""
+        if self.state is not State.CLOSED:
+            self._reply(TIMEOUT)
+            self._close()
+
+    def shutdown(self) -> bool:
+        """Ask to stop. False while a message is in flight: finish it, ask again later."""
+        if self.state in (State.DATA, State.CHUNK, State.WAIT):
+            return False
+        if self.state is not State.CLOSED:
+            self._reply(SHUTDOWN)
+            self._close()
+        return True
+
+    @property
+    def in_data(self) -> bool:
+        return self.state in (State.DATA, State.CHUNK)
+
+    @property
+    def smtputf8(self) -> bool:
+        pending = self._transaction_mail
+        return bool(pending and pending.smtputf8)
+
+    # --- internals ---------------------------------------------------------------------------
+    def _reply(self, reply: Reply) -> None:
+        self._out.append(reply.to_bytes())
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        self._buf = b""
+
+    def _emit(self, event: ev.Event) -> None:
+        self._events.append(event)
+
+    def _decide(self, event: ev.Event) -> None:
+        self._pending = event
+        self.state = State.WAIT
+        self._emit(event)
+
+    def _count_error(self) -> bool:
+        self.errors += 1
+        if self.errors >= self.config.max_errors:
+            self._reply(TOO_MANY_ERRORS)
+            self._close()
+            return True
+        return False
+
+    def _error(self, reply: Reply) -> None:
+        self._reply(reply)
+        self._count_error()
+
+    def _reset_transaction(self, *, notify: bool = True) -> None:
+        if notify and self.state in (State.MAIL, State.RCPT, State.BETWEEN_CHUNKS):
+            self._emit(ev.TransactionReset())
+        self.recipients = 0
+        self._transaction_mail = None
+        self._dot = self._scanner = None
+        self._aborted = None
+
+    def _step(self) -> bool:
+        """Make progress on the buffer; False when more bytes are needed."""
+        if self.state is State.DATA:
+            return self._step_data()
+        if self.state is State.CHUNK:
+            return self._step_chunk()
+        nl = self._buf.find(b"\n")
+        if self._discarding or nl < 0:
+            return self._step_overlong(nl)
+        line, self._buf = self._buf[: nl + 1], self._buf[nl + 1 :]
+        if len(line) > self.config.max_command_line:
+            self._error(LINE_TOO_LONG)
+            return True
+        if not line.endswith(b"\r\n"):
+            return self._bare_newline()
+        self._command(line[:-2])
+        return True
+
+    def _step_overlong(self, nl: int) -> bool:
+        if nl >= 0:  # the end of a line we have been throwing away
+            self._buf = self._buf[nl + 1 :]
+            self._discarding = 0
+            self._error(LINE_TOO_LONG)
+            return True
+        if len(self._buf) > self.config.max_command_line:
+            self._discarding += len(self._buf)
+            self._buf = b""
+            if self._discarding > _DISCARD_LIMIT:
+                self._reply(Reply(421, "4.7.0", "Line too long, closing connection"))
+                self._close()
+                return True
+        return False
+
+    def _bare_newline(self) -> bool:
+        # As Postfix's smtpd_forbid_bare_newline = yes: refuse and hang up, so a message can
+        # never be cut where another server would not cut it (SMTP smuggling).
+        if self._scanner is not None:
+            self._emit(ev.DataAborted(BARE_NEWLINE))
+        self._reply(BARE_NEWLINE)
+        self._close()
+        return True
+
+    # --- commands ----------------------------------------------------------------------------
+    def _command(self, raw: bytes) -> None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._error(Reply(500, "5.5.2", "Invalid UTF-8 in command"))
+            return
+        verb, args = split_command(line)
+        allowed = ALLOWED.get(verb)
+        if allowed is None:
+            self._error(UNKNOWN)
+            return
+        if self.state not in allowed:
+            self._out_of_sequence(verb)
+            return
+        handler = _HANDLERS[verb]
+        handler(self, args)
+
+    def _out_of_sequence(self, verb: str) -> None:
+        if self.state is State.INIT and verb in ("MAIL", "RCPT", "DATA"):
+            self._error(Reply(503, "5.5.1", "Send HELO/EHLO first"))
+        elif verb == "MAIL" and self.state in (State.MAIL, State.RCPT):
+            self._error(Reply(503, "5.5.1", "Nested MAIL command"))
+        elif verb == "RCPT":
+            self._error(Reply(503, "5.5.1", "Need MAIL command"))
+        elif verb == "STARTTLS":
+            text = "TLS already active" if self.tls_active else "STARTTLS not allowed now"
+            self._error(Reply(503, "5.5.1", text))
+        else:
+            self._error(BAD_SEQUENCE)
+
+    def _cmd_helo(self, args: str, *, extended: bool) -> None:
+        name = args.strip()
+        if not name or " " in name or not name.isprintable():
+            self._error(Reply(501, "5.5.4", "Syntax: EHLO hostname" if extended else
+                              "Syntax: HELO hostname"))
+            return
+        self._reset_transaction()
+        self.helo_name, self.esmtp, self.state = name, extended, State.READY
+        self._emit(ev.Helo(name, extended))
+        if not extended:
+            self._reply(Reply(250, None, self.config.hostname))
+            return
+        lines = [
+            self.config.hostname,
+            "PIPELINING",
+            f"SIZE {self.config.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ]
+        if self.config.tls_available and not self.tls_active:
+            lines.append("STARTTLS")
+        self._reply(Reply(250, None, "\n".join(lines)))
+
+    def _cmd_ehlo(self, args: str) -> None:
+        self._cmd_helo(args, extended=True)
+
+    def _cmd_helo_plain(self, args: str) -> None:
+        self._cmd_helo(args, extended=False)
+
+    def _cmd_mail(self, args: str) -> None:
+        try:
+            path = parse_path(args, "FROM:", allow_null=True, utf8=None if self.esmtp else False)
+        except ParseError as exc:
+            self._error(exc.reply)
+            return
+        params = path.params
+        if params and not self.esmtp:
+            self._error(Reply(555, "5.5.4", "Parameters need EHLO"))
+            return
+        size: int | None = None
+        body_8bit = False
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 18:
+                    self._error(Reply(501, "5.5.4", "Bad SIZE parameter"))
+                    return
+                size = int(value)
+                if size > self.config.max_message_size:
+                    self._error(TOO_BIG)
+                    return
+            elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
+                body_8bit = value.upper() == "8BITMIME"
+            elif key == "SMTPUTF8" and value is None:
+                pass
+            else:
+                self._error(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
+                return
+        event = ev.MailFrom(path.address, size, body_8bit, "SMTPUTF8" in params)
+        self._transaction_mail = event
+        self._decide(event)
+
+    def _cmd_rcpt(self, args: str) -> None:
+        try:
+            path = parse_path(args, "TO:", allow_null=False, utf8=self.smtputf8)
+        except ParseError as exc:
+            self._error(exc.reply)
+            return
+        if path.params:
+            self._error(Reply(555, "5.5.4", "Unsupported RCPT parameter"))
+            return
+        if self.recipients >= self.config.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452, and the recipients already accepted stay.
+            self._reply(TOO_MANY_RECIPIENTS)
+            return
+        self._decide(ev.RcptTo(path.address))
+
+    def _cmd_data(self, args: str) -> None:
+        if args.strip():
+            self._error(Reply(501, "5.5.4", "DATA takes no arguments"))
+            return
+        if self.state is not State.RCPT:
+            self._error(NO_VALID_RECIPIENTS)
+            return
+        self._reply(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        self._dot = DotReader(max_pending=max(self.config.max_text_line * 4, 65536))
+        self._scanner = BodyScanner(self.config.max_text_line)
+        self._aborted = None
+        self.state = State.DATA
+        self._emit(ev.DataStart())
+
+    def _step_data(self) -> bool:
+        assert self._dot is not None and self._scanner is not None
+        result = self._dot.take(self._buf)
+        if not result.consumed:
+            return False
+        self._buf = self._buf[result.consumed :]
+        if not self._content(result.content):
+            return True
+        if result.finished:
+            self._finish_content()
+        return True
+
+    def _content(self, data: bytes) -> bool:
+        """Check and pass on content. False when the session has been closed for it."""
+        scanner = self._scanner
+        assert scanner is not None
+        scanner.feed(data)
+        if scanner.bare_newline:
+            return not self._bare_newline()
+        if self._aborted is None and scanner.size > self.config.max_message_size:
+            self._aborted = TOO_BIG
+            self._emit(ev.DataAborted(TOO_BIG))
+        if self._aborted is None and data:
+            self._emit(ev.DataChunk(data))
+        return True
+
+    def _finish_content(self) -> None:
+        scanner = self._scanner
+        assert scanner is not None
+        refusal = self._aborted
+        if refusal is None and scanner.long_line:
+            refusal = LONG_TEXT_LINE
+        if refusal is None and scanner.received > self.config.max_received_headers:
+            refusal = MAIL_LOOP
+        if refusal is not None:
+            if self._aborted is None:
+                self._emit(ev.DataAborted(refusal))
+            self._reset_transaction(notify=False)
+            self.state = State.READY
+            self._error(refusal)
+            return
+        self._decide(ev.DataComplete(scanner.size, scanner.received))
+
+    def _cmd_bdat(self, args: str) -> None:
+        try:
+            size, last = parse_bdat(args)
+        except ParseError as exc:
+            # The size is unknown, so the octets cannot be skipped: the stream is lost.
+            self._reply(exc.reply)
+            self._close()
+            return
+        self._chunk_left, self._chunk_last, self._chunk_error = size, last, None
+        if self.state in (State.INIT, State.READY):
+            self._chunk_error = BAD_SEQUENCE
+        elif self.state is State.MAIL:
+            self._chunk_error = NO_VALID_RECIPIENTS
+        elif self._scanner is None:  # first chunk of the message (RFC 3030 §2)
+            self._scanner = BodyScanner(self.config.max_text_line)
+            self._emit(ev.DataStart())
+        self.state = State.CHUNK
+
+    def _step_chunk(self) -> bool:
+        if self._chunk_left:
+            if not self._buf:
+                return False
+            piece = self._buf[: self._chunk_left]
+            self._buf = self._buf[len(piece) :]
+            self._chunk_left -= len(piece)
+            if self._chunk_error is None and not self._content(piece):
+                return True
+            if self._chunk_left:
+                return True
+        error = self._chunk_error or self._aborted
+        if error is not None:
+            if self._chunk_error is None:  # the transaction failed (size): it is over
+                self._reset_transaction(notify=False)
+            self.state = State.READY if self.helo_name else State.INIT
+            if self._chunk_error is NO_VALID_RECIPIENTS:
+                self.state = State.MAIL
+            self._error(error)
+        elif self._chunk_last:
+            self._finish_content()
+        else:
+            assert self._scanner is not None
+            self.state = State.BETWEEN_CHUNKS
+            self._reply(Reply(250, "2.0.0", f"{self._scanner.size} octets received"))
+        return True
+
+    def _cmd_rset(self, args: str) -> None:
+        self._reset_transaction()
+        self.state = State.READY if self.helo_name else State.INIT
+        self._reply(OK)
+
+    def _cmd_noop(self, args: str) -> None:
+        self._reply(OK)
+
+    def _cmd_quit(self, args: str) -> None:
+        if self.state is State.BETWEEN_CHUNKS:
+            self._emit(ev.TransactionReset())
+        self._reply(Reply(221, "2.0.0", "Bye"))
+        self._close()
+
+    def _cmd_help(self, args: str) -> None:
+        self._reply(Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT "
+                                        "RSET NOOP VRFY HELP QUIT STARTTLS"))
+
+    def _cmd_vrfy(self, args: str) -> None:
+        if not args.strip():
+            self._error(Reply(501, "5.5.4", "Syntax: VRFY address"))
+            return
+        # RFC 5321 §3.5.3: 252 neither confirms nor denies, so addresses cannot be harvested.
+        self._reply(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+
+    def _cmd_expn(self, args: str) -> None:
+        self._error(Reply(502, "5.5.1", "EXPN not available"))
+
+    def _cmd_auth(self, args: str) -> None:
+        self._error(Reply(503, "5.5.1", "Authentication not enabled"))
+
+    def _cmd_starttls(self, args: str) -> None:
+        if args.strip():
+            self._error(Reply(501, "5.5.4", "Syntax: STARTTLS"))
+            return
+        if self.tls_active:
+            self._error(Reply(503, "5.5.1", "TLS already active"))
+            return
+        if not self.config.tls_available:
+            self._error(Reply(454, "4.7.0", "TLS not available"))
+            return
+        self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        # RFC 3207 §4.2 and CVE-2011-0411: whatever was pipelined after STARTTLS is discarded.
+        self._buf = b""
+        self.state = State.TLS
+        self._emit(ev.StartTls())
+
+
+_HANDLERS = {
+    "EHLO": SmtpServer._cmd_ehlo,
+    "HELO": SmtpServer._cmd_helo_plain,
+    "MAIL": SmtpServer._cmd_mail,
+    "RCPT": SmtpServer._cmd_rcpt,
+    "DATA": SmtpServer._cmd_data,
+    "BDAT": SmtpServer._cmd_bdat,
+    "RSET": SmtpServer._cmd_rset,
+    "NOOP": SmtpServer._cmd_noop,
+    "QUIT": SmtpServer._cmd_quit,
+    "HELP": SmtpServer._cmd_help,
+    "VRFY": SmtpServer._cmd_vrfy,
+    "EXPN": SmtpServer._cmd_expn,
+    "AUTH": SmtpServer._cmd_auth,
+    "STARTTLS": SmtpServer._cmd_starttls,
+}
