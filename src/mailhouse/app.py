@@ -1,0 +1,193 @@
+"""Builds the store, services and listeners from the config; starts and stops them.
+
+One process, one event loop (uvloop when installed) for all sockets; blocking database and file
+work runs in the store's threads (docs/decisions.md: how mailhouse uses the machine's cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from mailhouse.config import Config
+from mailhouse.errors import ConfigError
+from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
+from mailhouse.net.smtp import BUSY, SmtpTimeouts, serve_smtp
+from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.proto.smtp.server import SmtpServerConfig
+from mailhouse.service.accounts import Accounts
+from mailhouse.service.directory import DirectoryCache
+from mailhouse.service.inbound import InboundPolicy, InboundService
+from mailhouse.store import open_store
+from mailhouse.store.base import Store
+
+log = logging.getLogger("mailhouse")
+
+DEMO_DOMAIN = "mailhouse.test"
+DEMO_USER = f"demo@{DEMO_DOMAIN}"
+SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
+# Capabilities whose listeners exist in the config but are not built yet: never bound.
+NOT_BUILT = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store = open_store(config.data_dir)
+        self.directory = DirectoryCache(self.store)
+        self.tracker = ConnectionTracker(ConnectionLimits(
+            config.limits.max_connections, config.limits.max_connections_per_ip))
+        self.listeners: list[Listener] = []
+        self.demo_password: str | None = None
+
+    def tls_files(self) -> tuple[Path, Path]:
+        if self.config.tls.cert and self.config.tls.key:
+            return self.config.tls.cert, self.config.tls.key
+        return ensure_self_signed(self.config.data_dir / "tls", self.config.hostname)
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        cert, key = self.tls_files()
+        try:
+            tls = server_context(cert, key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"tls.cert/tls.key: cannot load the certificate: {exc}") from exc
+        await self.store.open()
+        if config.demo:
+            await self._ensure_demo()
+        await self.directory.start()
+        limits = config.limits
+        core = SmtpServerConfig(
+            hostname=config.hostname,
+            max_message_size=limits.max_message_size,
+            max_recipients=limits.max_recipients,
+            max_command_line=limits.max_command_line,
+            max_text_line=limits.max_text_line,
+            max_errors=limits.max_errors,
+            max_received_headers=config.smtp.max_received_headers,
+        )
+        inbound = InboundService(self.store, self.directory,
+                                 InboundPolicy(config.hostname, config.smtp.plus_separator))
+        timeouts = SmtpTimeouts(limits.idle_timeout, limits.data_timeout,
+                                limits.session_lifetime)
+        handler = functools.partial(serve_smtp, core_config=core, service=inbound,
+                                    tracker=self.tracker, tls_context=tls, timeouts=timeouts)
+        if config.listen_endpoints("smtp"):
+            self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), handler,
+                                           self.tracker, BUSY))
+        for kind in NOT_BUILT:
+            if config.listen_endpoints(kind):
+                log.info("event=listen.skipped service=%s reason=not_built_yet", kind)
+        for listener in self.listeners:
+            try:
+                await listener.start()
+            except OSError as exc:
+                raise ConfigError(f"listen.{listener.name}: cannot listen on "
+                                  f"{listener.endpoints}: {exc.strerror}") from exc
+        drop_privileges(config)
+
+    async def _ensure_demo(self) -> None:
+        """The try-it-now instance: a demo domain and user, password kept in data_dir."""
+        secret_file = self.config.data_dir / "demo-password"
+        accounts = Accounts(self.store)
+        await accounts.add_domain(DEMO_DOMAIN)
+        if await self.store.get_account(DEMO_USER) is None:
+            password = secrets.token_urlsafe(12)
+            await accounts.add_user(DEMO_USER, password)
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(password + "\n")
+        with contextlib.suppress(OSError):
+            self.demo_password = secret_file.read_text().strip()
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            await listener.stop_accepting()
+        await self.tracker.shutdown(SHUTDOWN_GRACE)
+        await self.directory.stop()
+        await self.store.close()
+
+    def banner(self) -> str:
+        lines = ["mailhouse is running."]
+        for listener in self.listeners:
+            for (host, _), port in zip(listener.endpoints, listener.bound_ports(), strict=False):
+                lines.append(f"  {listener.name:<11} {host}:{port}")
+        lines.append(f"  data        {self.config.data_dir}")
+        if self.config.demo:
+            lines.append(f"  demo domain {DEMO_DOMAIN}")
+            lines.append(f"  demo user   {DEMO_USER}  password: {self.demo_password}")
+            lines.append("  add a user: mailhouse user add alice@" + DEMO_DOMAIN)
+        return "\n".join(lines)
+
+
+def drop_privileges(config: Config) -> None:
+    """Started as root (to bind ports below 1024): hand data_dir to the service user and become
+    it. Refuses to go on as root."""
+    if os.geteuid() != 0 or not config.user or config.user == "root":
+        return
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(config.user)
+    except KeyError:
+        raise ConfigError(f"user: no system user {config.user!r}; create it (useradd --system "
+                          f"{config.user}) or set `user` to an existing one") from None
+    for root, dirs, files in os.walk(config.data_dir):
+        for name in [root, *(os.path.join(root, d) for d in dirs),
+                     *(os.path.join(root, f) for f in files)]:
+            os.chown(name, entry.pw_uid, entry.pw_gid)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("event=privileges.dropped user=%s", config.user)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+async def run(config: Config) -> None:
+    app = App(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await app.start()
+        print(app.banner(), file=sys.stderr, flush=True)
+        await stop.wait()
+        log.info("event=shutdown.begin")
+    finally:
+        await app.stop()
+        log.info("event=shutdown.done")
+
+
+def serve(config: Config) -> int:
+    """`mailhouse serve`: run in the foreground until SIGTERM/SIGINT."""
+    configure_logging(config.log.level)
+    for warning in config.warnings:
+        log.warning("event=config.warning %s", warning)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(run(config))
+    except ConfigError as exc:
+        print(f"mailhouse: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,187 @@
+"""Policy for mail arriving on the MX port: whom we accept mail for, and storing it durably.
+
+One `InboundSession` per SMTP connection answers the core's decisions. It never relays: a
+recipient outside our domains is refused at RCPT (554 5.7.1), authenticated or not.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from mailhouse.errors import MailError, Reply, StorageFull
+from mailhouse.model import Address, Envelope
+from mailhouse.pipeline.modifiers import protocol_keyword, trace_headers
+from mailhouse.pipeline.router import Route, resolve, resolve_postmaster
+from mailhouse.proto.smtp import events as ev
+from mailhouse.service.directory import DirectoryCache
+from mailhouse.store.base import DeliveryTarget, Outcome, Spool, Store
+
+log = logging.getLogger("mailhouse.smtp")
+
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+UNKNOWN_USER = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
+SENDER_OK = Reply(250, "2.1.0", "Ok")
+RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+
+_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+_counter = itertools.count()
+
+
+def new_queue_id() -> str:
+    """Short, unique, sortable id for logs and the Received header (like Postfix's)."""
+    n = (time.time_ns() // 1000) * 4096 + (next(_counter) % 4096) + os.getpid() % 7
+    out = []
+    while n:
+        n, r = divmod(n, len(_ALPHABET))
+        out.append(_ALPHABET[r])
+    return "".join(reversed(out))
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPolicy:
+    hostname: str
+    plus_separator: str = "+"
+
+
+class InboundService:
+    """Shared by every MX session: the store, the directory and the policy."""
+
+    def __init__(self, store: Store, directory: DirectoryCache, policy: InboundPolicy) -> None:
+        self.store = store
+        self.directory = directory
+        self.policy = policy
+
+    def session(self, peer: str) -> InboundSession:
+        return InboundSession(self, peer)
+
+
+class InboundSession:
+    def __init__(self, service: InboundService, peer: str) -> None:
+        self._service = service
+        self.peer = peer
+        self.helo = ""
+        self.esmtp = False
+        self.tls: str | None = None
+        self._mail: ev.MailFrom | None = None
+        self._recipients: list[Address] = []
+        self._accounts: list[int] = []
+        self._spool: Spool | None = None
+        self._failure: Reply | None = None  # a spool write failed: the reply for end of data
+        self._queue_id = ""
+
+    # --- decisions -------------------------------------------------------------------------
+    def on_helo(self, event: ev.Helo) -> None:
+        self.helo, self.esmtp = event.name, event.extended
+
+    async def mail_from(self, event: ev.MailFrom) -> Reply:
+        await self.reset()
+        self._mail = event
+        return SENDER_OK
+
+    async def rcpt_to(self, event: ev.RcptTo) -> Reply:
+        directory = self._service.directory.current
+        if event.recipient is None:
+            found = resolve_postmaster(directory)
+            recipient = Address("postmaster", min(directory.domains, default="invalid"))
+        else:
+            recipient = event.recipient
+            found = resolve(directory, recipient, self._service.policy.plus_separator)
+        if found.route is Route.NOT_OURS:
+            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=relay", self.peer,
+                     recipient)
+            return RELAY_DENIED
+        if found.route is Route.UNKNOWN_USER:
+            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=unknown", self.peer,
+                     recipient)
+            return UNKNOWN_USER
+        self._recipients.append(recipient)
+        for account in found.account_ids:
+            if account not in self._accounts:
+                self._accounts.append(account)
+        return RECIPIENT_OK
+
+    async def data_start(self) -> None:
+        assert self._mail is not None
+        self._queue_id = new_queue_id()
+        envelope = self.envelope()
+        self._failure = None
+        self._spool = self._service.store.new_spool()
+        await self.data_chunk(trace_headers(envelope, hostname=self._service.policy.hostname,
+                                            queue_id=self._queue_id))
+
+    async def data_chunk(self, data: bytes) -> None:
+        if self._spool is None:
+            return
+        try:
+            await self._spool.write(data)
+        except MailError as exc:
+            # Keep reading the client's data, then answer with this (452 when the disk is full).
+            log.warning("event=smtp.spool_failed peer=%s id=%s reply=%r", self.peer,
+                        self._queue_id, exc.reply.text)
+            self._failure = exc.reply
+            await self.reset()
+
+    async def data_complete(self, event: ev.DataComplete) -> Reply:
+        spool, self._spool = self._spool, None
+        sender = self._mail_sender()
+        if spool is None:
+            self._reset_envelope()
+            return self._failure or Reply(451, "4.3.0", "Temporary local problem, try again later")
+        targets = [DeliveryTarget(account) for account in self._accounts]
+        try:
+            outcomes = await self._service.store.deliver(spool, targets)
+        except StorageFull as exc:
+            log.warning("event=smtp.store_full peer=%s id=%s", self.peer, self._queue_id)
+            return exc.reply
+        except MailError as exc:
+            log.warning("event=smtp.store_failed peer=%s id=%s reply=%r", self.peer,
+                        self._queue_id, exc.reply.text)
+            return exc.reply
+        except Exception:
+            log.exception("event=smtp.store_failed peer=%s id=%s", self.peer, self._queue_id)
+            return Reply(451, "4.3.0", "Temporary local problem, try again later")
+        finally:
+            self._reset_envelope()
+        delivered = outcomes.count(Outcome.DELIVERED)
+        log.info("event=smtp.delivered peer=%s id=%s from=<%s> rcpts=%d copies=%d size=%d",
+                 self.peer, self._queue_id, sender, len(targets), delivered,
+                 event.size)
+        if delivered:
+            return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
+        if Outcome.TEMPORARY in outcomes:
+            return Reply(451, "4.3.0", "Temporary local problem, try again later")
+        return Reply(550, "5.1.1", "Recipient no longer exists")
+
+    async def reset(self) -> None:
+        """Transaction over without a delivery: drop the spooled bytes."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            await spool.abort()
+        self._reset_envelope()
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _reset_envelope(self) -> None:
+        self._mail = None
+        self._recipients, self._accounts = [], []
+
+    def _mail_sender(self) -> str:
+        return str(self._mail.sender) if self._mail and self._mail.sender else ""
+
+    def envelope(self) -> Envelope:
+        mail = self._mail
+        assert mail is not None
+        return Envelope(
+            sender=mail.sender,
+            recipients=tuple(self._recipients),
+            helo=self.helo,
+            peer=self.peer,
+            smtputf8=mail.smtputf8,
+            body_8bit=mail.body_8bit,
+            tls=self.tls,
+            protocol=protocol_keyword(esmtp=self.esmtp, tls=self.tls is not None,
+                                      authenticated=False, smtputf8=mail.smtputf8),
+        )

@@ -1,0 +1,86 @@
+"""The real server, in-process on loopback with kernel-chosen ports, driven by smtplib."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from mailhouse.app import App
+from mailhouse.config import Config, LimitsConfig, ListenConfig, config_from_table
+from mailhouse.service.accounts import Accounts, Passwords
+
+from argon2 import PasswordHasher
+
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@dataclass
+class Running:
+    app: App
+    loop: asyncio.AbstractEventLoop
+    smtp_port: int
+    data_dir: Path
+
+    def call(self, coro: object, timeout: float = 30) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def messages(self, address: str) -> list[bytes]:
+        """Every stored message of one account's INBOX, oldest first."""
+
+        async def read() -> list[bytes]:
+            store = self.app.store
+            account = await store.get_account(address)
+            assert account is not None
+            inbox = next(m for m in await store.list_mailboxes(account.id) if m.name == "INBOX")
+            out = []
+            for msg in await store.list_messages(inbox.id):
+                out.append(b"".join([chunk async for chunk in store.read_message(msg)]))
+            return out
+
+        return self.call(read())  # type: ignore[return-value]
+
+    def refresh_directory(self) -> None:
+        self.call(self.app.directory.refresh())
+
+
+def make_config(tmp_path: Path, **limits: object) -> Config:
+    base = config_from_table({"hostname": "mx.example.test", "data_dir": str(tmp_path / "data")},
+                             base_dir=tmp_path)
+    listen = replace(ListenConfig(), smtp=("127.0.0.1:0",), submission=(), submissions=(),
+                     imap=(), imaps=(), pop3=(), pop3s=())
+    return replace(base, user=None, listen=listen, limits=replace(LimitsConfig(), **limits))
+
+
+def start_server(config: Config) -> Iterator[Running]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    app = App(config)
+
+    async def setup() -> None:
+        await app.start()
+        accounts = Accounts(app.store, Passwords(CHEAP_HASHER))
+        await accounts.add_domain("example.test")
+        for user in ("alice", "bob"):
+            await accounts.add_user(f"{user}@example.test", "password-" + user)
+        await accounts.add_alias("team@example.test", ["alice@example.test", "bob@example.test"])
+        await app.directory.refresh()
+
+    asyncio.run_coroutine_threadsafe(setup(), loop).result(30)
+    port = app.listeners[0].bound_ports()[0]
+    try:
+        yield Running(app, loop, port, config.data_dir)
+    finally:
+        asyncio.run_coroutine_threadsafe(app.stop(), loop).result(60)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Running]:
+    yield from start_server(make_config(tmp_path))
