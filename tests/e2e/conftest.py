@@ -9,12 +9,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 
 from mailhouse.app import App
 from mailhouse.config import Config, LimitsConfig, ListenConfig, config_from_table
 from mailhouse.service.accounts import Accounts, Passwords
-
-from argon2 import PasswordHasher
 
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 

@@ -28,7 +28,6 @@ def test_deliver_one_message(server: Running) -> None:
         refused = smtp.sendmail("a@sender.test", ["alice@example.test"], MESSAGE)
         assert refused == {}
     [stored] = server.messages("alice@example.test")
-    head, _, body = stored.partition(b"\r\n\r\n")
     assert stored.startswith(b"Return-Path: <a@sender.test>\r\nReceived: from client.test ")
     assert b"by mx.example.test (mailhouse) with ESMTP id " in stored
     assert b"for <alice@example.test>;" in stored

@@ -127,6 +127,10 @@ class Listener:
             await self._handler(reader, writer, peer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # Cancelled by shutdown after the grace period. Nothing awaits this task, and
+            # re-raising only makes asyncio log a spurious error.
+            log.info("event=session.cancelled service=%s peer=%s", self.name, peer)
         except Exception:
             log.exception("event=session.crashed service=%s peer=%s", self.name, peer)
         finally:
