@@ -1,0 +1,343 @@
+"""Message bytes on disk: one file per message, written once, shared by every copy.
+
+Layout: `data_dir/blobs/<YYYYMMDD>/<32 hex digits>`; the blob id is the path below `blobs/`.
+Files go straight to their final, unique name (no temp file and rename) and all new files of a
+day share one directory, so a batch of deliveries needs ONE directory fsync to make every new
+directory entry durable (the maildir rule of fsyncing the directory, maildir(5), paid once per
+group commit rather than once per message). A file whose delivery never committed is an orphan:
+`reap_orphans()` removes it at the next open by comparing recent day directories with the
+metadata.
+
+Durability order for one delivery (security.md §1, RFC 5321 §6.1):
+  1. write + fsync the file (many in parallel, so ext4's journal merges their commits);
+  2. fsync the day directory (once per batch, by the group-commit writer);
+  3. commit the metadata rows (one WAL fsync per batch).
+Only after 3 may the caller hear "delivered".
+
+Everything here blocks: callers run it in a thread pool, never on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Literal
+
+from mailhouse.errors import MailError
+from mailhouse.store.failures import storage_error
+
+log = logging.getLogger("mailhouse.store.blobs")
+
+SPILL_AT = 256 * 1024  # a spool stays in memory up to this size, then goes to its file
+FLUSH_AT = 64 * 1024  # once spilled, writes are batched to this size per thread hop
+READ_CHUNK = 64 * 1024
+
+_DAY = re.compile(r"[0-9]{8}\Z")
+_NAME = re.compile(r"[0-9a-f]{32}\Z")
+_BLOB_ID = re.compile(r"([0-9]{8})/([0-9a-f]{32})\Z")
+_TEMP_SUFFIX = ".tmp"  # never written today; reaped in case a later release uses temp files
+
+
+def sync_dir(path: Path | str) -> None:
+    """fsync a directory so the entries created or removed in it survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | bytearray) -> None:
+    """os.write may write less than asked; loop until everything is written."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedBlob:
+    """A blob whose bytes are fsynced; its directory entry is not durable yet (see module doc)."""
+
+    blob_id: str
+    size: int
+
+    @property
+    def day(self) -> str:
+        return self.blob_id.partition("/")[0]
+
+
+class BlobFiles:
+    """The blob directory tree. Thread-safe; every method blocks."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "blobs"
+        self._lock = threading.Lock()
+        self._durable_days: set[str] = set()
+
+    def prepare(self) -> None:
+        """Create `blobs/` and make sure its own entry is durable before anything goes in it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        sync_dir(self.root.parent)
+        sync_dir(self.root)
+
+    @staticmethod
+    def new_id(now: float | None = None) -> str:
+        day = time.strftime("%Y%m%d", time.gmtime(now))
+        return f"{day}/{uuid.uuid4().hex}"
+
+    def path(self, blob_id: str) -> str:
+        """The file of a blob id. Ids come back from callers (MessageInfo is a plain dataclass),
+        so anything but the exact shape is refused: no path can escape `blobs/`."""
+        if not _BLOB_ID.match(blob_id):
+            raise KeyError(blob_id)
+        return os.path.join(self.root, blob_id)
+
+    def create(self, blob_id: str) -> int:
+        """Open a new blob file for writing. O_EXCL: an id is never written twice."""
+        self._ensure_day(blob_id.partition("/")[0])
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        return os.open(self.path(blob_id), flags, 0o600)
+
+    def _ensure_day(self, day: str) -> None:
+        """The day directory must exist and its entry in `blobs/` be durable before a blob in it
+        can be acknowledged; done once per day and process, under a lock so no other thread
+        uses the directory before the fsync."""
+        if day in self._durable_days:
+            return
+        with self._lock:
+            if day in self._durable_days:
+                return
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.root / day, 0o700)
+            sync_dir(self.root)
+            self._durable_days.add(day)
+
+    def sync_days(self, days: Iterable[str], *, missing_ok: bool = False) -> None:
+        for day in sorted(set(days)):
+            try:
+                sync_dir(self.root / day)
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+
+    def unlink(self, blob_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(blob_id))
+
+    def unlink_all(self, blob_ids: Iterable[str]) -> set[str]:
+        """Remove blobs; returns the day directories touched (to fsync if it matters)."""
+        days: set[str] = set()
+        for blob_id in blob_ids:
+            self.unlink(blob_id)
+            days.add(blob_id.partition("/")[0])
+        return days
+
+    def open_for_read(self, blob_id: str, chunk_size: int) -> tuple[int | None, bytes]:
+        """Open and read the first chunk in one thread hop; a small message needs no second one.
+        Returns the still-open fd when more may follow."""
+        try:
+            fd = os.open(self.path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KeyError(blob_id) from None
+        try:
+            data = os.pread(fd, chunk_size, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        if len(data) < chunk_size:
+            os.close(fd)
+            return None, data
+        return fd, data
+
+    def recent_days(self, count: int) -> list[str]:
+        """The newest `count` day directories, by name (not by today's date, so a wrong clock
+        at the previous run does not hide its leftovers)."""
+        try:
+            names = [n for n in os.listdir(self.root) if _DAY.match(n)]
+        except FileNotFoundError:
+            return []
+        return sorted(names)[-count:] if count > 0 else sorted(names)
+
+    def reap_orphans(self, days: Iterable[str], referenced: Callable[[str], set[str]]) -> int:
+        """Delete files in `days` that no committed row references, and temp files.
+
+        Only safe while no other process writes blobs (the caller holds the store's exclusive
+        lock): an in-flight delivery looks exactly like an orphan. Returns the count removed.
+        """
+        removed = 0
+        for day in days:
+            directory = self.root / day
+            keep = referenced(day)
+            gone = 0
+            for name in os.listdir(directory):
+                orphan = _NAME.match(name) and f"{day}/{name}" not in keep
+                if orphan or name.endswith(_TEMP_SUFFIX):
+                    try:
+                        os.unlink(directory / name)
+                        gone += 1
+                    except FileNotFoundError:
+                        pass
+            if gone:
+                sync_dir(directory)
+                removed += gone
+        if removed:
+            log.info("store.blobs.reaped count=%d", removed)
+        return removed
+
+
+async def read_chunks(
+    files: BlobFiles, executor: Executor, blob_id: str, chunk_size: int = READ_CHUNK
+) -> AsyncIterator[bytes]:
+    """A blob's bytes in chunks, each read in the pool. pread keeps no file offset, so abandoning
+    the iterator while a read is pending cannot disturb anything (the fd is closed here)."""
+    loop = asyncio.get_running_loop()
+    fd, data = await loop.run_in_executor(executor, files.open_for_read, blob_id, chunk_size)
+    try:
+        offset = len(data)
+        if data:
+            yield data
+        while fd is not None:
+            data = await loop.run_in_executor(executor, os.pread, fd, chunk_size, offset)
+            if not data:
+                break
+            offset += len(data)
+            yield data
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+_SpoolState = Literal["open", "sealing", "sealed", "aborted", "failed"]
+
+
+class FileSpool:
+    """Spool (base.py) for file-backed stores: memory first, then the blob's own file.
+
+    Most mail is small, so it stays in memory until `seal()` writes, fsyncs and closes it in one
+    thread hop. Past SPILL_AT the bytes go to the final blob file as they arrive, so a 50 MB
+    message never sits whole in memory. One task uses a spool at a time (the SMTP session that
+    owns it); calls are not meant to overlap.
+    """
+
+    def __init__(self, files: BlobFiles, executor: Executor, spill_at: int = SPILL_AT) -> None:
+        self.files = files
+        self._executor = executor
+        self._spill_at = spill_at
+        self._buffer = bytearray()
+        self._size = 0
+        self._fd: int | None = None
+        self._blob_id: str | None = None
+        self._state: _SpoolState = "open"
+        self._error: MailError | None = None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def spilled(self) -> bool:
+        return self._blob_id is not None
+
+    async def write(self, data: bytes) -> None:
+        self._check_open()
+        if not data:
+            return
+        self._buffer += data
+        self._size += len(data)
+        limit = self._spill_at if self._fd is None else FLUSH_AT
+        if len(self._buffer) >= limit:
+            chunk, self._buffer = self._buffer, bytearray()
+            await self._in_thread(partial(self._append_sync, chunk))
+
+    async def seal(self) -> SealedBlob:
+        """Write what is buffered, fsync and close: the bytes are on stable storage. After this
+        the file belongs to the delivery (and to the reaper if the delivery never commits)."""
+        self._check_open()
+        self._state = "sealing"
+        chunk, self._buffer = self._buffer, bytearray()
+        await self._in_thread(partial(self._seal_sync, chunk))
+        self._state = "sealed"
+        assert self._blob_id is not None
+        return SealedBlob(self._blob_id, self._size)
+
+    async def abort(self) -> None:
+        if self._state in ("sealed", "aborted"):
+            return
+        self._state = "aborted"
+        self._buffer = bytearray()
+        if self._blob_id is not None:
+            await self._in_thread(self._discard_sync)
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._state != "open":
+            raise RuntimeError(f"spool is {self._state}")
+
+    async def _in_thread(self, job: Callable[[], None]) -> None:
+        future: Future[None] = self._executor.submit(job)
+        try:
+            await asyncio.wrap_future(future)
+        except MailError as exc:
+            self._state, self._error = "failed", exc
+            raise
+        except asyncio.CancelledError:
+            # The thread may still be writing: remove the file once it is done with it.
+            self._state = "failed"
+            future.add_done_callback(lambda _: self._discard_soon())
+            raise
+
+    def _discard_soon(self) -> None:
+        try:
+            self._executor.submit(self._discard_sync)
+        except RuntimeError:  # pool already shut down: the store is closing
+            self._discard_sync()
+
+    def _open_file(self) -> int:
+        if self._fd is None:
+            if self._blob_id is None:
+                self._blob_id = self.files.new_id()
+            self._fd = self.files.create(self._blob_id)
+        return self._fd
+
+    def _append_sync(self, chunk: bytearray) -> None:
+        try:
+            write_all(self._open_file(), chunk)
+        except OSError as exc:
+            self._discard_sync()
+            raise storage_error(exc) from exc
+
+    def _seal_sync(self, chunk: bytearray) -> None:
+        try:
+            fd = self._open_file()
+            if chunk:
+                write_all(fd, chunk)
+            os.fsync(fd)
+            self._fd = None
+            os.close(fd)  # close can report a deferred write error too
+        except OSError as exc:
+            self._discard_sync()
+            raise storage_error(exc) from exc
+
+    def _discard_sync(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._blob_id is not None:
+            try:
+                self.files.unlink(self._blob_id)
+            except OSError:  # the reaper gets it at the next open
+                log.warning("store.blobs.unlink_failed", exc_info=True)

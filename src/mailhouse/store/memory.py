@@ -1,0 +1,298 @@
+"""The Store interface in memory, for fast tests of the layers above.
+
+It keeps every rule a client can observe (UIDs, MODSEQs, UIDVALIDITY, refcounted blobs, outcomes,
+directory serial) and nothing about durability: contents vanish with the object. Every method
+finishes without awaiting anything in between, so under asyncio each is atomic, as a transaction
+would be.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from mailhouse.model import Account, Directory
+from mailhouse.store.base import (
+    DEFAULT_MAILBOXES,
+    DeliveryTarget,
+    MailboxInfo,
+    MessageInfo,
+    Outcome,
+    Spool,
+)
+from mailhouse.store.blobs import READ_CHUNK
+from mailhouse.store.rules import (
+    canonical_mailbox_name,
+    check_address_key,
+    check_alias_key,
+    check_flags,
+    next_uidvalidity,
+)
+
+
+class MemorySpool:
+    """Spool (base.py) that only buffers."""
+
+    def __init__(self, owner: MemoryStore) -> None:
+        self.owner = owner
+        self._data = bytearray()
+        self._size = 0
+        self._state = "open"
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far, like FileSpool (unchanged by abort)."""
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        self._check_open()
+        self._data += data
+        self._size += len(data)
+
+    async def abort(self) -> None:
+        if self._state == "open":
+            self._state = "aborted"
+            self._data = bytearray()
+
+    def take(self) -> bytes:
+        self._check_open()
+        self._state = "sealed"
+        data, self._data = bytes(self._data), bytearray()
+        return data
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"spool is {self._state}")
+
+
+@dataclass(slots=True)
+class _Blob:
+    data: bytes
+    refcount: int
+
+
+@dataclass(slots=True)
+class _Mailbox:
+    info: MailboxInfo
+    messages: dict[int, MessageInfo] = field(default_factory=dict)  # uid -> message, ascending
+
+
+class MemoryStore:
+    """Store (base.py) in memory. `open()` and `close()` only mark the lifecycle."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._serial = 0
+        self._last_uidvalidity = 0
+        self._domains: set[str] = set()
+        self._accounts: dict[str, Account] = {}
+        self._aliases: dict[str, tuple[str, ...]] = {}
+        self._mailboxes: dict[int, _Mailbox] = {}
+        self._blobs: dict[str, _Blob] = {}
+        self._ids = itertools.count(1)  # one sequence for every id: never reused
+
+    async def open(self) -> None:
+        if self._open:
+            raise RuntimeError("store is already open")
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("store is not open")
+
+    def _changed(self) -> None:
+        self._serial += 1
+
+    # --- directory ------------------------------------------------------------------------------
+    async def directory_serial(self) -> int:
+        self._check_open()
+        return self._serial
+
+    async def directory(self) -> Directory:
+        self._check_open()
+        return Directory(
+            serial=self._serial,
+            domains=frozenset(self._domains),
+            users={a.address: a.id for a in self._accounts.values()},
+            aliases=dict(sorted(self._aliases.items())),
+        )
+
+    async def add_domain(self, name: str) -> None:
+        self._check_open()
+        if name not in self._domains:
+            self._domains.add(name)
+            self._changed()
+
+    async def remove_domain(self, name: str) -> bool:
+        self._check_open()
+        if name not in self._domains:
+            return False
+        self._domains.discard(name)
+        self._changed()
+        return True
+
+    async def list_domains(self) -> list[str]:
+        self._check_open()
+        return sorted(self._domains)
+
+    async def add_account(self, address: str, password_hash: str) -> Account:
+        self._check_open()
+        check_address_key(address)
+        if address in self._accounts:
+            raise KeyError(address)
+        account = Account(next(self._ids), address, password_hash)
+        self._accounts[address] = account
+        now = time.time()
+        for name, special_use in DEFAULT_MAILBOXES:
+            self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity, now)
+            mailbox_id = next(self._ids)
+            info = MailboxInfo(
+                id=mailbox_id,
+                account_id=account.id,
+                name=name,
+                special_use=special_use,
+                uidvalidity=self._last_uidvalidity,
+                uidnext=1,
+                highest_modseq=0,
+                subscribed=True,
+                message_count=0,
+            )
+            self._mailboxes[mailbox_id] = _Mailbox(info)
+        self._changed()
+        return account
+
+    async def set_password(self, address: str, password_hash: str) -> bool:
+        self._check_open()
+        account = self._accounts.get(address)
+        if account is None:
+            return False
+        self._accounts[address] = replace(account, password_hash=password_hash)
+        self._changed()
+        return True
+
+    async def remove_account(self, address: str) -> bool:
+        self._check_open()
+        account = self._accounts.pop(address, None)
+        if account is None:
+            return False
+        for mailbox_id in [
+            m.info.id for m in self._mailboxes.values() if m.info.account_id == account.id
+        ]:
+            for message in self._mailboxes.pop(mailbox_id).messages.values():
+                self._release(message.blob_id)
+        self._changed()
+        return True
+
+    async def get_account(self, address: str) -> Account | None:
+        self._check_open()
+        return self._accounts.get(address)
+
+    async def list_accounts(self) -> list[Account]:
+        self._check_open()
+        return [self._accounts[a] for a in sorted(self._accounts)]
+
+    async def set_alias(self, alias: str, targets: Sequence[str]) -> None:
+        self._check_open()
+        check_alias_key(alias)
+        if not targets:
+            raise ValueError("an alias needs at least one target")
+        for target in targets:
+            check_address_key(target)
+        self._aliases[alias] = tuple(targets)
+        self._changed()
+
+    async def remove_alias(self, alias: str) -> bool:
+        self._check_open()
+        if self._aliases.pop(alias, None) is None:
+            return False
+        self._changed()
+        return True
+
+    async def list_aliases(self) -> dict[str, tuple[str, ...]]:
+        self._check_open()
+        return dict(sorted(self._aliases.items()))
+
+    # --- messages -------------------------------------------------------------------------------
+    def new_spool(self) -> MemorySpool:
+        self._check_open()
+        return MemorySpool(self)
+
+    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget]) -> list[Outcome]:
+        self._check_open()
+        if not isinstance(spool, MemorySpool) or spool.owner is not self:
+            raise TypeError("spool does not belong to this store")
+        try:
+            flags = [check_flags(t.flags) for t in targets]
+        except ValueError:
+            await spool.abort()
+            raise
+        data = spool.take()
+        blob_id = uuid.uuid4().hex
+        now = time.time()
+        outcomes: list[Outcome] = []
+        for target, target_flags in zip(targets, flags, strict=True):
+            mailbox = self._find_mailbox(target.account_id, target.mailbox)
+            if mailbox is None:
+                outcomes.append(Outcome.PERMANENT)
+                continue
+            info = mailbox.info
+            uid, modseq = info.uidnext, info.highest_modseq + 1
+            mailbox.info = replace(
+                info,
+                uidnext=uid + 1,
+                highest_modseq=modseq,
+                message_count=info.message_count + 1,
+            )
+            mailbox.messages[uid] = MessageInfo(
+                id=next(self._ids),
+                mailbox_id=info.id,
+                uid=uid,
+                flags=target_flags,
+                internal_date=now if target.internal_date is None else target.internal_date,
+                size=len(data),
+                modseq=modseq,
+                blob_id=blob_id,
+            )
+            outcomes.append(Outcome.DELIVERED)
+        references = outcomes.count(Outcome.DELIVERED)
+        if references:
+            self._blobs[blob_id] = _Blob(data, references)
+        return outcomes
+
+    def _find_mailbox(self, account_id: int, name: str) -> _Mailbox | None:
+        name = canonical_mailbox_name(name)
+        for mailbox in self._mailboxes.values():
+            if mailbox.info.account_id == account_id and mailbox.info.name == name:
+                return mailbox
+        return None
+
+    def _release(self, blob_id: str) -> None:
+        blob = self._blobs[blob_id]
+        blob.refcount -= 1
+        if blob.refcount <= 0:
+            del self._blobs[blob_id]
+
+    async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
+        self._check_open()
+        return [m.info for m in self._mailboxes.values() if m.info.account_id == account_id]
+
+    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        return [] if mailbox is None else list(mailbox.messages.values())
+
+    async def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
+        """Raises KeyError if the blob does not exist, as the embedded store does."""
+        self._check_open()
+        blob = self._blobs.get(message.blob_id)
+        if blob is None:
+            raise KeyError(message.blob_id)
+        data = blob.data
+        for start in range(0, len(data), READ_CHUNK):
+            yield data[start : start + READ_CHUNK]

@@ -1,0 +1,145 @@
+"""The SQLite schema and its migrations.
+
+`PRAGMA user_version` holds the schema version. Each release appends steps to MIGRATIONS and never
+edits a released one, so any older database upgrades step by step; a database newer than this
+release is refused rather than misread (queue and store formats must survive upgrades:
+Stalwart issues #1853, #1858, #2283; security.md checklist item 37).
+
+Design notes for version 1:
+- Counters a client sees (UIDNEXT, HIGHESTMODSEQ, message count) live on the mailbox row, so a
+  delivery updates one row per target and reads it back with RETURNING (RFC 9051 §2.3.1.1,
+  RFC 7162 §3.1).
+- AUTOINCREMENT on accounts, mailboxes and messages: ids are held by sessions and snapshots and
+  must never be reused for something else after a deletion.
+- blob refcounts replace a foreign key on messages.blob_id, which would need an index costing
+  every delivery a write; rows at refcount 0 are garbage whose files are still to be unlinked.
+- `expunged` keeps (uid, modseq) of removed messages for QRESYNC VANISHED (RFC 7162 §3.2.10).
+- `meta` holds the directory serial, read by other processes (the CLI edits while the server
+  runs), and the last UIDVALIDITY handed out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from mailhouse.errors import ConfigError
+
+_V1 = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (key, value) VALUES ('directory_serial', 0), ('last_uidvalidity', 0);
+
+CREATE TABLE domains (
+    name TEXT PRIMARY KEY
+) WITHOUT ROWID;
+
+CREATE TABLE accounts (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    address       TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL
+);
+
+CREATE TABLE aliases (
+    alias   TEXT PRIMARY KEY,
+    targets TEXT NOT NULL  -- JSON array of address keys, in order
+) WITHOUT ROWID;
+
+CREATE TABLE mailboxes (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id     INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    name           TEXT NOT NULL,
+    special_use    TEXT,
+    uidvalidity    INTEGER NOT NULL CHECK (uidvalidity BETWEEN 1 AND 4294967295),
+    uidnext        INTEGER NOT NULL DEFAULT 1,
+    highest_modseq INTEGER NOT NULL DEFAULT 0,
+    subscribed     INTEGER NOT NULL DEFAULT 1,
+    message_count  INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (account_id, name)
+);
+
+CREATE TABLE blobs (
+    id       TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    refcount INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX blobs_garbage ON blobs (refcount) WHERE refcount <= 0;
+
+CREATE TABLE messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    mailbox_id    INTEGER NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
+    uid           INTEGER NOT NULL,
+    modseq        INTEGER NOT NULL,
+    flags         TEXT NOT NULL DEFAULT '',  -- space-separated, sorted
+    internal_date REAL NOT NULL,
+    size          INTEGER NOT NULL,
+    blob_id       TEXT NOT NULL,
+    UNIQUE (mailbox_id, uid)
+);
+
+CREATE TABLE expunged (
+    mailbox_id INTEGER NOT NULL REFERENCES mailboxes (id) ON DELETE CASCADE,
+    uid        INTEGER NOT NULL,
+    modseq     INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
+"""
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+# MIGRATIONS[i] upgrades version i to version i + 1. Append only.
+MIGRATIONS: list[Migration] = [_V1]
+
+
+def latest_version() -> int:
+    return len(MIGRATIONS)
+
+
+def statements(script: str) -> list[str]:
+    """Split a script into statements. executescript() would COMMIT the surrounding transaction,
+    and a migration must be all-or-nothing together with its user_version bump."""
+    result: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            result.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement: {pending.strip()[:60]!r}")
+    return result
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to latest_version(); returns the version found before.
+
+    Runs under BEGIN IMMEDIATE and reads the version inside the transaction, so two processes
+    opening one fresh database at once cannot both run a step. `conn` must be in autocommit mode
+    (isolation_level=None).
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        target = latest_version()
+        if found > target:
+            raise ConfigError(
+                f"the database schema is version {found}, newer than this release of mailhouse "
+                f"understands ({target}); run the newer release or restore a backup"
+            )
+        for version in range(found, target):
+            step = MIGRATIONS[version]
+            if isinstance(step, str):
+                for statement in statements(step):
+                    conn.execute(statement)
+            else:
+                step(conn)
+            conn.execute(f"PRAGMA user_version = {version + 1:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found

@@ -1,0 +1,528 @@
+"""The embedded store: SQLite in WAL mode for metadata, one fsynced file per message for the bytes.
+
+Threads, and why:
+- one writer thread owns the only write connection and commits in groups (sqlite_writer.py);
+- a blob pool of many threads writes and fsyncs message files in parallel, so ext4 merges their
+  journal commits (20 parallel fsyncs cost about as much as one);
+- a small read pool, one read connection per thread: WAL readers never block the writer.
+The event loop thread never touches SQLite or a file.
+
+Several processes may open one data directory (the CLI edits accounts while the server runs):
+SQLite serializes writers (`busy_timeout`, `BEGIN IMMEDIATE`) and a flock on `store.lock` makes
+sure orphan blobs are only reaped when no other process can have a delivery in flight.
+
+Import this module only through `mailhouse.store.open_store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mailhouse.model import Account, Directory
+from mailhouse.store import schema
+from mailhouse.store.base import (
+    DEFAULT_MAILBOXES,
+    DeliveryTarget,
+    MailboxInfo,
+    MessageInfo,
+    Outcome,
+    Spool,
+)
+from mailhouse.store.blobs import SPILL_AT, BlobFiles, FileSpool, SealedBlob, read_chunks
+from mailhouse.store.failures import storage_error
+from mailhouse.store.rules import (
+    canonical_mailbox_name,
+    check_address_key,
+    check_alias_key,
+    check_flags,
+    decode_flags,
+    encode_flags,
+    next_uidvalidity,
+)
+from mailhouse.store.sqlite_writer import GroupCommitWriter, WriterStats
+
+log = logging.getLogger("mailhouse.store.sqlite")
+
+T = TypeVar("T")
+
+DB_NAME = "mailhouse.db"
+LOCK_NAME = "store.lock"
+
+
+class SqliteStore:
+    """Store (base.py) on SQLite WAL + blob files. Open with `await open()`, end with `close()`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        busy_timeout: float = 10.0,
+        blob_threads: int = 32,
+        read_threads: int = 4,
+        spill_at: int = SPILL_AT,
+        reap_days: int = 2,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self._db_path = self.data_dir / DB_NAME
+        self._files = BlobFiles(self.data_dir)
+        self._busy_timeout = busy_timeout
+        self._blob_threads = blob_threads
+        self._read_threads = read_threads
+        self._spill_at = spill_at
+        self._reap_days = reap_days
+        self._conn: sqlite3.Connection | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._blob_pool: ThreadPoolExecutor | None = None
+        self._read_pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    @property
+    def writer_stats(self) -> WriterStats:
+        """Batches and jobs committed so far: how well group commit is grouping."""
+        return self._open_writer().stats
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._writer is not None:
+            raise RuntimeError("store is already open")
+        await asyncio.to_thread(self._open_sync)
+
+    def _open_sync(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._files.prepare()
+        lock_fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        conn: sqlite3.Connection | None = None
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            conn = self._connect(writer=True)
+            schema.migrate(conn)
+            if alone:  # no other process can have a delivery in flight: clean up after crashes
+                self._collect_garbage(conn)
+                days = self._files.recent_days(self._reap_days)
+                self._files.reap_orphans(days, partial(_referenced_in_day, conn))
+            fcntl.flock(lock_fd, fcntl.LOCK_SH)  # others may now open, but not reap
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            raise
+        self._lock_fd = lock_fd
+        self._conn = conn
+        self._blob_pool = ThreadPoolExecutor(self._blob_threads, "mailhouse-store-blob")
+        self._read_pool = ThreadPoolExecutor(self._read_threads, "mailhouse-store-read")
+        self._writer = GroupCommitWriter(conn, self._files.sync_days)
+        self._writer.start()
+
+    async def close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.to_thread(self._close_sync, writer)
+
+    def _close_sync(self, writer: GroupCommitWriter) -> None:
+        writer.stop()
+        for pool in (self._blob_pool, self._read_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in [*readers, self._conn]:
+            if conn is not None:
+                conn.close()
+        self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _connect(self, *, writer: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._db_path,
+            timeout=self._busy_timeout,  # busy handler: the CLI and the server both write
+            isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
+            check_same_thread=False,  # opened on one thread, used by exactly one other
+            cached_statements=256,
+        )
+        try:
+            if writer:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA synchronous = FULL")  # WAL fsynced at every commit
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -16384")  # KiB
+            conn.execute("PRAGMA temp_store = MEMORY")
+            if not writer:
+                conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_writer(self) -> GroupCommitWriter:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._writer
+
+    def _open_pool(self) -> ThreadPoolExecutor:
+        if self._blob_pool is None or self._writer is None:
+            raise RuntimeError("store is not open")
+        return self._blob_pool
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], T], **kw: Any) -> T:
+        return await self._open_writer().run(apply, **kw)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._read_pool is None or self._writer is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, self._read_sync, query)
+
+    def _read_sync(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = self._connect(writer=False)
+                self._local.conn = conn
+                with self._readers_lock:
+                    self._readers.append(conn)
+            return query(conn)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from exc
+
+    # --- directory ------------------------------------------------------------------------------
+    async def directory_serial(self) -> int:
+        return await self._read(_serial)
+
+    async def directory(self) -> Directory:
+        return await self._read(_directory)
+
+    async def add_domain(self, name: str) -> None:
+        await self._write(partial(_add_domain, name=name))
+
+    async def remove_domain(self, name: str) -> bool:
+        return await self._write(partial(_remove_domain, name=name))
+
+    async def list_domains(self) -> list[str]:
+        return await self._read(_list_domains)
+
+    async def add_account(self, address: str, password_hash: str) -> Account:
+        check_address_key(address)
+        apply = partial(_add_account, address=address, password_hash=password_hash)
+        return await self._write(apply)
+
+    async def set_password(self, address: str, password_hash: str) -> bool:
+        apply = partial(_set_password, address=address, password_hash=password_hash)
+        return await self._write(apply)
+
+    async def remove_account(self, address: str) -> bool:
+        apply = partial(_remove_account, address=address)
+        return await self._write(apply, after_commit=self._garbage_after_commit)
+
+    async def get_account(self, address: str) -> Account | None:
+        return await self._read(partial(_get_account, address=address))
+
+    async def list_accounts(self) -> list[Account]:
+        return await self._read(_list_accounts)
+
+    async def set_alias(self, alias: str, targets: Sequence[str]) -> None:
+        check_alias_key(alias)
+        if not targets:
+            raise ValueError("an alias needs at least one target")
+        for target in targets:
+            check_address_key(target)
+        await self._write(partial(_set_alias, alias=alias, targets=tuple(targets)))
+
+    async def remove_alias(self, alias: str) -> bool:
+        return await self._write(partial(_remove_alias, alias=alias))
+
+    async def list_aliases(self) -> dict[str, tuple[str, ...]]:
+        return await self._read(_list_aliases)
+
+    # --- messages -------------------------------------------------------------------------------
+    def new_spool(self) -> FileSpool:
+        return FileSpool(self._files, self._open_pool(), self._spill_at)
+
+    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget]) -> list[Outcome]:
+        """See base.Store.deliver. Per target: DELIVERED, or PERMANENT when the account or the
+        mailbox does not exist (the service may retry INBOX). Raises StorageFull / MailError when
+        nothing was stored; then no row exists and the blob file is gone (or left to the reaper
+        if the commit's fate is unknown)."""
+        if not isinstance(spool, FileSpool) or spool.files is not self._files:
+            raise TypeError("spool does not belong to this store")
+        writer = self._open_writer()
+        try:
+            now = time.time()
+            rows = [
+                (
+                    t.account_id,
+                    canonical_mailbox_name(t.mailbox),
+                    encode_flags(check_flags(t.flags)),
+                    now if t.internal_date is None else t.internal_date,
+                )
+                for t in targets
+            ]
+        except ValueError:
+            await spool.abort()
+            raise
+        if not rows:
+            await spool.abort()
+            return []
+        blob = await spool.seal()
+        outcomes = await writer.run(
+            partial(_deliver, blob=blob, targets=rows),
+            sync_days=frozenset({blob.day}),
+            on_failure=partial(self._forget_blob, blob.blob_id),
+        )
+        if Outcome.DELIVERED not in outcomes:  # no row points at the file
+            await asyncio.get_running_loop().run_in_executor(
+                self._open_pool(), partial(self._forget_blob, blob.blob_id, False)
+            )
+        return outcomes
+
+    def _forget_blob(self, blob_id: str, maybe_committed: bool) -> None:
+        if maybe_committed:
+            return  # a row may point at it; the reaper decides at the next open
+        try:
+            self._files.unlink(blob_id)
+        except OSError:
+            log.warning("store.blob_unlink_failed blob=%s", blob_id, exc_info=True)
+
+    async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
+        return await self._read(partial(_list_mailboxes, account_id=account_id))
+
+    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        return await self._read(partial(_list_messages, mailbox_id=mailbox_id))
+
+    def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
+        """Raises KeyError (when iterated) if the blob does not exist."""
+        return read_chunks(self._files, self._open_pool(), message.blob_id)
+
+    # --- garbage --------------------------------------------------------------------------------
+    def _garbage_after_commit(self) -> None:
+        assert self._conn is not None
+        self._collect_garbage(self._conn)
+
+    def _collect_garbage(self, conn: sqlite3.Connection) -> None:
+        """Unlink blobs nobody references any more, then forget their rows. The unlinks are made
+        durable first: otherwise a crash could bring back a file whose row is gone, in an old day
+        directory the reaper never scans."""
+        ids = [row[0] for row in conn.execute("SELECT id FROM blobs WHERE refcount <= 0")]
+        if not ids:
+            return
+        days = self._files.unlink_all(ids)
+        self._files.sync_days(days, missing_ok=True)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "DELETE FROM blobs WHERE id = ? AND refcount <= 0", [(i,) for i in ids]
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+# --- statements: reads (any read connection) ---------------------------------------------------
+def _serial(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'directory_serial'").fetchone()
+    return int(row[0])
+
+
+def _directory(conn: sqlite3.Connection) -> Directory:
+    conn.execute("BEGIN")  # one snapshot for all four queries
+    try:
+        return Directory(
+            serial=_serial(conn),
+            domains=frozenset(row[0] for row in conn.execute("SELECT name FROM domains")),
+            users={row[0]: row[1] for row in conn.execute("SELECT address, id FROM accounts")},
+            aliases=_list_aliases(conn),
+        )
+    finally:
+        conn.execute("COMMIT")
+
+
+def _list_domains(conn: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT name FROM domains ORDER BY name")]
+
+
+def _get_account(conn: sqlite3.Connection, address: str) -> Account | None:
+    row = conn.execute(
+        "SELECT id, address, password_hash FROM accounts WHERE address = ?", (address,)
+    ).fetchone()
+    return Account(*row) if row else None
+
+
+def _list_accounts(conn: sqlite3.Connection) -> list[Account]:
+    query = "SELECT id, address, password_hash FROM accounts ORDER BY address"
+    return [Account(*row) for row in conn.execute(query)]
+
+
+def _list_aliases(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    query = "SELECT alias, targets FROM aliases ORDER BY alias"
+    return {row[0]: tuple(json.loads(row[1])) for row in conn.execute(query)}
+
+
+def _list_mailboxes(conn: sqlite3.Connection, account_id: int) -> list[MailboxInfo]:
+    query = (
+        "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq,"
+        " subscribed, message_count FROM mailboxes WHERE account_id = ? ORDER BY id"
+    )
+    return [
+        MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
+        for r in conn.execute(query, (account_id,))
+    ]
+
+
+def _list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
+    query = (
+        "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id"
+        " FROM messages WHERE mailbox_id = ? ORDER BY uid"
+    )
+    return [
+        MessageInfo(r[0], r[1], r[2], decode_flags(r[3]), r[4], r[5], r[6], r[7])
+        for r in conn.execute(query, (mailbox_id,))
+    ]
+
+
+def _referenced_in_day(conn: sqlite3.Connection, day: str) -> set[str]:
+    # Range scan on the primary key: "/" sorts just before "0", so this is every "<day>/…" id.
+    query = "SELECT id FROM blobs WHERE id > ? AND id < ? AND refcount > 0"
+    return {row[0] for row in conn.execute(query, (day + "/", day + "0"))}
+
+
+# --- statements: writes (writer thread, inside the batch transaction) --------------------------
+def _bump_serial(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'directory_serial'")
+
+
+def _add_domain(conn: sqlite3.Connection, name: str) -> None:
+    if conn.execute("INSERT OR IGNORE INTO domains (name) VALUES (?)", (name,)).rowcount:
+        _bump_serial(conn)
+
+
+def _remove_domain(conn: sqlite3.Connection, name: str) -> bool:
+    """Only the domain row: its accounts stay (they stop receiving mail until it comes back)."""
+    if conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount:
+        _bump_serial(conn)
+        return True
+    return False
+
+
+def _add_account(conn: sqlite3.Connection, address: str, password_hash: str) -> Account:
+    try:
+        cursor = conn.execute(
+            "INSERT INTO accounts (address, password_hash) VALUES (?, ?)", (address, password_hash)
+        )
+    except sqlite3.IntegrityError:
+        raise KeyError(address) from None
+    account_id = cursor.lastrowid
+    assert account_id is not None
+    last = int(conn.execute("SELECT value FROM meta WHERE key = 'last_uidvalidity'").fetchone()[0])
+    now = time.time()
+    for name, special_use in DEFAULT_MAILBOXES:
+        last = next_uidvalidity(last, now)
+        conn.execute(
+            "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity)"
+            " VALUES (?, ?, ?, ?)",
+            (account_id, name, special_use, last),
+        )
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_uidvalidity'", (last,))
+    _bump_serial(conn)
+    return Account(account_id, address, password_hash)
+
+
+def _set_password(conn: sqlite3.Connection, address: str, password_hash: str) -> bool:
+    query = "UPDATE accounts SET password_hash = ? WHERE address = ?"
+    if conn.execute(query, (password_hash, address)).rowcount:
+        _bump_serial(conn)
+        return True
+    return False
+
+
+def _remove_account(conn: sqlite3.Connection, address: str) -> bool:
+    row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
+    if row is None:
+        return False
+    # Each message row holds one reference on its blob; rows reaching 0 are unlinked after commit.
+    conn.execute(
+        "UPDATE blobs SET refcount = refcount - d.n FROM ("
+        " SELECT m.blob_id AS blob_id, count(*) AS n FROM messages AS m"
+        " JOIN mailboxes AS b ON m.mailbox_id = b.id WHERE b.account_id = ?"
+        " GROUP BY m.blob_id) AS d WHERE blobs.id = d.blob_id",
+        (row[0],),
+    )
+    conn.execute("DELETE FROM accounts WHERE id = ?", (row[0],))  # cascades to mailboxes, messages
+    _bump_serial(conn)
+    return True
+
+
+def _set_alias(conn: sqlite3.Connection, alias: str, targets: tuple[str, ...]) -> None:
+    conn.execute(
+        "INSERT INTO aliases (alias, targets) VALUES (?, ?)"
+        " ON CONFLICT (alias) DO UPDATE SET targets = excluded.targets",
+        (alias, json.dumps(list(targets))),
+    )
+    _bump_serial(conn)
+
+
+def _remove_alias(conn: sqlite3.Connection, alias: str) -> bool:
+    if conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,)).rowcount:
+        _bump_serial(conn)
+        return True
+    return False
+
+
+# RFC 9051 §2.3.1.1: UIDs strictly ascend; RFC 7162 §3.1: every change gets a higher MODSEQ.
+# One statement claims both and reads them back, keyed by the (account_id, name) unique index.
+_CLAIM_UID = (
+    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1,"
+    " message_count = message_count + 1 WHERE account_id = ? AND name = ?"
+    " RETURNING id, uidnext - 1, highest_modseq"
+)
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+_TargetRow = tuple[int, str, str, float]
+
+
+def _deliver(
+    conn: sqlite3.Connection, blob: SealedBlob, targets: Sequence[_TargetRow]
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for account_id, mailbox, flags, internal_date in targets:
+        claimed = conn.execute(_CLAIM_UID, (account_id, mailbox)).fetchall()
+        if not claimed:
+            outcomes.append(Outcome.PERMANENT)
+            continue
+        mailbox_id, uid, modseq = claimed[0]
+        conn.execute(
+            _INSERT_MESSAGE,
+            (mailbox_id, uid, modseq, flags, internal_date, blob.size, blob.blob_id),
+        )
+        outcomes.append(Outcome.DELIVERED)
+    references = outcomes.count(Outcome.DELIVERED)
+    if references:
+        conn.execute(
+            "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ?)",
+            (blob.blob_id, blob.size, references),
+        )
+    return outcomes
