@@ -1,0 +1,432 @@
+"""The `mailhouse` command: run the server, administer domains, users and aliases, move mail in
+and out as files.
+
+Administration commands open the store directly rather than talking to a running server: SQLite
+in WAL mode lets both write at once, and the server notices directory changes by polling the
+store's directory serial. So they work the same whether the server runs or not, and need no
+control socket or credentials beyond file access.
+
+Exit codes: 0 done, 1 the operation failed (user exists, no such alias …), 2 usage or config
+error. Operator mistakes print one line on stderr, never a traceback.
+
+argparse (stdlib) rather than typer/click: the command set is small and flat, and the console
+script then starts without third-party imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Final, TextIO
+
+from mailhouse import __version__
+from mailhouse.config import ENV_CONFIG, Config, config_path, load_config
+from mailhouse.errors import ConfigError, MailError
+from mailhouse.model import Account
+from mailhouse.service.accounts import (
+    AccountError,
+    Accounts,
+    InvalidInput,
+    NotFound,
+    Removal,
+    canonical_address,
+)
+from mailhouse.service.mailfiles import (
+    INBOX,
+    MailFileError,
+    TransferReport,
+    export_maildir,
+    import_maildir,
+    import_mbox,
+)
+from mailhouse.store.base import Store
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+Handler = Callable[[argparse.Namespace, Config], int]
+StoreAction = Callable[[Store], Awaitable[int]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m mailhouse`; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        config = load_config(config_path(getattr(args, "config", None)))
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args, config)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before and after the command word ("mailhouse user list --config
+    # x"); SUPPRESS keeps a later absence from overwriting an earlier value. The action object
+    # is shared by every parser built from `common`: never set_defaults(config=…) on one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help=f"config file (default: ${ENV_CONFIG}, else try-it-now defaults)")
+    parser = argparse.ArgumentParser(
+        prog="mailhouse", parents=[common],
+        description="A mail server: SMTP in and out, IMAP and POP3.")
+    parser.add_argument("--version", action="version", version=f"mailhouse {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the server in the foreground")
+    serve.set_defaults(handler=_serve)
+
+    domain = commands.add_parser("domain", parents=[common], help="domains we receive mail for")
+    domain_cmds = domain.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, handler, help_text in (
+            ("add", _domain_add, "start receiving mail for DOMAIN"),
+            ("remove", _domain_remove, "stop receiving mail for DOMAIN (must have no users)")):
+        p = domain_cmds.add_parser(action, parents=[common], help=help_text)
+        p.add_argument("domain", metavar="DOMAIN")
+        p.set_defaults(handler=handler)
+    domain_cmds.add_parser("list", parents=[common], help="list domains").set_defaults(
+        handler=_domain_list)
+
+    user = commands.add_parser("user", parents=[common], help="mail accounts")
+    user_cmds = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, handler, help_text in (
+            ("add", _user_add, "create an account"),
+            ("passwd", _user_passwd, "change an account's password")):
+        p = user_cmds.add_parser(action, parents=[common], help=help_text)
+        p.add_argument("address", metavar="ADDRESS")
+        p.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input")
+        p.set_defaults(handler=handler)
+    p = user_cmds.add_parser("remove", parents=[common], help="delete an account and its mail")
+    p.add_argument("address", metavar="ADDRESS")
+    p.set_defaults(handler=_user_remove)
+    user_cmds.add_parser("list", parents=[common], help="list accounts").set_defaults(
+        handler=_user_list)
+
+    alias = commands.add_parser("alias", parents=[common], help="addresses that forward locally")
+    alias_cmds = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = alias_cmds.add_parser("add", parents=[common],
+                              help="create ALIAS (or add targets to it); @domain is a catch-all")
+    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("targets", metavar="TARGET", nargs="+")
+    p.set_defaults(handler=_alias_add)
+    p = alias_cmds.add_parser("remove", parents=[common], help="delete ALIAS")
+    p.add_argument("alias", metavar="ALIAS")
+    p.set_defaults(handler=_alias_remove)
+    alias_cmds.add_parser("list", parents=[common], help="list aliases").set_defaults(
+        handler=_alias_list)
+
+    export = commands.add_parser("export", parents=[common],
+                                 help="write an account's mail to a Maildir++ directory")
+    export.add_argument("address", metavar="ADDRESS")
+    export.add_argument("--maildir", metavar="DIR", type=Path, required=True,
+                        help="new or empty directory to create")
+    export.set_defaults(handler=_export)
+
+    imp = commands.add_parser("import", parents=[common],
+                              help="deliver mail from a Maildir++ directory or an mbox file")
+    imp.add_argument("address", metavar="ADDRESS")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--maildir", metavar="DIR", type=Path)
+    source.add_argument("--mbox", metavar="FILE", type=Path)
+    imp.add_argument("--mailbox", metavar="NAME",
+                     help="target mailbox for --mbox (default INBOX)")
+    imp.set_defaults(handler=_import)
+    return parser
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    # Imported here: the server (and its optional uvloop) is not needed to administer accounts.
+    from mailhouse.app import serve
+
+    return serve(config)
+
+
+# --- running an action against the store ------------------------------------------------------
+
+def _open_store(data_dir: Path) -> Store:
+    """The store the server uses; a seam for tests."""
+    from mailhouse.store import open_store
+
+    return open_store(data_dir)
+
+
+def _with_store(config: Config, action: StoreAction) -> int:
+    """Open the store, run `action`, close; turn operator-facing failures into one stderr line
+    and an exit code."""
+    try:
+        _become_data_dir_owner(config.data_dir)
+        return asyncio.run(_run_with_store(config.data_dir, action))
+    except InvalidInput as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except (AccountError, MailFileError) as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    except MailError as exc:
+        _error(f"storage error: {exc.reply.text}")
+        return EXIT_FAILED
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+        return EXIT_FAILED
+
+
+async def _run_with_store(data_dir: Path, action: StoreAction) -> int:
+    store = _open_store(data_dir)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _become_data_dir_owner(data_dir: Path) -> None:
+    """Run as root on a data_dir the server owns (it chowns it to `user` at start), act as that
+    owner: files we create (SQLite's -wal/-shm, blobs) must stay writable by the server."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = data_dir.stat()
+    except OSError:
+        return
+    if st.st_uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(st.st_gid)
+    os.setuid(st.st_uid)
+
+
+# --- domains ----------------------------------------------------------------------------------
+
+def _domain_add(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        domain = await Accounts(store).add_domain(args.domain)
+        _out(f"added domain {domain}")
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _domain_remove(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        domain = await Accounts(store).remove_domain(args.domain)
+        _out(f"removed domain {domain}")
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _domain_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        rows = [(d.name, str(d.users), str(d.aliases))
+                for d in await Accounts(store).list_domains()]
+        _table(("DOMAIN", "USERS", "ALIASES"), rows)
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+# --- users ------------------------------------------------------------------------------------
+
+def _read_password(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
+    """First line of stdin with --password-stdin (scripts), else asked twice without echo."""
+    if args.password_stdin:
+        line = (stdin or sys.stdin).readline()
+        password = line.rstrip("\n").rstrip("\r")
+        if not password:
+            raise InvalidInput("no password on standard input")
+        return password
+    try:
+        first = getpass.getpass("Password: ")
+        second = getpass.getpass("Repeat password: ")
+    except EOFError:
+        raise InvalidInput(
+            "no password given; type it at the prompt or pipe it with --password-stdin") from None
+    if first != second:
+        raise AccountError("the passwords do not match; nothing changed")
+    return first
+
+
+def _with_password(args: argparse.Namespace, config: Config,
+                   make: Callable[[str], StoreAction]) -> int:
+    # The password is read before the store is opened, so a slow typist holds no lock; the
+    # address is checked first, so nobody types a password for a typo.
+    try:
+        canonical_address(args.address)
+        password = _read_password(args)
+    except InvalidInput as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except AccountError as exc:
+        _error(str(exc))
+        return EXIT_FAILED
+    return _with_store(config, make(password))
+
+
+def _user_add(args: argparse.Namespace, config: Config) -> int:
+    def make(password: str) -> StoreAction:
+        async def action(store: Store) -> int:
+            account = await Accounts(store).add_user(args.address, password)
+            _out(f"added user {account.address}")
+            return EXIT_OK
+        return action
+
+    return _with_password(args, config, make)
+
+
+def _user_passwd(args: argparse.Namespace, config: Config) -> int:
+    def make(password: str) -> StoreAction:
+        async def action(store: Store) -> int:
+            address = await Accounts(store).set_password(args.address, password)
+            _out(f"changed the password of {address}")
+            return EXIT_OK
+        return action
+
+    return _with_password(args, config, make)
+
+
+def _user_remove(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        removal = await Accounts(store).remove_user(args.address)
+        _out(f"removed user {removal.key} and all its mail")
+        _report_alias_changes(removal)
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _user_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        rows = []
+        for account in await Accounts(store).list_users():
+            mailboxes = await store.list_mailboxes(account.id)
+            rows.append((account.address, str(len(mailboxes)),
+                         str(sum(m.message_count for m in mailboxes))))
+        _table(("ADDRESS", "MAILBOXES", "MESSAGES"), rows)
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+# --- aliases ----------------------------------------------------------------------------------
+
+def _alias_add(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        alias, targets = await Accounts(store).add_alias(args.alias, args.targets)
+        _out(f"alias {alias} -> {', '.join(targets)}")
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _alias_remove(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        removal = await Accounts(store).remove_alias(args.alias)
+        _out(f"removed alias {removal.key}")
+        _report_alias_changes(removal)
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _alias_list(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        rows = [(alias, ", ".join(targets))
+                for alias, targets in await Accounts(store).list_aliases()]
+        _table(("ALIAS", "TARGETS"), rows)
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _report_alias_changes(removal: Removal) -> None:
+    for alias in removal.aliases_changed:
+        _out(f"  removed {removal.key} from the targets of alias {alias}")
+    for alias in removal.aliases_removed:
+        _out(f"  removed alias {alias}, which had no target left")
+
+
+# --- export / import --------------------------------------------------------------------------
+
+async def _account(store: Store, address: str) -> Account:
+    key = canonical_address(address)
+    account = await store.get_account(key)
+    if account is None:
+        raise NotFound(f"no user {key}")
+    return account
+
+
+def _export(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        account = await _account(store, args.address)
+        report = await export_maildir(store, account, args.maildir, hostname=config.hostname)
+        return _transfer_result("exported", report, f"to {args.maildir}")
+
+    return _with_store(config, action)
+
+
+def _import(args: argparse.Namespace, config: Config) -> int:
+    async def action(store: Store) -> int:
+        if args.maildir is not None and args.mailbox is not None:
+            raise InvalidInput("--mailbox goes with --mbox; a maildir's folders keep their names")
+        account = await _account(store, args.address)
+        if args.maildir is not None:
+            report = await import_maildir(store, account, args.maildir)
+            source = args.maildir
+        else:
+            report = await import_mbox(store, account, args.mbox,
+                                       mailbox=args.mailbox or INBOX)
+            source = args.mbox
+        return _transfer_result("imported", report, f"from {source} into {account.address}")
+
+    return _with_store(config, action)
+
+
+def _transfer_result(verb: str, report: TransferReport, where: str) -> int:
+    """Problems go to stderr and make the exit code 1: a partial transfer must not pass for a
+    complete one in a script."""
+    _out(f"{verb} {report.messages} message{'s' if report.messages != 1 else ''} in "
+         f"{report.mailboxes} mailbox{'es' if report.mailboxes != 1 else ''} {where}")
+    for problem in report.problems:
+        _error(problem)
+    return EXIT_FAILED if report.problems else EXIT_OK
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"mailhouse: {message}", file=sys.stderr, flush=True)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns two spaces apart, the header first; the last column unpadded so
+    lines carry no trailing blanks."""
+    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
+    for row in (headers, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        _out("  ".join([*cells, row[-1]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""TOML → a frozen dataclass tree, validated once at start-up and passed down explicitly.
+
+Everything an operator can get wrong is caught here, before a socket is bound, with a message
+that names the key (`limits.max_recipients: expected an integer >= 1, got 'abc'`). Inside, the
+server trusts the types: no component re-checks its settings.
+
+Two sets of defaults exist on purpose:
+- with no config file, the *try-it-now* defaults: everything under ./mailhouse-data, every
+  listener on 127.0.0.1 at its standard port + 10000 (no root needed, nothing exposed), and
+  `demo = true`, so `mailhouse serve` works as a first experiment;
+- with a file, production defaults: standard ports on all addresses, /var/lib/mailhouse, no demo.
+A config file is a deliberate act; silently keeping toy defaults then would surprise.
+
+Each setting declares its check next to its default (`metadata=checked(check)`); a section's
+dataclass therefore *is* its schema, and the loader below is generic. Relative paths in a file
+are relative to the file's own directory, so a server started from any working directory (systemd
+starts in /) finds the same files.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+
+from mailhouse.errors import ConfigError
+from mailhouse.model import AddressError, normalize_domain
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    D = TypeVar("D", bound=DataclassInstance)
+else:
+    D = TypeVar("D")
+
+ENV_CONFIG: Final = "MAILHOUSE_CONFIG"
+LISTENER_KINDS: Final = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+STANDARD_PORTS: Final = {
+    "smtp": 25,
+    "submission": 587,
+    "submissions": 465,
+    "imap": 143,
+    "imaps": 993,
+    "pop3": 110,
+    "pop3s": 995,
+}
+# Try-it-now listeners: standard port + this, on loopback, so no root and no exposure.
+TRY_IT_NOW_PORT_OFFSET: Final = 10000
+TRY_IT_NOW_DATA_DIR: Final = "mailhouse-data"
+PRODUCTION_DATA_DIR: Final = "/var/lib/mailhouse"
+DNS_PORT: Final = 53
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+
+# RFC 5321 §4.5.3.1.4 / §4.5.3.1.6: servers must accept command lines of 512 octets and text
+# lines of 1000 octets (both including CRLF); smaller limits would refuse legal mail.
+MIN_COMMAND_LINE: Final = 512
+MIN_TEXT_LINE: Final = 1000
+# RFC 5321 §4.5.3.1.8: a server must accept at least 100 recipients. Lower values are allowed
+# (tests want them) but draw a warning.
+RFC_MIN_RECIPIENTS: Final = 100
+# RFC 5321 §4.5.3.2.7: the server timeout awaiting a command should be at least 5 minutes.
+RFC_MIN_IDLE_TIMEOUT: Final = 300.0
+
+Check = Callable[[str, object], Any]
+_CHECK: Final = "mailhouse.config.check"
+_SECTION: Final = "mailhouse.config.section"
+
+
+def checked(check: Check) -> dict[str, Check]:
+    """Field metadata making a field a config key: `check` turns raw TOML into the typed value
+    (or raises ConfigError naming the key)."""
+    return {_CHECK: check}
+
+
+def _section(cls: type[Any]) -> dict[str, type[Any]]:
+    return {_SECTION: cls}
+
+
+# --- value checks: raw TOML value in, typed value out, ConfigError naming the key otherwise ----
+
+def _show(value: object) -> str:
+    """The offending value as the operator wrote it (TOML spelling), for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _wrong(key: str, expected: str, value: object) -> ConfigError:
+    return ConfigError(f"{key}: expected {expected}, got {_show(value)}")
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Check:
+    expected = f"an integer >= {minimum}" if maximum is None else (
+        f"an integer from {minimum} to {maximum}")
+
+    def check(key: str, value: object) -> int:
+        # TOML booleans arrive as Python bools, which are ints: refuse them explicitly.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong(key, expected, value)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise _wrong(key, expected, value)
+        return value
+
+    return check
+
+
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong(key, "a number of seconds > 0", value)
+    if not math.isfinite(value) or value <= 0:
+        raise _wrong(key, "a number of seconds > 0", value)
+    return float(value)
+
+
+def _boolean(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _wrong(key, "true or false", value)
+    return value
+
+
+def _hostname(key: str, value: object) -> str:
+    expected = "a host name such as \"mx.example.test\""
+    if not isinstance(value, str):
+        raise _wrong(key, expected, value)
+    try:
+        name = normalize_domain(value)
+    except AddressError:
+        raise _wrong(key, expected, value) from None
+    if name.startswith("["):
+        raise _wrong(key, expected, value)
+    return name
+
+
+def _path(key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise _wrong(key, "a path", value)
+    return Path(value).expanduser()
+
+
+def _user(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value or any(c in value for c in ":/\0\n") or (
+            value != value.strip()):
+        raise _wrong(key, "a system user name", value)
+    return value
+
+
+def _log_level(key: str, value: object) -> str:
+    expected = "one of " + ", ".join(f'"{level}"' for level in LOG_LEVELS)
+    if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
+        raise _wrong(key, expected, value)
+    return value.lower()
+
+
+def _plus_separator(key: str, value: object) -> str:
+    """One punctuation character allowed in a local part (RFC 5322 atext), or "" for none.
+
+    Letters and digits would split ordinary names; '@', quotes and spaces are not atext."""
+    expected = 'one character such as "+" or "-", or "" to disable'
+    if not isinstance(value, str) or len(value) > 1:
+        raise _wrong(key, expected, value)
+    if value and (not value.isascii() or value.isalnum() or value not in "!#$%&'*+-/=?^_`{|}~."):
+        raise _wrong(key, expected, value)
+    return value
+
+
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """"host:port" → (host, port); IPv6 literals in brackets ("[::1]:25"). Port 0 lets the
+    kernel choose (tests use it). Raises ValueError naming the problem."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ValueError('write IPv6 addresses as "[::1]:25"')
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError('expected "host:port"')
+        if ":" in host:
+            raise ValueError('write IPv6 addresses in brackets, as "[::1]:25"')
+        if all(c.isdigit() or c == "." for c in host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IPv4 address") from None
+        else:
+            try:
+                host = normalize_domain(host)
+            except AddressError:
+                raise ValueError(f"{host!r} is not a host name or address") from None
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"{port_text!r} is not a port number (0-65535)")
+    return host, int(port_text)
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """A resolver address: "ip", "ip:port", "::1" or "[::1]:port"; port 53 when absent."""
+    try:
+        return str(ipaddress.ip_address(text)), DNS_PORT
+    except ValueError:
+        pass
+    if text.startswith("[") and text.endswith("]"):
+        host, port = text[1:-1], DNS_PORT
+        ipaddress.IPv6Address(host)
+        return host, port
+    host, port = parse_endpoint(text)
+    ipaddress.ip_address(host)  # a resolver needs an address, not a name to resolve
+    if port == 0:
+        raise ValueError("port 0 is not a resolver port")
+    return host, port
+
+
+def _string_list(key: str, value: object, parse: Callable[[str], object], expected: str) -> tuple[
+        str, ...]:
+    if not isinstance(value, list):
+        raise _wrong(key, f"a list of {expected}", value)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _wrong(f"{key}[{i}]", expected, item)
+        try:
+            parse(item)
+        except ValueError as exc:
+            raise ConfigError(f"{key}[{i}]: {exc}, got {item!r}") from None
+    return tuple(value)
+
+
+def _endpoints(key: str, value: object) -> tuple[str, ...]:
+    return _string_list(key, value, parse_endpoint, '"host:port" strings')
+
+
+def _nameservers(key: str, value: object) -> tuple[str, ...]:
+    return _string_list(key, value, parse_nameserver, 'addresses such as "127.0.0.1:5353"')
+
+
+# --- the tree ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """Listening sockets per protocol; an empty tuple disables that listener."""
+
+    smtp: tuple[str, ...] = field(default=("0.0.0.0:25",), metadata=checked(_endpoints))
+    submission: tuple[str, ...] = field(default=("0.0.0.0:587",), metadata=checked(_endpoints))
+    submissions: tuple[str, ...] = field(default=("0.0.0.0:465",), metadata=checked(_endpoints))
+    imap: tuple[str, ...] = field(default=("0.0.0.0:143",), metadata=checked(_endpoints))
+    imaps: tuple[str, ...] = field(default=("0.0.0.0:993",), metadata=checked(_endpoints))
+    pop3: tuple[str, ...] = field(default=("0.0.0.0:110",), metadata=checked(_endpoints))
+    pop3s: tuple[str, ...] = field(default=("0.0.0.0:995",), metadata=checked(_endpoints))
+
+    @classmethod
+    def try_it_now(cls) -> ListenConfig:
+        return cls(**{kind: (f"127.0.0.1:{STANDARD_PORTS[kind] + TRY_IT_NOW_PORT_OFFSET}",)
+                      for kind in LISTENER_KINDS})
+
+    def endpoints(self, kind: str) -> list[tuple[str, int]]:
+        if kind not in LISTENER_KINDS:
+            raise ValueError(f"unknown listener kind {kind!r}")
+        texts: tuple[str, ...] = getattr(self, kind)
+        return [parse_endpoint(text) for text in texts]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Certificate chain and key (PEM). Both None: the app makes a self-signed certificate for
+    `hostname` once, in data_dir, so STARTTLS and implicit TLS work out of the box."""
+
+    cert: Path | None = field(default=None, metadata=checked(_path))
+    key: Path | None = field(default=None, metadata=checked(_path))
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """Resolvers for MX/SPF/DKIM lookups; empty means the system resolver (/etc/resolv.conf)."""
+
+    nameservers: tuple[str, ...] = field(default=(), metadata=checked(_nameservers))
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [parse_nameserver(text) for text in self.nameservers]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Resource bounds. Slow clients are bounded by connection caps and `session_lifetime`, not
+    by short timeouts (RFC 5321 §4.5.3.2 timeouts are minimums; shared/reference/security.md)."""
+
+    # Bytes, advertised as EHLO SIZE (RFC 1870).
+    max_message_size: int = field(default=52_428_800, metadata=checked(_integer(1)))
+    max_recipients: int = field(default=100, metadata=checked(_integer(1)))
+    max_connections: int = field(default=1000, metadata=checked(_integer(1)))
+    max_connections_per_ip: int = field(default=100, metadata=checked(_integer(1)))
+    max_command_line: int = field(default=512, metadata=checked(_integer(MIN_COMMAND_LINE)))
+    max_text_line: int = field(default=1000, metadata=checked(_integer(MIN_TEXT_LINE)))
+    idle_timeout: float = field(default=300.0, metadata=checked(_seconds))
+    data_timeout: float = field(default=180.0, metadata=checked(_seconds))
+    session_lifetime: float = field(default=3600.0, metadata=checked(_seconds))
+    max_errors: int = field(default=20, metadata=checked(_integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    # "" disables plus-addressing (user+tag@domain delivered to user@domain).
+    plus_separator: str = field(default="+", metadata=checked(_plus_separator))
+    # More Received fields than this means a loop: 554 5.4.6. Postfix's hopcount_limit is 50;
+    # RFC 5321 §6.3 suggests at least 100, so raise it if legitimate mail hits the limit.
+    max_received_headers: int = field(default=50, metadata=checked(_integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = field(default="info", metadata=checked(_log_level))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. Field defaults are the production defaults except `hostname`
+    (load_config asks the system for it only when a file leaves it out)."""
+
+    hostname: str = field(default="localhost", metadata=checked(_hostname))
+    data_dir: Path = field(default=Path(PRODUCTION_DATA_DIR), metadata=checked(_path))
+    # When started as root: drop to this user after binding. None: never drop (try-it-now).
+    user: str | None = field(default="mailhouse", metadata=checked(_user))
+    demo: bool = field(default=False, metadata=checked(_boolean))
+    listen: ListenConfig = field(default_factory=ListenConfig, metadata=_section(ListenConfig))
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata=_section(TlsConfig))
+    dns: DnsConfig = field(default_factory=DnsConfig, metadata=_section(DnsConfig))
+    limits: LimitsConfig = field(default_factory=LimitsConfig, metadata=_section(LimitsConfig))
+    smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata=_section(SmtpConfig))
+    log: LogConfig = field(default_factory=LogConfig, metadata=_section(LogConfig))
+    # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
+    # `serve` shows the warnings, admin commands stay quiet.
+    source: Path | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def listen_endpoints(self, kind: str) -> list[tuple[str, int]]:
+        """(host, port) pairs for one listener kind ("smtp", "imaps", …); IPv6 without
+        brackets."""
+        return self.listen.endpoints(kind)
+
+
+def try_it_now_config(cwd: Path | None = None) -> Config:
+    """The no-file defaults: a safe local playground (see module docstring)."""
+    base = cwd if cwd is not None else Path.cwd()
+    return Config(
+        hostname="localhost",
+        data_dir=(base / TRY_IT_NOW_DATA_DIR).resolve(),
+        user=None,
+        demo=True,
+        listen=ListenConfig.try_it_now(),
+    )
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """--config wins, then $MAILHOUSE_CONFIG; None means the try-it-now defaults."""
+    if cli_value:
+        return Path(cli_value)
+    env = environ.get(ENV_CONFIG, "")
+    return Path(env) if env else None
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate the config at `path`, or return the try-it-now defaults for None.
+
+    Raises ConfigError whose message names the key at fault."""
+    if path is None:
+        return try_it_now_config()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file (give --config PATH or set {ENV_CONFIG}; with "
+            "neither, mailhouse runs with local try-it-now defaults)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return config_from_table(raw, base_dir=path.resolve().parent, source=path.resolve())
+
+
+def config_from_table(raw: Mapping[str, object], *, base_dir: Path,
+                      source: Path | None = None) -> Config:
+    """Validate a parsed TOML table against production defaults. Relative paths are taken
+    relative to `base_dir` (the config file's directory)."""
+    top: dict[str, object] = {}
+    sections: dict[str, Any] = {}
+    for f in fields(Config):
+        if _SECTION in f.metadata:
+            cls = f.metadata[_SECTION]
+            table = raw.get(f.name, {})
+            if not isinstance(table, dict):
+                raise _wrong(f.name, f"a table [{f.name}]", table)
+            sections[f.name] = _build(cls(), table, prefix=f"{f.name}.")
+    known = [f.name for f in fields(Config) if _CHECK in f.metadata or _SECTION in f.metadata]
+    for key, value in raw.items():
+        if key in sections:
+            continue
+        top[key] = value
+    config = _build(Config(), top, prefix="", extra_known=known)
+    if "hostname" not in raw:
+        config = replace(config, hostname=_system_hostname())
+    tls = cast(TlsConfig, sections["tls"])
+    config = replace(
+        config,
+        data_dir=_absolute(config.data_dir, base_dir),
+        tls=replace(tls,
+                    cert=_absolute(tls.cert, base_dir) if tls.cert else None,
+                    key=_absolute(tls.key, base_dir) if tls.key else None),
+        source=source,
+        **{name: value for name, value in sections.items() if name != "tls"},
+    )
+    _check_whole(config)
+    return replace(config, warnings=_warnings(config))
+
+
+def _build(base: D, table: Mapping[str, object], *, prefix: str,
+           extra_known: list[str] | None = None) -> D:
+    """Apply a TOML table to a dataclass instance, key by key, through each field's check."""
+    checks = {f.name: f.metadata[_CHECK] for f in fields(base) if _CHECK in f.metadata}
+    changes: dict[str, Any] = {}
+    for key, value in table.items():
+        check = checks.get(key)
+        if check is None:
+            known = sorted(set(checks) | set(extra_known or ()))
+            hint = difflib.get_close_matches(key, known, n=1)
+            where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+            fix = f"did you mean {prefix}{hint[0]}?" if hint else (
+                f"known keys in {where}: {', '.join(known)}")
+            raise ConfigError(f"{prefix}{key}: unknown key ({fix})")
+        changes[key] = check(f"{prefix}{key}", value)
+    return replace(base, **changes)
+
+
+def _absolute(path: Path, base_dir: Path) -> Path:
+    return (base_dir / path).resolve()
+
+
+def _system_hostname() -> str:
+    """The machine's FQDN, if it is a usable host name; "localhost" otherwise."""
+    try:
+        return normalize_domain(socket.getfqdn())
+    except AddressError:
+        return "localhost"
+
+
+def _check_whole(config: Config) -> None:
+    """Rules that span keys."""
+    if (config.tls.cert is None) != (config.tls.key is None):
+        missing = "tls.key" if config.tls.key is None else "tls.cert"
+        raise ConfigError(
+            f"{missing}: set both tls.cert and tls.key, or neither (then a self-signed "
+            "certificate is made in data_dir)")
+    seen: dict[tuple[str, int], str] = {}
+    for kind in LISTENER_KINDS:
+        for endpoint in config.listen_endpoints(kind):
+            if endpoint[1] == 0:
+                continue  # the kernel picks distinct ports
+            other = seen.get(endpoint)
+            if other is not None:
+                shown = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
+                raise ConfigError(
+                    f"listen.{kind}: {shown}:{endpoint[1]} is already used by listen.{other}")
+            seen[endpoint] = kind
+
+
+def _warnings(config: Config) -> tuple[str, ...]:
+    limits = config.limits
+    out = []
+    if limits.max_recipients < RFC_MIN_RECIPIENTS:
+        out.append(f"limits.max_recipients = {limits.max_recipients} is below the "
+                   f"{RFC_MIN_RECIPIENTS} recipients RFC 5321 §4.5.3.1.8 requires servers to "
+                   "accept")
+    if limits.idle_timeout < RFC_MIN_IDLE_TIMEOUT:
+        out.append(f"limits.idle_timeout = {limits.idle_timeout:g} s is below the 5 minutes "
+                   "RFC 5321 §4.5.3.2.7 asks servers to wait for a command")
+    if limits.max_connections_per_ip > limits.max_connections:
+        out.append("limits.max_connections_per_ip is larger than limits.max_connections and "
+                   "has no effect")
+    return tuple(out)
