@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import secrets
@@ -19,7 +18,7 @@ from pathlib import Path
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
-from mailhouse.net.smtp import BUSY, SmtpTimeouts, serve_smtp
+from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.proto.smtp.server import SmtpServerConfig
 from mailhouse.service.accounts import Accounts
@@ -78,14 +77,13 @@ class App:
                                  InboundPolicy(config.hostname, config.smtp.plus_separator))
         timeouts = SmtpTimeouts(limits.idle_timeout, limits.data_timeout,
                                 limits.session_lifetime)
-        handler = functools.partial(serve_smtp, core_config=core, service=inbound,
-                                    tracker=self.tracker, tls_context=tls, timeouts=timeouts)
+        mx = SmtpEndpoint(core, inbound, self.tracker, tls, timeouts)
         if config.listen_endpoints("smtp"):
-            self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), handler,
-                                           self.tracker, BUSY))
+            self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), mx.factory))
         for kind in NOT_BUILT:
             if config.listen_endpoints(kind):
                 log.info("event=listen.skipped service=%s reason=not_built_yet", kind)
+        self.tracker.start()
         for listener in self.listeners:
             try:
                 await listener.start()

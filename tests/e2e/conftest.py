@@ -55,8 +55,17 @@ def make_config(tmp_path: Path, **limits: object) -> Config:
     return replace(base, user=None, listen=listen, limits=replace(LimitsConfig(), **limits))
 
 
+def new_loop() -> asyncio.AbstractEventLoop:
+    """The loop production runs on: uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def start_server(config: Config) -> Iterator[Running]:
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     app = App(config)

@@ -364,3 +364,19 @@ async def test_read_of_a_made_up_blob_id_is_key_error(store: Store) -> None:
         message = MessageInfo(1, 1, 1, frozenset(), 0.0, 0, 1, blob_id)
         with pytest.raises(KeyError):
             await read_all(store, message)
+
+
+async def test_write_nowait_takes_small_pieces_and_refuses_without_appending(store: Store) -> None:
+    account = await store.add_account("nowait@example.test", "h")
+    spool = store.new_spool()
+    assert spool.write_nowait(b"Subject: small\r\n\r\n")
+    big = b"x" * (1 << 20)
+    taken = spool.write_nowait(big)
+    if not taken:  # the file-backed spool wants I/O for this: nothing was appended
+        assert spool.size == len(b"Subject: small\r\n\r\n")
+        await spool.write(big)
+    assert spool.size == len(b"Subject: small\r\n\r\n") + len(big)
+    [outcome] = await store.deliver(spool, [DeliveryTarget(account.id)])
+    assert outcome is Outcome.DELIVERED
+    [info] = await store.list_messages(await inbox_of(store, account.id))
+    assert await read_all(store, info) == b"Subject: small\r\n\r\n" + big

@@ -6,6 +6,7 @@ recipient outside our domains is refused at RCPT (554 5.7.1), authenticated or n
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -29,6 +30,7 @@ RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 _counter = itertools.count()
+_background: set[asyncio.Task[None]] = set()  # spool aborts nobody waits for
 
 
 def new_queue_id() -> str:
@@ -71,18 +73,22 @@ class InboundSession:
         self._accounts: list[int] = []
         self._spool: Spool | None = None
         self._failure: Reply | None = None  # a spool write failed: the reply for end of data
+        self._pending = b""  # content the spool could not take without I/O
         self._queue_id = ""
 
     # --- decisions -------------------------------------------------------------------------
+    # MAIL, RCPT and the first bytes of DATA are answered synchronously (the directory is in
+    # memory, small messages stay in the spool's buffer), so the transport needs no task for
+    # them; only spilling a large message and the final commit await.
     def on_helo(self, event: ev.Helo) -> None:
         self.helo, self.esmtp = event.name, event.extended
 
-    async def mail_from(self, event: ev.MailFrom) -> Reply:
-        await self.reset()
+    def mail_from(self, event: ev.MailFrom) -> Reply:
+        self.reset()
         self._mail = event
         return SENDER_OK
 
-    async def rcpt_to(self, event: ev.RcptTo) -> Reply:
+    def rcpt_to(self, event: ev.RcptTo) -> Reply:
         directory = self._service.directory.current
         if event.recipient is None:
             found = resolve_postmaster(directory)
@@ -104,17 +110,31 @@ class InboundSession:
                 self._accounts.append(account)
         return RECIPIENT_OK
 
-    async def data_start(self) -> None:
+    def data_start(self) -> bool:
+        """Open the spool with the trace headers. True if `write()` must be awaited next."""
         assert self._mail is not None
         self._queue_id = new_queue_id()
-        envelope = self.envelope()
         self._failure = None
         self._spool = self._service.store.new_spool()
-        await self.data_chunk(trace_headers(envelope, hostname=self._service.policy.hostname,
-                                            queue_id=self._queue_id))
+        self._pending = trace_headers(self.envelope(), hostname=self._service.policy.hostname,
+                                      queue_id=self._queue_id)
+        return self.data_chunk(b"")
 
-    async def data_chunk(self, data: bytes) -> None:
+    def data_chunk(self, data: bytes) -> bool:
+        """Take content without I/O if the spool can; True if `write()` must be awaited."""
         if self._spool is None:
+            return False
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        if self._spool.write_nowait(data):
+            return False
+        self._pending = data
+        return True
+
+    async def write(self) -> None:
+        """Write what `data_chunk` could not take without I/O."""
+        data, self._pending = self._pending, b""
+        if self._spool is None or not data:
             return
         try:
             await self._spool.write(data)
@@ -123,9 +143,10 @@ class InboundSession:
             log.warning("event=smtp.spool_failed peer=%s id=%s reply=%r", self.peer,
                         self._queue_id, exc.reply.text)
             self._failure = exc.reply
-            await self.reset()
+            self.reset()
 
     async def data_complete(self, event: ev.DataComplete) -> Reply:
+        await self.write()
         spool, self._spool = self._spool, None
         sender = self._mail_sender()
         if spool is None:
@@ -148,19 +169,21 @@ class InboundSession:
             self._reset_envelope()
         delivered = outcomes.count(Outcome.DELIVERED)
         log.info("event=smtp.delivered peer=%s id=%s from=<%s> rcpts=%d copies=%d size=%d",
-                 self.peer, self._queue_id, sender, len(targets), delivered,
-                 event.size)
+                 self.peer, self._queue_id, sender, len(targets), delivered, event.size)
         if delivered:
             return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
         if Outcome.TEMPORARY in outcomes:
             return Reply(451, "4.3.0", "Temporary local problem, try again later")
         return Reply(550, "5.1.1", "Recipient no longer exists")
 
-    async def reset(self) -> None:
+    def reset(self) -> None:
         """Transaction over without a delivery: drop the spooled bytes."""
         spool, self._spool = self._spool, None
+        self._pending = b""
         if spool is not None:
-            await spool.abort()
+            task = asyncio.get_running_loop().create_task(spool.abort())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
         self._reset_envelope()
 
     # --- helpers ---------------------------------------------------------------------------

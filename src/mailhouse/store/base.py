@@ -80,6 +80,11 @@ class Spool(Protocol):
     async def write(self, data: bytes) -> None:
         """Append bytes. May raise StorageFull or MailError (temporary)."""
 
+    def write_nowait(self, data: bytes) -> bool:
+        """Append bytes if that needs no I/O (they fit the memory buffer); False otherwise, and
+        nothing was appended: call `write()`. Lets the transport skip a task per chunk for the
+        small messages that are most mail."""
+
     async def abort(self) -> None:
         """Throw the bytes away (transaction reset, connection lost, policy rejection)."""
 

@@ -250,6 +250,14 @@ class FileSpool:
     def spilled(self) -> bool:
         return self._blob_id is not None
 
+    def write_nowait(self, data: bytes) -> bool:
+        self._check_open()
+        if self._fd is not None or len(self._buffer) + len(data) >= self._spill_at:
+            return False
+        self._buffer += data
+        self._size += len(data)
+        return True
+
     async def write(self, data: bytes) -> None:
         self._check_open()
         if not data:

@@ -48,9 +48,13 @@ class MemorySpool:
         return self._size
 
     async def write(self, data: bytes) -> None:
+        self.write_nowait(data)
+
+    def write_nowait(self, data: bytes) -> bool:
         self._check_open()
         self._data += data
         self._size += len(data)
+        return True
 
     async def abort(self) -> None:
         if self._state == "open":

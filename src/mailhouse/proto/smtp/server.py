@@ -170,6 +170,11 @@ class SmtpServer:
         return True
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed (the transport pauses reading when this grows)."""
+        return len(self._buf)
+
+    @property
     def in_data(self) -> bool:
         return self.state in (State.DATA, State.CHUNK)
 
