@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"config file (default: ${ENV_CONFIG}, else try-it-now defaults)")
     parser = argparse.ArgumentParser(
         prog="mailhouse", parents=[common],
-        description="A mail server: SMTP in and out, IMAP and POP3.")
+        description="A mail server: SMTP in and out, IMAP and POP3.",
+        epilog="exit status: 0 done, 1 the operation failed, 2 usage or config error")
     parser.add_argument("--version", action="version", version=f"mailhouse {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -11,10 +11,13 @@ Two sets of defaults exist on purpose:
 - with a file, production defaults: standard ports on all addresses, /var/lib/mailhouse, no demo.
 A config file is a deliberate act; silently keeping toy defaults then would surprise.
 
-Each setting declares its check next to its default (`metadata=checked(check)`); a section's
-dataclass therefore *is* its schema, and the loader below is generic. Relative paths in a file
-are relative to the file's own directory, so a server started from any working directory (systemd
-starts in /) finds the same files.
+Each setting declares its check next to its default (`metadata=checked(check)`): a section's
+dataclass *is* its schema, and the loader below is generic. The section dataclasses live here
+rather than beside each component (DESIGN.md's plan) while those components are young; they can
+move next to their code and be re-exported from here without changing a name.
+
+Relative paths in a file are relative to the file's own directory, so a server started from any
+working directory (systemd starts in /) finds the same files.
 """
 
 from __future__ import annotations

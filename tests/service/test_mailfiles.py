@@ -274,7 +274,9 @@ def test_import_into_missing_mailbox_is_reported(tmp_path: Path, store: FakeStor
     write(tmp_path / "md" / "cur" / "1.M1P1Q1.h:2,S", b"Subject: y\n\n")
     report = run(import_maildir(store, account, tmp_path / "md"))
     assert report.messages == 1
-    assert len(report.problems) == 1 and "'Nope'" in report.problems[0]
+    assert report.problems == [
+        "folder '.Nope': mailbox 'Nope' does not exist and cannot be created from the command "
+        "line yet; its messages were not imported"]
 
 
 def test_import_refuses_what_is_not_a_maildir(tmp_path: Path, store: FakeStore,
@@ -350,8 +352,10 @@ def test_mbox_must_start_with_from_line(tmp_path: Path, store: FakeStore,
 def test_mbox_into_missing_mailbox_is_reported(tmp_path: Path, store: FakeStore,
                                                account: Account) -> None:
     (tmp_path / "m").write_bytes(b"From x\nSubject: a\n\n")
-    report = run(import_mbox(store, account, tmp_path / "m", mailbox="Nope"))
-    assert report.messages == 0 and "'Nope'" in report.problems[0]
+    with pytest.raises(MailFileError, match="'Nope' does not exist"):
+        run(import_mbox(store, account, tmp_path / "m", mailbox="Nope"))
+    assert run(import_mbox(store, account, tmp_path / "m", mailbox="inbox")).messages == 1
+    assert store.stored(ADDRESS) == [b"Subject: a\r\n"]  # the last blank line separates
 
 
 @pytest.mark.parametrize(("line", "expected"), [

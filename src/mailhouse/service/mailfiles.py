@@ -11,7 +11,9 @@ Formats, and where we follow whom:
   export(import(file)) gives the file back byte for byte.
 - Flags go in the info suffix `:2,` + letters in ASCII order (D Draft, F Flagged, P $Forwarded,
   R Answered, S Seen, T Deleted); keywords as letters a-z listed in Dovecot's `dovecot-keywords`
-  file. The internal date is the file's mtime, as in Dovecot.
+  file. The internal date is the file's mtime, as in Dovecot. Export puts every message in
+  cur/: new/ means "no mail reader has seen this yet", which an export cannot know, and the
+  flags already say whether it was read.
 - mbox is read as mboxrd: every line starting "From " begins a message, one ">" is removed from
   lines matching `>+From ` (which also un-escapes mboxo), the blank line a writer puts between
   messages is dropped, and the From_ line's date becomes the internal date. Status/X-Status
@@ -420,10 +422,30 @@ async def import_maildir(store: Store, account: Account, source: Path) -> Transf
             report.problems.append(f"folder {entry!r} skipped: {exc}")
     if not folders:
         raise MailFileError(f"{source} is not a maildir (no cur/ or new/ directory)")
-    for mailbox, path in folders:
+    existing = await _mailbox_names(store, account)
+    for name, path in folders:
+        mailbox = _canonical_mailbox(name)
+        if mailbox not in existing:
+            report.problems.append(f"folder {path.name!r}: {_missing_mailbox(mailbox)}")
+            continue
         await _import_folder(store, account, mailbox, path, report)
         report.mailboxes += 1
     return report
+
+
+async def _mailbox_names(store: Store, account: Account) -> set[str]:
+    return {_canonical_mailbox(m.name) for m in await store.list_mailboxes(account.id)}
+
+
+def _canonical_mailbox(name: str) -> str:
+    return INBOX if name.upper() == INBOX else name  # RFC 9051 §5.1: only INBOX ignores case
+
+
+def _missing_mailbox(mailbox: str) -> str:
+    # The Store interface cannot create mailboxes yet (IMAP CREATE will bring that); checking
+    # up front gives one clear line per folder instead of one failure per message.
+    return (f"mailbox {mailbox!r} does not exist and cannot be created from the command line "
+            "yet; its messages were not imported")
 
 
 def _has_maildir_subdirs(path: Path) -> bool:
@@ -582,7 +604,10 @@ async def import_mbox(store: Store, account: Account, source: Path, *,
     except OSError as exc:
         raise MailFileError(f"cannot open {source}: {exc.strerror or exc}") from None
     report = TransferReport(mailboxes=1)
+    mailbox = _canonical_mailbox(mailbox)
     with stream:
+        if mailbox not in await _mailbox_names(store, account):
+            raise MailFileError(_missing_mailbox(mailbox))
         if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
             raise MailFileError(f"{source} is not a regular file")
         current: _MboxMessage | None = None
