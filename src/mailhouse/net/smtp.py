@@ -160,7 +160,11 @@ class SmtpProtocol(asyncio.Protocol):
                 self._flush()
                 return
             if kind is ev.RcptTo:
-                core.respond(session.rcpt_to(event))  # type: ignore[arg-type]
+                reply = session.rcpt_to(event)  # type: ignore[arg-type]
+                if reply is None:
+                    self._run(session.rcpt_recheck(event), core.respond)  # type: ignore[arg-type]
+                    return
+                core.respond(reply)
             elif kind is ev.DataChunk:
                 if session.data_chunk(event.data):  # type: ignore[union-attr]
                     self._run(session.write())

@@ -1,7 +1,8 @@
 """An in-memory copy of who we receive mail for, kept fresh by polling a serial.
 
 The CLI changes domains, users and aliases in the store from another process while the server
-runs; one cheap serial read a second notices it, so RCPT lookups never wait on the database.
+runs; one cheap serial read four times a second notices it, so RCPT lookups never wait on the
+database. A refusal from a snapshot older than a moment is checked once more against the store.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ log = logging.getLogger("mailhouse.directory")
 
 
 class DirectoryCache:
-    def __init__(self, store: Store, interval: float = 1.0) -> None:
+    def __init__(self, store: Store, interval: float = 0.25) -> None:
         self._store = store
         self._interval = interval
         self.current = Directory(serial=-1, domains=frozenset())
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         await self.refresh()
@@ -34,6 +36,18 @@ class DirectoryCache:
                 await self._task
 
     async def refresh(self) -> None:
+        """Reload if the serial moved. Concurrent callers share one check."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+            return
+        self._inflight = asyncio.get_running_loop().create_future()
+        try:
+            await self._refresh()
+        finally:
+            self._inflight.set_result(None)
+            self._inflight = None
+
+    async def _refresh(self) -> None:
         serial = await self._store.directory_serial()
         if serial != self.current.serial:
             self.current = await self._store.directory()

@@ -88,7 +88,18 @@ class InboundSession:
         self._mail = event
         return SENDER_OK
 
-    def rcpt_to(self, event: ev.RcptTo) -> Reply:
+    def rcpt_to(self, event: ev.RcptTo) -> Reply | None:
+        """The decision from the in-memory directory, or None when it says no: the snapshot may
+        predate a user the CLI added a moment ago, so a refusal is confirmed by
+        `rcpt_recheck()` against the store (misses are bounded by the session error limit)."""
+        reply = self._rcpt(event)
+        return reply if reply is RECIPIENT_OK else None
+
+    async def rcpt_recheck(self, event: ev.RcptTo) -> Reply:
+        await self._service.directory.refresh()
+        return self._rcpt(event)
+
+    def _rcpt(self, event: ev.RcptTo) -> Reply:
         directory = self._service.directory.current
         if event.recipient is None:
             found = resolve_postmaster(directory)
