@@ -257,12 +257,12 @@ class PostfixInstance:
             return
         pid = self.master_pid()
         self._run([self._postfix, "-c", str(self.config_dir), "stop"], timeout)
-        if pid is not None and not wait_until(lambda: not _alive(pid), timeout, 0.05):
+        if pid is not None and not wait_until(lambda: not pid_alive(pid), timeout, 0.05):
             self._run([self._postfix, "-c", str(self.config_dir), "abort"], timeout)
-            if not wait_until(lambda: not _alive(pid), 5.0, 0.05):
+            if not wait_until(lambda: not pid_alive(pid), 5.0, 0.05):
                 # master runs in its own session; its children share the process group.
                 _killpg(pid)
-                wait_until(lambda: not _alive(pid), 5.0, 0.05)
+                wait_until(lambda: not pid_alive(pid), 5.0, 0.05)
         self._started = False
 
     def close(self) -> None:
@@ -417,7 +417,8 @@ class PostfixInstance:
         )
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie, e.g. a daemon whose reaper is slow, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
