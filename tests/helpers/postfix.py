@@ -329,11 +329,17 @@ class PostfixInstance:
                 total += sum(len(files) for _, _, files in os.walk(directory))
         return total
 
-    def wait_for_deliveries(self, count: int, timeout: float = 60.0) -> list[Delivery]:
-        """Wait until at least `count` deliveries have status=sent; raise with logs if not.
+    def wait_for_deliveries(
+        self, count: int, timeout: float = 60.0, to: str | None = None
+    ) -> list[Delivery]:
+        """Wait until at least `count` deliveries (to `to`, if given) have status=sent.
 
-        A bounce (status=bounced) stops the wait early: it will not turn into a delivery.
+        Raises PostfixError with the maillog if that takes longer than `timeout`; a bounce
+        (status=bounced or expired) stops the wait early: it will not turn into a delivery.
         """
+
+        def sent() -> list[Delivery]:
+            return [d for d in self.sent() if to is None or d.to == to]
 
         def bounced() -> str | None:
             bad = [d for d in self.deliveries() if d.status in ("bounced", "expired")]
@@ -342,15 +348,15 @@ class PostfixInstance:
             return None
 
         try:
-            ok = wait_until(lambda: len(self.sent()) >= count, timeout, 0.1, abort=bounced)
+            ok = wait_until(lambda: len(sent()) >= count, timeout, 0.1, abort=bounced)
         except RuntimeError as exc:
             raise PostfixError(str(exc)) from None
         if not ok:
             raise PostfixError(
-                f"only {len(self.sent())} of {count} deliveries after {timeout}s;"
+                f"only {len(sent())} of {count} deliveries after {timeout}s;"
                 f" {self.pending_count()} queued\n{self.maillog()[-4000:]}"
             )
-        return self.sent()
+        return sent()
 
     def wait_for_queue_ids(self, queue_ids: Iterable[str], timeout: float = 60.0) -> None:
         """Wait until every queue id has a status=sent delivery; raise with logs if not."""

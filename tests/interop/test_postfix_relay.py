@@ -106,12 +106,9 @@ def test_smtp_source_batch_relayed_exactly_once(
         check=True,
     )  # fmt: skip
 
-    def relayed() -> set[str]:
-        return {d.queue_id for d in postfix_instance.sent() if d.to == BOB} - before
-
-    postfix_instance.wait_for_deliveries(len(before) + count, timeout=60)
-    queue_ids = relayed()
-    assert len(queue_ids) >= count, sorted(queue_ids)
+    sent = postfix_instance.wait_for_deliveries(len(before) + count, timeout=60, to=BOB)
+    queue_ids = {d.queue_id for d in sent} - before
+    assert len(queue_ids) == count, sorted(queue_ids)
 
     stored = Counter(qid for m in mailhouse.export(BOB) for qid in postfix_queue_ids(m))
     missing = queue_ids - set(stored)
