@@ -173,7 +173,7 @@ def median(values: list[float]) -> float:
 
 def table(runs: list[Run], params: Params, stored: dict[str, int]) -> str:
     """The side-by-side table: per repeat, then medians and the mailhouse/Postfix ratio."""
-    mode = "-d (connection reuse)" if params.reuse else "new connection per message"
+    mode = "connection reuse" if params.reuse else "new connection per message"
     lines = [
         f"smtp-source -s {params.sessions} -m {params.messages} -l {params.size}"
         f"{' -d' if params.reuse else ''}  ({mode}), {params.repeat} repeat(s)",
