@@ -6,15 +6,23 @@ BENCH_ARGS ?=
 # `make serve CONFIG=path/to/mailhouse.toml` (default: the server's try-it-now defaults).
 CONFIG ?=
 
-.PHONY: install install-deps test lint typecheck imports pytest serve bench
+.PHONY: install install-runtime install-deps test lint typecheck imports pytest serve bench
+export PIP_ROOT_USER_ACTION := ignore
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# Everything the tests need: Debian packages (postfix, swaks…) and the dev extras.
 install: install-deps
-	$(PYTHON) -m pip install -e '.[dev]'
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+# Only what the server needs to run.
+install-runtime:
+	$(PYTHON) -m pip install -q -e .
 
 install-deps:
 	bash scripts/install-deps.sh
 
-test: lint typecheck imports pytest
+# The README's test command: installs what it needs, then every check and every test.
+test: install lint typecheck imports pytest
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -30,7 +38,8 @@ imports:
 pytest:
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
-serve:
+# The README's start command: installs the server, then runs it in the foreground.
+serve: install-runtime
 	$(PYTHON) -m mailhouse $(if $(CONFIG),--config $(CONFIG)) serve
 
 bench:
