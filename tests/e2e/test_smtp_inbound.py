@@ -128,3 +128,19 @@ def test_new_user_seen_without_restart(server: Running) -> None:
     with connect(server) as smtp:
         smtp.sendmail("a@sender.test", ["carol@example.test"], MESSAGE)
     assert len(server.messages("carol@example.test")) == 1
+
+
+def test_u_label_and_a_label_domains_reach_the_same_mailbox(server: Running) -> None:
+    # Checklist 35: bücher.example and xn--bcher-kva.example are one domain.
+    from mailhouse.service.accounts import Accounts, Passwords
+    from tests.e2e.conftest import CHEAP_HASHER
+
+    accounts = Accounts(server.app.store, Passwords(CHEAP_HASHER))
+    server.call(accounts.add_domain("bücher.example"))
+    server.call(accounts.add_user("anna@xn--bcher-kva.example", "password-anna"))
+    with connect(server) as smtp:
+        smtp.ehlo("client.test")
+        smtp.sendmail("a@sender.test", ["anna@bücher.example"], MESSAGE,
+                      mail_options=["SMTPUTF8"])
+        smtp.sendmail("a@sender.test", ["anna@xn--bcher-kva.example"], MESSAGE)
+    assert len(server.messages("anna@xn--bcher-kva.example")) == 2

@@ -143,3 +143,43 @@ def test_shutdown_lets_message_in_flight_finish(server: Running) -> None:
     assert done.wait(15)
     [stored] = server.messages("alice@example.test")
     assert stored.endswith(b"Subject: in flight\r\n\r\nfinished\r\n")
+
+
+def test_slow_drip_client_cut_off_at_session_lifetime(tmp_path: Path) -> None:
+    # Checklist 17: a client that keeps the session busy forever is cut off.
+    config = make_config(tmp_path, session_lifetime=1.5, idle_timeout=300.0)
+    for server in start_server(config):
+        sock, f = raw(server)
+        start = time.monotonic()
+        closed_by = b""
+        while time.monotonic() - start < 8:
+            try:
+                sock.sendall(b"NOOP\r\n")
+                line = f.readline()  # type: ignore[attr-defined]
+            except OSError:
+                break
+            if not line.startswith(b"250"):
+                closed_by = line
+                break
+            time.sleep(0.2)
+        assert closed_by.startswith(b"421 4.4.2"), closed_by
+        assert time.monotonic() - start < 5
+        sock.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_below_1_2_is_refused(server: Running) -> None:
+    import ssl
+
+    sock, f = raw(server)
+    sock.sendall(b"EHLO c\r\nSTARTTLS\r\n")
+    while not f.readline().startswith(b"220 "):  # type: ignore[attr-defined]
+        pass
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, OSError)):
+        ctx.wrap_socket(sock, server_hostname="mx.example.test")
+    sock.close()
