@@ -158,6 +158,14 @@ def _user(key: str, value: object) -> str:
     return value
 
 
+def _integer_or_float_zero(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong(key, "a number of seconds >= 0", value)
+    if not math.isfinite(value) or value < 0:
+        raise _wrong(key, "a number of seconds >= 0", value)
+    return float(value)
+
+
 def _log_level(key: str, value: object) -> str:
     expected = "one of " + ", ".join(f'"{level}"' for level in LOG_LEVELS)
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
@@ -321,6 +329,69 @@ class SmtpConfig:
     max_received_headers: int = field(default=50, metadata=checked(_integer(1)))
 
 
+def _sender_grants(key: str, value: object) -> dict[str, tuple[str, ...]]:
+    """{"login@example.org" = ["other@example.org", "@example.org"]}: extra envelope senders
+    and From addresses a login may use beyond its own address and its aliases."""
+    expected = 'a table of "login address" = ["address or @domain", …]'
+    if not isinstance(value, dict):
+        raise _wrong(key, expected, value)
+    out: dict[str, tuple[str, ...]] = {}
+    for login, grants in value.items():
+        if not isinstance(grants, list) or not all(isinstance(g, str) and g for g in grants):
+            raise _wrong(f"{key}.{login}", 'a list of addresses or "@domain"', grants)
+        out[str(login).lower()] = tuple(g.lower() for g in grants)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """Authenticated submission (ports 587/465, RFC 6409, RFC 8314) and the login throttle
+    shared by every protocol that takes passwords."""
+
+    # Failed logins from one IP, or against one account, within `auth_failure_window` seconds
+    # before further attempts are refused (454 4.7.0 / 535) until the window passes.
+    auth_failure_limit: int = field(default=10, metadata=checked(_integer(1)))
+    auth_failure_window: float = field(default=900.0, metadata=checked(_seconds))
+    # Each failed attempt is answered only after this many seconds (slows guessing).
+    auth_failure_delay: float = field(default=1.0, metadata=checked(_seconds))
+    senders: dict[str, tuple[str, ...]] = field(default_factory=dict,
+                                                 metadata=checked(_sender_grants))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """Outbound queue scheduling, as Postfix's qmgr: exponential backoff between
+    `min_backoff` and `max_backoff`, give up after `max_lifetime` (RFC 5321 §4.5.4.1)."""
+
+    min_backoff: float = field(default=300.0, metadata=checked(_seconds))
+    max_backoff: float = field(default=14_400.0, metadata=checked(_seconds))
+    max_lifetime: float = field(default=432_000.0, metadata=checked(_seconds))  # 5 days
+    # Send the sender a "delayed" notice once a message has waited this long; 0 disables.
+    delay_warning: float = field(default=14_400.0, metadata=checked(_integer_or_float_zero))
+    max_concurrency: int = field(default=100, metadata=checked(_integer(1)))
+    destination_concurrency: int = field(default=20, metadata=checked(_integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The outbound SMTP client (RFC 5321 §4.5.3.2 timeouts are the client's minimums)."""
+
+    port: int = field(default=25, metadata=checked(_integer(1, 65535)))
+    connect_timeout: float = field(default=30.0, metadata=checked(_seconds))
+    command_timeout: float = field(default=300.0, metadata=checked(_seconds))
+    # The wait for the reply to the final dot: 10 minutes (RFC 5321 §4.5.3.2.6).
+    data_timeout: float = field(default=600.0, metadata=checked(_seconds))
+    # How long an idle connection is kept for the next message to the same host.
+    connection_reuse_time: float = field(default=5.0, metadata=checked(_seconds))
+
+
+@dataclass(frozen=True, slots=True)
+class DkimConfig:
+    """DKIM signing of submitted mail (RFC 6376); keys are made per domain on `domain add`."""
+
+    enabled: bool = field(default=True, metadata=checked(_boolean))
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = field(default="info", metadata=checked(_log_level))
@@ -342,6 +413,12 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata=_section(LimitsConfig))
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata=_section(SmtpConfig))
     log: LogConfig = field(default_factory=LogConfig, metadata=_section(LogConfig))
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig,
+                                         metadata=_section(SubmissionConfig))
+    queue: QueueConfig = field(default_factory=QueueConfig, metadata=_section(QueueConfig))
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig,
+                                     metadata=_section(DeliveryConfig))
+    dkim: DkimConfig = field(default_factory=DkimConfig, metadata=_section(DkimConfig))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.
     source: Path | None = None

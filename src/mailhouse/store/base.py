@@ -70,6 +70,56 @@ class MessageInfo:
     blob_id: str
 
 
+class RecipientStatus(Enum):
+    PENDING = "pending"  # not delivered yet; tried again at next_attempt
+    DELIVERED = "delivered"
+    FAILED = "failed"  # permanently; a DSN was (or will be) sent
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRequest:
+    """Recipients of a message that go to other servers: stored in the outbound queue in the
+    same transaction as the local copies (one blob shared by all)."""
+
+    sender: str  # the envelope reverse-path without brackets; "" for <> (a bounce)
+    recipients: tuple[str, ...]  # forward-paths as given (str(Address))
+    smtputf8: bool = False
+    body_8bit: bool = False
+    not_before: float | None = None  # first attempt time (epoch seconds); None: now
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRecipient:
+    address: str
+    status: RecipientStatus
+    attempts: int
+    next_attempt: float  # epoch seconds
+    last_reply: str | None  # the last remote reply or local error, for `queue show` and DSNs
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: int
+    blob_id: str
+    size: int
+    sender: str  # "" for the null reverse-path
+    created: float  # epoch seconds (arrival)
+    smtputf8: bool
+    body_8bit: bool
+    delay_warned: bool  # a "delayed" DSN has been sent
+    recipients: tuple[QueueRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """The outcome of one delivery attempt for one recipient."""
+
+    address: str
+    status: RecipientStatus
+    next_attempt: float  # ignored unless PENDING
+    reply: str | None
+
+
 class Spool(Protocol):
     """One incoming message's bytes on their way to disk. The transport streams DATA/BDAT into it
     as it arrives, so a 50 MB message never sits whole in memory."""
@@ -132,11 +182,13 @@ class Store(Protocol):
     # --- messages --------------------------------------------------------------------------
     def new_spool(self) -> Spool: ...
 
-    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget]) -> list[Outcome]:
-        """Store one message (one copy of the bytes) into every target mailbox, durably, in one
-        transaction shared with whatever else commits at the same moment (group commit). Returns
-        one Outcome per target, in order. The spool is consumed. Raises StorageFull / MailError
-        when nothing could be stored."""
+    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget],
+                      queue: QueueRequest | None = None) -> list[Outcome]:
+        """Store one message (one copy of the bytes) into every target mailbox, and into the
+        outbound queue when `queue` is given, durably, in one transaction shared with whatever
+        else commits at the same moment (group commit). Returns one Outcome per target, in
+        order (the queue entry is all-or-nothing: if it cannot be stored, this raises). The
+        spool is consumed. Raises StorageFull / MailError when nothing could be stored."""
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...
 
@@ -145,3 +197,32 @@ class Store(Protocol):
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """The stored bytes, in chunks."""
         ...
+
+    # --- the outbound queue (several nodes share it with a PostgreSQL store) ------------------
+    def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
+        """The bytes of a queued message, in chunks (KeyError if unknown)."""
+        ...
+
+    async def queue_due(self, now: float, limit: int) -> list[QueuedMessage]:
+        """Messages with a PENDING recipient whose next_attempt <= now, oldest first."""
+
+    async def queue_next_attempt(self) -> float | None:
+        """The earliest next_attempt of any PENDING recipient; None for an empty queue. The
+        scheduler sleeps until then (or until told of new mail)."""
+
+    async def queue_get(self, message_id: int) -> QueuedMessage | None: ...
+
+    async def queue_list(self) -> list[QueuedMessage]: ...
+
+    async def queue_update(self, message_id: int, updates: Sequence[RecipientUpdate], *,
+                           delay_warned: bool | None = None) -> None:
+        """Record attempt outcomes (attempts += 1 for each updated recipient). When no
+        recipient is PENDING any more the message leaves the queue and its blob loses a
+        reference. Durable on return (group commit)."""
+
+    async def queue_retry(self, message_id: int | None, now: float) -> int:
+        """Make PENDING recipients due now (one message, or all with None: `queue flush`).
+        Returns how many recipients were rescheduled."""
+
+    async def queue_delete(self, message_id: int) -> bool:
+        """Remove a message from the queue without delivering it (no DSN)."""
