@@ -5,7 +5,7 @@ Events marked "decision" pause the core until `respond(reply)`; the rest are not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailhouse.errors import Reply
 from mailhouse.model import Address
@@ -74,6 +74,19 @@ class TransactionReset:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthCredentials:
+    """Decision: a SASL exchange (RFC 4954) produced these credentials; answer 235 2.7.0 when
+    they are right, 535 5.7.8 when not (one text for an unknown user and a wrong password), or
+    454 4.7.0 while logins are throttled. `authzid` is "" or equal to `username` (the SASL layer
+    refuses anything else). The password never appears in a repr."""
+
+    mechanism: str
+    authzid: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class StartTls:
     """The transport must flush, do the TLS handshake, then call `tls_established()`."""
 
@@ -85,5 +98,5 @@ class Closed:
 
 Event = (
     NeedData | Helo | MailFrom | RcptTo | DataStart | DataChunk | DataComplete | DataAborted
-    | TransactionReset | StartTls | Closed
+    | TransactionReset | AuthCredentials | StartTls | Closed
 )

@@ -16,6 +16,9 @@ from mailhouse.model import Address, AddressError
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 _SOURCE_ROUTE = re.compile(r"@[^:,]+(,@[^:,]+)*:")
+# RFC 4422 §3.1: a mechanism name is 1 to 20 of upper-case letters, digits, "-" and "_"
+# (matched case-insensitively; RFC 4954 §4 leaves the case to the client).
+_SASL_MECHANISM = re.compile(r"[A-Za-z0-9_-]{1,20}\Z")
 
 SYNTAX_PARAM = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
 SYNTAX_ADDRESS = Reply(501, "5.1.7", "Bad address syntax")
@@ -115,6 +118,21 @@ def parse_path(args: str, prefix: str, *, allow_null: bool, utf8: bool | None) -
     except AddressError as exc:
         raise ParseError(Reply(501, "5.1.7", f"Bad address syntax: {exc}")) from exc
     return Path(address, params)
+
+
+def parse_auth(args: str) -> tuple[str, bytes | None]:
+    """`AUTH mechanism [initial-response]` (RFC 4954 §4) → (MECHANISM, response or None).
+
+    The initial response stays in wire form (base64, or "=" for empty): decoding it is the SASL
+    layer's job, which answers 501 5.5.2 when it cannot."""
+    parts = args.split(" ")
+    if not 1 <= len(parts) <= 2 or not _SASL_MECHANISM.match(parts[0]):
+        raise ParseError(Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]"))
+    if len(parts) == 2:
+        if not parts[1] or not parts[1].isascii():
+            raise ParseError(Reply(501, "5.5.2", "Cannot decode initial response"))
+        return parts[0].upper(), parts[1].encode("ascii")
+    return parts[0].upper(), None
 
 
 def parse_bdat(args: str) -> tuple[int, bool]:

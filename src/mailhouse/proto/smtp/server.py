@@ -1,10 +1,17 @@
 """The SMTP server core: bytes in, events out, replies as bytes (RFC 5321, 1870, 2920, 3030,
-3207, 6152, 6531, 2034). No sockets, no clock, no storage: the transport feeds `receive_data()`,
-pulls `next_event()`, answers decisions with `respond()`, and writes `data_to_send()`.
+3207, 4954, 6152, 6531, 2034). No sockets, no clock, no storage: the transport feeds
+`receive_data()`, pulls `next_event()`, answers decisions with `respond()`, and writes
+`data_to_send()`.
 
 PIPELINING (RFC 2920) falls out of the design: the core parses the next command only after the
 previous decision is answered, so replies keep their order and state never leaks between
 pipelined transactions.
+
+AUTH (RFC 4954) exists only where `auth_mechanisms` is set (the submission ports), and only
+inside TLS: a password never crosses the wire in cleartext, so before TLS it is neither
+announced nor accepted (538 5.7.11). The SASL exchange is a state of its own (State.AUTH): every
+line then is a SASL response, never a command. Checking the password is the service's decision
+(`AuthCredentials`), like MAIL and RCPT.
 """
 
 from __future__ import annotations
@@ -14,9 +21,16 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from mailhouse.errors import Reply
+from mailhouse.proto import sasl
 from mailhouse.proto.smtp import events as ev
 from mailhouse.proto.smtp.data import BodyScanner, DotReader
-from mailhouse.proto.smtp.grammar import ParseError, parse_bdat, parse_path, split_command
+from mailhouse.proto.smtp.grammar import (
+    ParseError,
+    parse_auth,
+    parse_bdat,
+    parse_path,
+    split_command,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +44,12 @@ class SmtpServerConfig:
     max_received_headers: int = 50  # RFC 5321 §6.3 loop detection
     tls_available: bool = True
     banner_text: str = "ESMTP mailhouse"
+    # SASL mechanisms for AUTH (RFC 4954), announced and accepted only inside TLS. Empty (the MX
+    # port): no AUTH at all, 503 as before.
+    auth_mechanisms: tuple[str, ...] = ()
+    # Submission (RFC 6409 §4.3, RFC 4954 §6): MAIL before a successful AUTH gets 530 5.7.0.
+    require_auth: bool = False
+    max_auth_line: int = 12288  # RFC 4954 §4: a SASL response line may be this long
 
 
 class State(Enum):
@@ -42,6 +62,7 @@ class State(Enum):
     BETWEEN_CHUNKS = auto()  # BDAT transaction open, waiting for the next BDAT
     WAIT = auto()  # a decision event is out; nothing parsed until respond()
     TLS = auto()  # STARTTLS accepted; waiting for the handshake
+    AUTH = auto()  # inside a SASL exchange: each line is a response to a 334 challenge
     CLOSED = auto()
 
 
@@ -63,7 +84,8 @@ ALLOWED: dict[str, frozenset[State]] = {
     "VRFY": _ANY,
     "EXPN": _ANY,
     "STARTTLS": frozenset({State.INIT, State.READY}),
-    "AUTH": _ANY,
+    # RFC 4954 §4: after EHLO, never during a mail transaction.
+    "AUTH": frozenset({State.READY}),
 }
 
 OK = Reply(250, "2.0.0", "Ok")
@@ -79,6 +101,19 @@ LONG_TEXT_LINE = Reply(554, "5.6.0", "Message has a line longer than the limit")
 MAIL_LOOP = Reply(554, "5.4.6", "Too many Received headers: mail loop")
 TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 SHUTDOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+# RFC 4954 §6 replies.
+AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Authentication not enabled")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication "
+                                           "mechanism")
+ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_UNSUPPORTED = Reply(504, "5.5.4", "Unrecognized authentication type")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode response")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")
+# One text for every failed login, whatever failed (security checklist 11).
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 # A line with no LF this long is not a command any client sends: stop reading it.
 _DISCARD_LIMIT = 65536
 
@@ -92,8 +127,10 @@ class SmtpServer:
         self.tls_active = tls_active
         self.helo_name: str | None = None
         self.esmtp = False
+        self.authenticated = False
         self.recipients = 0
         self.errors = 0
+        self._sasl: sasl.Mechanism | None = None
         self._buf = b""
         self._out: list[bytes] = []
         self._events: deque[ev.Event] = deque()
@@ -126,7 +163,8 @@ class SmtpServer:
         return self._events.popleft()
 
     def respond(self, reply: Reply) -> None:
-        """Answer the decision event last returned (MailFrom, RcptTo or DataComplete)."""
+        """Answer the decision event last returned (MailFrom, RcptTo, DataComplete or
+        AuthCredentials)."""
         pending, self._pending = self._pending, None
         if pending is None or self.state is not State.WAIT:
             raise RuntimeError("respond() without a pending decision")
@@ -138,6 +176,11 @@ class SmtpServer:
         elif isinstance(pending, ev.RcptTo):
             self.recipients += accepted
             self.state = State.RCPT if self.recipients else State.MAIL
+        elif isinstance(pending, ev.AuthCredentials):
+            # RFC 4954 §4: 235 makes the session authenticated; anything else leaves it as it
+            # was, and the client may try again (the service throttles that).
+            self.authenticated = reply.code == 235
+            self.state = State.READY
         else:  # DataComplete: the transaction is over whatever the answer
             self._reset_transaction(notify=False)
             self.state = State.READY
@@ -151,6 +194,7 @@ class SmtpServer:
         """After the handshake: forget everything said before it (RFC 3207 §4.2)."""
         self.tls_active = True
         self.helo_name, self.esmtp = None, False
+        self.authenticated, self._sasl = False, None  # never set before TLS; forget anyway
         self._buf = b""
         self.state = State.INIT
 
@@ -225,25 +269,37 @@ class SmtpServer:
             return self._step_data()
         if self.state is State.CHUNK:
             return self._step_chunk()
+        in_auth = self.state is State.AUTH
+        limit = self.config.max_auth_line if in_auth else self.config.max_command_line
         nl = self._buf.find(b"\n")
         if self._discarding or nl < 0:
-            return self._step_overlong(nl)
+            return self._step_overlong(nl, limit)
         line, self._buf = self._buf[: nl + 1], self._buf[nl + 1 :]
-        if len(line) > self.config.max_command_line:
-            self._error(LINE_TOO_LONG)
+        if len(line) > limit:
+            self._line_too_long()
             return True
         if not line.endswith(b"\r\n"):
             return self._bare_newline()
-        self._command(line[:-2])
+        if in_auth:
+            self._auth_response(line[:-2])
+        else:
+            self._command(line[:-2])
         return True
 
-    def _step_overlong(self, nl: int) -> bool:
+    def _line_too_long(self) -> None:
+        if self.state is State.AUTH:  # RFC 4954 §4: the exchange is over
+            self._sasl, self.state = None, State.READY
+            self._error(AUTH_LINE_TOO_LONG)
+        else:
+            self._error(LINE_TOO_LONG)
+
+    def _step_overlong(self, nl: int, limit: int) -> bool:
         if nl >= 0:  # the end of a line we have been throwing away
             self._buf = self._buf[nl + 1 :]
             self._discarding = 0
-            self._error(LINE_TOO_LONG)
+            self._line_too_long()
             return True
-        if len(self._buf) > self.config.max_command_line:
+        if len(self._buf) > limit:
             self._discarding += len(self._buf)
             self._buf = b""
             if self._discarding > _DISCARD_LIMIT:
@@ -289,6 +345,11 @@ class SmtpServer:
         elif verb == "STARTTLS":
             text = "TLS already active" if self.tls_active else "STARTTLS not allowed now"
             self._error(Reply(503, "5.5.1", text))
+        elif verb == "AUTH" and not self.config.auth_mechanisms:
+            self._error(AUTH_NOT_ENABLED)
+        elif verb == "AUTH":
+            self._error(Reply(503, "5.5.1", "Send EHLO first") if self.state is State.INIT
+                        else AUTH_IN_TRANSACTION)
         else:
             self._error(BAD_SEQUENCE)
 
@@ -315,7 +376,15 @@ class SmtpServer:
         ]
         if self.config.tls_available and not self.tls_active:
             lines.append("STARTTLS")
+        if self._auth_offered:
+            lines.append("AUTH " + " ".join(self.config.auth_mechanisms))
         self._reply(Reply(250, None, "\n".join(lines)))
+
+    @property
+    def _auth_offered(self) -> bool:
+        """RFC 4954 §4 with RFC 8314 §3: passwords only inside TLS, so AUTH is not even
+        announced before it (stripping it would gain an attacker nothing)."""
+        return bool(self.config.auth_mechanisms) and self.tls_active
 
     def _cmd_ehlo(self, args: str) -> None:
         self._cmd_helo(args, extended=True)
@@ -324,6 +393,9 @@ class SmtpServer:
         self._cmd_helo(args, extended=False)
 
     def _cmd_mail(self, args: str) -> None:
+        if self.config.require_auth and not self.authenticated:
+            self._error(AUTH_REQUIRED)  # RFC 4954 §6
+            return
         try:
             path = parse_path(args, "FROM:", allow_null=True, utf8=None if self.esmtp else False)
         except ParseError as exc:
@@ -347,6 +419,10 @@ class SmtpServer:
             elif key == "BODY" and value is not None and value.upper() in ("7BIT", "8BITMIME"):
                 body_8bit = value.upper() == "8BITMIME"
             elif key == "SMTPUTF8" and value is None:
+                pass
+            elif key == "AUTH" and value is not None and self._auth_offered:
+                # RFC 4954 §5: the original submitter, as a relaying client asserts it. Accepted
+                # (a server announcing AUTH must) and not trusted: we treat it as AUTH=<>.
                 pass
             else:
                 self._error(Reply(555, "5.5.4", f"Unsupported parameter {key}"))
@@ -487,8 +563,9 @@ class SmtpServer:
         self._close()
 
     def _cmd_help(self, args: str) -> None:
+        auth = " AUTH" if self.config.auth_mechanisms else ""
         self._reply(Reply(214, "2.0.0", "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT "
-                                        "RSET NOOP VRFY HELP QUIT STARTTLS"))
+                                        "RSET NOOP VRFY HELP QUIT STARTTLS" + auth))
 
     def _cmd_vrfy(self, args: str) -> None:
         if not args.strip():
@@ -501,13 +578,64 @@ class SmtpServer:
         self._error(Reply(502, "5.5.1", "EXPN not available"))
 
     def _cmd_auth(self, args: str) -> None:
-        self._error(Reply(503, "5.5.1", "Authentication not enabled"))
+        """RFC 4954 §4. The order of the checks matters: nothing about the credentials is looked
+        at (not even their syntax) unless TLS protects them."""
+        if not self.config.auth_mechanisms:
+            self._error(AUTH_NOT_ENABLED)
+            return
+        if self.authenticated:
+            self._error(ALREADY_AUTHENTICATED)
+            return
+        if not self.esmtp:
+            self._error(Reply(503, "5.5.1", "Send EHLO first"))
+            return
+        if not self.tls_active:
+            self._error(ENCRYPTION_REQUIRED)
+            return
+        try:
+            name, initial = parse_auth(args)
+        except ParseError as exc:
+            self._error(exc.reply)
+            return
+        try:
+            mechanism = sasl.new_mechanism(name, self.config.auth_mechanisms)
+            self._sasl_outcome(mechanism, mechanism.start(initial))
+        except sasl.SaslError as exc:
+            self._sasl_failed(exc)
+
+    def _auth_response(self, line: bytes) -> None:
+        """A line inside the SASL exchange: the client's answer to our 334."""
+        mechanism = self._sasl
+        assert mechanism is not None
+        try:
+            self._sasl_outcome(mechanism, mechanism.step(line))
+        except sasl.SaslError as exc:
+            self._sasl_failed(exc)
+
+    def _sasl_outcome(self, mechanism: sasl.Mechanism, step: sasl.Step) -> None:
+        if isinstance(step, sasl.Challenge):
+            self._sasl, self.state = mechanism, State.AUTH
+            self._reply(Reply(334, None, step.encoded()))
+            return
+        self._sasl = None
+        self._decide(ev.AuthCredentials(step.mechanism, step.authzid, step.username,
+                                        step.password))
+
+    def _sasl_failed(self, exc: sasl.SaslError) -> None:
+        self._sasl, self.state = None, State.READY
+        reply = {
+            sasl.SaslErrorKind.UNSUPPORTED: AUTH_UNSUPPORTED,
+            sasl.SaslErrorKind.CANCELLED: AUTH_CANCELLED,  # RFC 4954 §4: 501
+            sasl.SaslErrorKind.BAD_BASE64: AUTH_BAD_BASE64,  # RFC 4954 §4: 501 5.5.2
+            sasl.SaslErrorKind.FAILED: AUTH_FAILED,
+        }[exc.kind]
+        self._error(reply)
 
     def _cmd_starttls(self, args: str) -> None:
         if args.strip():
             self._error(Reply(501, "5.5.4", "Syntax: STARTTLS"))
             return
-        if self.tls_active:
+        if self.tls_active or self.authenticated:
             self._error(Reply(503, "5.5.1", "TLS already active"))
             return
         if not self.config.tls_available:
