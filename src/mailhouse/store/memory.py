@@ -21,9 +21,15 @@ from mailhouse.store.base import (
     MailboxInfo,
     MessageInfo,
     Outcome,
+    QueuedMessage,
+    QueueRecipient,
+    QueueRequest,
+    RecipientStatus,
+    RecipientUpdate,
     Spool,
 )
 from mailhouse.store.blobs import READ_CHUNK
+from mailhouse.store.queue_rules import checked_updates, clean_reply, queue_recipients
 from mailhouse.store.rules import (
     canonical_mailbox_name,
     check_address_key,
@@ -96,6 +102,7 @@ class MemoryStore:
         self._aliases: dict[str, tuple[str, ...]] = {}
         self._mailboxes: dict[int, _Mailbox] = {}
         self._blobs: dict[str, _Blob] = {}
+        self._queue: dict[int, QueuedMessage] = {}  # by id, ascending (insertion order)
         self._ids = itertools.count(1)  # one sequence for every id: never reused
 
     async def open(self) -> None:
@@ -227,12 +234,15 @@ class MemoryStore:
         self._check_open()
         return MemorySpool(self)
 
-    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget]) -> list[Outcome]:
+    async def deliver(
+        self, spool: Spool, targets: Sequence[DeliveryTarget], queue: QueueRequest | None = None
+    ) -> list[Outcome]:
         self._check_open()
         if not isinstance(spool, MemorySpool) or spool.owner is not self:
             raise TypeError("spool does not belong to this store")
         try:
             flags = [check_flags(t.flags) for t in targets]
+            recipients = None if queue is None else queue_recipients(queue)
         except ValueError:
             await spool.abort()
             raise
@@ -265,6 +275,23 @@ class MemoryStore:
             )
             outcomes.append(Outcome.DELIVERED)
         references = outcomes.count(Outcome.DELIVERED)
+        if queue is not None and recipients is not None:
+            first = now if queue.not_before is None else queue.not_before
+            queue_id = next(self._ids)
+            self._queue[queue_id] = QueuedMessage(
+                id=queue_id,
+                blob_id=blob_id,
+                size=len(data),
+                sender=queue.sender,
+                created=now,
+                smtputf8=queue.smtputf8,
+                body_8bit=queue.body_8bit,
+                delay_warned=False,
+                recipients=tuple(
+                    QueueRecipient(a, RecipientStatus.PENDING, 0, first, None) for a in recipients
+                ),
+            )
+            references += 1
         if references:
             self._blobs[blob_id] = _Blob(data, references)
         return outcomes
@@ -293,10 +320,113 @@ class MemoryStore:
 
     async def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """Raises KeyError if the blob does not exist, as the embedded store does."""
+        async for chunk in self.read_blob(message.blob_id):
+            yield chunk
+
+    # --- the outbound queue -----------------------------------------------------------------
+    async def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
         self._check_open()
-        blob = self._blobs.get(message.blob_id)
+        blob = self._blobs.get(blob_id)
         if blob is None:
-            raise KeyError(message.blob_id)
+            raise KeyError(blob_id)
         data = blob.data
         for start in range(0, len(data), READ_CHUNK):
             yield data[start : start + READ_CHUNK]
+
+    async def queue_due(self, now: float, limit: int) -> list[QueuedMessage]:
+        self._check_open()
+        due: list[tuple[float, int]] = []
+        for message in self._queue.values():
+            times = [
+                r.next_attempt
+                for r in message.recipients
+                if r.status is RecipientStatus.PENDING and r.next_attempt <= now
+            ]
+            if times:
+                due.append((min(times), message.id))
+        due.sort()
+        return [self._queue[queue_id] for _, queue_id in due[: max(limit, 0)]]
+
+    async def queue_next_attempt(self) -> float | None:
+        self._check_open()
+        times = [
+            r.next_attempt
+            for m in self._queue.values()
+            for r in m.recipients
+            if r.status is RecipientStatus.PENDING
+        ]
+        return min(times, default=None)
+
+    async def queue_get(self, message_id: int) -> QueuedMessage | None:
+        self._check_open()
+        return self._queue.get(message_id)
+
+    async def queue_list(self) -> list[QueuedMessage]:
+        self._check_open()
+        return list(self._queue.values())
+
+    async def queue_update(
+        self,
+        message_id: int,
+        updates: Sequence[RecipientUpdate],
+        *,
+        delay_warned: bool | None = None,
+    ) -> None:
+        self._check_open()
+        updates = checked_updates(updates)
+        message = self._queue.get(message_id)
+        if message is None:
+            return
+        recipients = list(message.recipients)
+        for update in updates:
+            for i, r in enumerate(recipients):
+                if r.address != update.address or r.status is not RecipientStatus.PENDING:
+                    continue
+                next_attempt = (
+                    update.next_attempt
+                    if update.status is RecipientStatus.PENDING
+                    else r.next_attempt
+                )
+                recipients[i] = QueueRecipient(
+                    r.address,
+                    update.status,
+                    r.attempts + 1,
+                    next_attempt,
+                    clean_reply(update.reply),
+                )
+        message = replace(
+            message,
+            recipients=tuple(recipients),
+            delay_warned=message.delay_warned if delay_warned is None else delay_warned,
+        )
+        self._queue[message_id] = message
+        if all(r.status is not RecipientStatus.PENDING for r in recipients):
+            self._dequeue(message_id)
+
+    async def queue_retry(self, message_id: int | None, now: float) -> int:
+        self._check_open()
+        ids = list(self._queue) if message_id is None else [message_id]
+        count = 0
+        for queue_id in ids:
+            message = self._queue.get(queue_id)
+            if message is None:
+                continue
+            recipients = []
+            for r in message.recipients:
+                if r.status is RecipientStatus.PENDING:
+                    r = replace(r, next_attempt=min(r.next_attempt, now))
+                    count += 1
+                recipients.append(r)
+            self._queue[queue_id] = replace(message, recipients=tuple(recipients))
+        return count
+
+    async def queue_delete(self, message_id: int) -> bool:
+        self._check_open()
+        return self._dequeue(message_id)
+
+    def _dequeue(self, message_id: int) -> bool:
+        message = self._queue.pop(message_id, None)
+        if message is None:
+            return False
+        self._release(message.blob_id)
+        return True

@@ -16,6 +16,16 @@ Design notes for version 1:
 - `expunged` keeps (uid, modseq) of removed messages for QRESYNC VANISHED (RFC 7162 §3.2.10).
 - `meta` holds the directory serial, read by other processes (the CLI edits while the server
   runs), and the last UIDVALIDITY handed out.
+
+Version 2 adds the outbound queue (issue 3):
+- `queue`: one row per queued message; its blob holds one reference for the row, counted with
+  the mailbox copies of the same delivery (one blob, one transaction). AUTOINCREMENT: operators
+  name messages by id (`mailhouse queue delete 17`), so an id must never point at a newer one.
+- `queue_recipients`: per-recipient status, attempts, next attempt and last reply. A recipient
+  only ever leaves PENDING; when none is left the message row goes (its recipients cascade).
+- `queue_recipients_due`: a partial index over PENDING recipients only, by next attempt, with
+  the message id in it: the scheduler's two hot queries (what is due, when is the next one) are
+  an index range scan and a min(), never a table scan, however many finished rows wait beside.
 """
 
 from __future__ import annotations
@@ -88,10 +98,37 @@ CREATE TABLE expunged (
 CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
 """
 
+_V2 = """
+CREATE TABLE queue (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    blob_id      TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    sender       TEXT NOT NULL,  -- '' for the null reverse-path
+    created      REAL NOT NULL,
+    smtputf8     INTEGER NOT NULL DEFAULT 0,
+    body_8bit    INTEGER NOT NULL DEFAULT 0,
+    delay_warned INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE queue_recipients (
+    id           INTEGER PRIMARY KEY,  -- insertion order = the order the sender gave
+    queue_id     INTEGER NOT NULL REFERENCES queue (id) ON DELETE CASCADE,
+    address      TEXT NOT NULL,
+    status       TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    last_reply   TEXT,
+    UNIQUE (queue_id, address)
+);
+CREATE INDEX queue_recipients_due ON queue_recipients (next_attempt, queue_id)
+    WHERE status = 'pending';
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1]
+MIGRATIONS: list[Migration] = [_V1, _V2]
 
 
 def latest_version() -> int:

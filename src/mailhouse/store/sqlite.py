@@ -31,17 +31,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.model import Account, Directory
-from mailhouse.store import schema
+from mailhouse.store import schema, sqlite_queue
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
     DeliveryTarget,
     MailboxInfo,
     MessageInfo,
     Outcome,
+    QueuedMessage,
+    QueueRequest,
+    RecipientUpdate,
     Spool,
 )
 from mailhouse.store.blobs import SPILL_AT, BlobFiles, FileSpool, SealedBlob, read_chunks
 from mailhouse.store.failures import storage_error
+from mailhouse.store.queue_rules import checked_updates, queue_recipients
 from mailhouse.store.rules import (
     canonical_mailbox_name,
     check_address_key,
@@ -259,11 +263,14 @@ class SqliteStore:
     def new_spool(self) -> FileSpool:
         return FileSpool(self._files, self._open_pool(), self._spill_at)
 
-    async def deliver(self, spool: Spool, targets: Sequence[DeliveryTarget]) -> list[Outcome]:
+    async def deliver(
+        self, spool: Spool, targets: Sequence[DeliveryTarget], queue: QueueRequest | None = None
+    ) -> list[Outcome]:
         """See base.Store.deliver. Per target: DELIVERED, or PERMANENT when the account or the
-        mailbox does not exist (the service may retry INBOX). Raises StorageFull / MailError when
-        nothing was stored; then no row exists and the blob file is gone (or left to the reaper
-        if the commit's fate is unknown)."""
+        mailbox does not exist (the service may retry INBOX). The queue entry, when asked for,
+        commits in the same job as the copies and holds one reference on the same blob. Raises
+        StorageFull / MailError when nothing was stored; then no row exists and the blob file
+        is gone (or left to the reaper if the commit's fate is unknown)."""
         if not isinstance(spool, FileSpool) or spool.files is not self._files:
             raise TypeError("spool does not belong to this store")
         writer = self._open_writer()
@@ -278,19 +285,21 @@ class SqliteStore:
                 )
                 for t in targets
             ]
+            recipients = None if queue is None else queue_recipients(queue)
         except ValueError:
             await spool.abort()
             raise
-        if not rows:
+        if not rows and queue is None:
             await spool.abort()
             return []
         blob = await spool.seal()
+        queued = None if queue is None or recipients is None else (queue, recipients)
         outcomes = await writer.run(
-            partial(_deliver, blob=blob, targets=rows),
+            partial(_deliver, blob=blob, targets=rows, queued=queued, now=now),
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
-        if Outcome.DELIVERED not in outcomes:  # no row points at the file
+        if queued is None and Outcome.DELIVERED not in outcomes:  # no row points at the file
             await asyncio.get_running_loop().run_in_executor(
                 self._open_pool(), partial(self._forget_blob, blob.blob_id, False)
             )
@@ -313,6 +322,60 @@ class SqliteStore:
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """Raises KeyError (when iterated) if the blob does not exist."""
         return read_chunks(self._files, self._open_pool(), message.blob_id)
+
+    # --- the outbound queue -------------------------------------------------------------------
+    def read_blob(self, blob_id: str) -> AsyncIterator[bytes]:
+        """Raises KeyError (when iterated) if the blob does not exist."""
+        return read_chunks(self._files, self._open_pool(), blob_id)
+
+    async def queue_due(self, now: float, limit: int) -> list[QueuedMessage]:
+        return await self._read(partial(sqlite_queue.due, now=now, limit=limit))
+
+    async def queue_next_attempt(self) -> float | None:
+        return await self._read(sqlite_queue.next_attempt)
+
+    async def queue_get(self, message_id: int) -> QueuedMessage | None:
+        return await self._read(partial(sqlite_queue.get, message_id=message_id))
+
+    async def queue_list(self) -> list[QueuedMessage]:
+        return await self._read(sqlite_queue.list_all)
+
+    async def queue_update(
+        self,
+        message_id: int,
+        updates: Sequence[RecipientUpdate],
+        *,
+        delay_warned: bool | None = None,
+    ) -> None:
+        apply = partial(
+            sqlite_queue.update,
+            message_id=message_id,
+            updates=checked_updates(updates),
+            delay_warned=delay_warned,
+        )
+        await self._write_then_collect(apply)
+
+    async def queue_retry(self, message_id: int | None, now: float) -> int:
+        return await self._write(partial(sqlite_queue.retry, message_id=message_id, now=now))
+
+    async def queue_delete(self, message_id: int) -> bool:
+        return await self._write_then_collect(partial(sqlite_queue.remove, message_id=message_id))
+
+    async def _write_then_collect(self, apply: Callable[[sqlite3.Connection], bool]) -> bool:
+        """Run a job that may drop a blob reference (True); collect garbage after its commit
+        only then, so the common update costs no extra transaction."""
+        dropped = False
+
+        def job(conn: sqlite3.Connection) -> bool:
+            nonlocal dropped
+            dropped = apply(conn)
+            return dropped
+
+        def after_commit() -> None:
+            if dropped:
+                self._garbage_after_commit()
+
+        return await self._write(job, after_commit=after_commit)
 
     # --- garbage --------------------------------------------------------------------------------
     def _garbage_after_commit(self) -> None:
@@ -502,10 +565,15 @@ _INSERT_MESSAGE = (
 )
 
 _TargetRow = tuple[int, str, str, float]
+_Queued = tuple[QueueRequest, tuple[str, ...]]
 
 
 def _deliver(
-    conn: sqlite3.Connection, blob: SealedBlob, targets: Sequence[_TargetRow]
+    conn: sqlite3.Connection,
+    blob: SealedBlob,
+    targets: Sequence[_TargetRow],
+    queued: _Queued | None,
+    now: float,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for account_id, mailbox, flags, internal_date in targets:
@@ -520,6 +588,9 @@ def _deliver(
         )
         outcomes.append(Outcome.DELIVERED)
     references = outcomes.count(Outcome.DELIVERED)
+    if queued is not None:
+        sqlite_queue.insert(conn, blob, queued[0], queued[1], now)
+        references += 1
     if references:
         conn.execute(
             "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ?)",
