@@ -14,6 +14,16 @@ master.cf runs every service with chroot=n, and smtpd on 127.0.0.1:PORT only. Do
 with ``smtp_tls_security_level = may``; addresses in `mailboxes` are delivered by virtual(8) to
 maildirs (``new/`` files, fsynced by Postfix) owned by a static uid ("nobody").
 
+Optional extras (keyword arguments; off by default, so existing users are unaffected):
+- ``relayhost=(host, port)``: every domain not handled otherwise goes to ``[host]:port`` by
+  smtp(8) (``relayhost``, ``default_transport = smtp``), the normal qmgr/smtp path.
+- ``submission=Submission(users={...})``: a second smtpd on its own loopback port that takes mail
+  only after SASL AUTH over TLS, as a submission service would: implicit TLS (RFC 8314, port
+  465 style, ``smtpd_tls_wrappermode``) or STARTTLS required (587 style); Cyrus SASL with a
+  sasldb (``saslpasswd2``, Debian package sasl2-bin; PLAIN and LOGIN); an authenticated login
+  may use only its own address as the envelope sender (``reject_sender_login_mismatch``). The
+  certificate is the given PEM pair, or a self-signed RSA one made with openssl.
+
 Gotchas this handles (see shared/reference/performance.md §3):
 - `maillog_file_prefixes` must contain the log directory, or postlogd refuses to open it.
 - data_directory must belong to the postfix user; virtual(8)'s static uid must be able to reach
@@ -25,6 +35,10 @@ Gotchas this handles (see shared/reference/performance.md §3):
   script(1) and returns its output together with the maillog.
 - `virtual_mailbox_limit` must not be smaller than `message_size_limit` (virtual(8) refuses to
   start otherwise); both are set explicitly.
+- Cyrus SASL reads ``smtpd.conf`` from ``cyrus_sasl_config_path``; a login ``user@realm``
+  is looked up in the sasldb as user ``user`` in realm ``realm`` (``saslpasswd2 -u realm``);
+  smtpd runs as postfix and must read the sasldb (root:postfix 0640: `postfix check` warns about
+  files under config_directory not owned by root).
 
 Needs root (postfix start). Network use is loopback only.
 """
@@ -46,7 +60,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.helpers.maildir import count_maildir
-from tests.helpers.net import LOOPBACK, free_port, smtp_greets, wait_until
+from tests.helpers.net import LOOPBACK, free_port, port_accepts, smtp_greets, wait_until
 from tests.helpers.tools import program
 
 # The services a relay / virtual-delivery instance needs, all with chroot=n (column 5).
@@ -103,6 +117,26 @@ class Delivery:
     agent: str  # smtp | virtual | error | ...
 
 
+@dataclass(frozen=True)
+class Submission:
+    """A submission-style smtpd that requires SASL AUTH over TLS (see the module docstring).
+
+    users: login address -> password, stored in a Cyrus sasldb.
+    port: loopback port (default: a free one).
+    implicit_tls: True for implicit TLS (RFC 8314, "465"), False for STARTTLS before AUTH
+        ("587", ``smtpd_tls_security_level = encrypt``).
+    cert_file, key_file: PEM certificate and key; both None makes a self-signed RSA-2048 pair.
+    sender_login_match: refuse envelope senders other than the login itself.
+    """
+
+    users: Mapping[str, str]
+    port: int | None = None
+    implicit_tls: bool = True
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    sender_login_match: bool = True
+
+
 class PostfixError(RuntimeError):
     """Postfix failed to start, stop, or deliver in time; the message carries its logs."""
 
@@ -126,6 +160,8 @@ class PostfixInstance:
         myhostname: str = "postfix.interop.test",
         extra_main: Mapping[str, str] | None = None,
         base_dir: Path | None = None,
+        relayhost: tuple[str, int] | None = None,
+        submission: Submission | None = None,
     ) -> None:
         """Prepare (but do not start) an instance.
 
@@ -135,6 +171,8 @@ class PostfixInstance:
         extra_main: more main.cf settings (override the defaults).
         base_dir: where to put everything (default: a new short directory under /tmp, removed
         by close()). Must be short and world-searchable; see the module docstring.
+        relayhost: (loopback host, port) that every other domain is relayed to by smtp(8).
+        submission: also run an authenticated submission smtpd (see `Submission`).
         """
         self.port = port if port is not None else free_port()
         self.relay = dict(relay or {})
@@ -153,6 +191,15 @@ class PostfixInstance:
         self.log_dir = self.base / "log"
         self.maillog_path = self.log_dir / "maillog"
         self.vmail_dir = self.base / "vmail"
+        self.relayhost = relayhost
+        self.submission = submission
+        self.submission_port = (
+            (submission.port if submission.port is not None else free_port())
+            if submission is not None
+            else None
+        )
+        self.sasl_dir = self.config_dir / "sasl"
+        self.tls_dir = self.config_dir / "tls"
         self._postfix = program("postfix")
         self._started = False
 
@@ -202,6 +249,20 @@ class PostfixInstance:
             "maximal_backoff_time": "2s",
             "smtpd_banner": "$myhostname ESMTP",
         }
+        if self.relayhost is not None:
+            host, port = self.relayhost
+            settings |= {"relayhost": f"[{host}]:{port}", "default_transport": "smtp"}
+        if self.submission is not None:
+            settings |= {
+                "smtpd_sasl_type": "cyrus",
+                "cyrus_sasl_config_path": str(self.sasl_dir),
+                "smtpd_sasl_path": "smtpd",
+                "smtpd_sasl_local_domain": "",
+                "smtpd_sasl_security_options": "noanonymous",
+                "smtpd_tls_cert_file": str(self.tls_cert_file),
+                "smtpd_tls_key_file": str(self.tls_key_file),
+                "smtpd_tls_loglevel": "0",
+            }
         if self.mailboxes:
             nobody = pwd.getpwnam("nobody")
             maps = ", ".join(
@@ -223,7 +284,84 @@ class PostfixInstance:
 
     def master_cf(self) -> str:
         smtpd = f"{LOOPBACK}:{self.port} inet n - n - - smtpd\n"
-        return smtpd + _MASTER_SERVICES
+        return smtpd + self._submission_service() + _MASTER_SERVICES
+
+    @property
+    def tls_cert_file(self) -> Path:
+        sub = self.submission
+        if sub is not None and sub.cert_file is not None:
+            return sub.cert_file
+        return self.tls_dir / "cert.pem"
+
+    @property
+    def tls_key_file(self) -> Path:
+        sub = self.submission
+        if sub is not None and sub.key_file is not None:
+            return sub.key_file
+        return self.tls_dir / "key.pem"
+
+    def _submission_service(self) -> str:
+        sub = self.submission
+        if sub is None:
+            return ""
+        # No whitespace: a master.cf -o value is one word.
+        logins = ",".join(f"{login}={login}" for login in sub.users)
+        options = [
+            "syslog_name=postfix/submission",
+            "smtpd_sasl_auth_enable=yes",
+            "smtpd_tls_auth_only=yes",
+            "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+            "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+            "smtpd_recipient_restrictions=permit_sasl_authenticated,reject",
+        ]
+        if sub.implicit_tls:
+            options += ["smtpd_tls_wrappermode=yes", "smtpd_tls_security_level=encrypt"]
+        else:
+            options += ["smtpd_tls_security_level=encrypt"]
+        if sub.sender_login_match:
+            options += [
+                f"smtpd_sender_login_maps=inline:{{{logins}}}",
+                "smtpd_sender_restrictions=reject_sender_login_mismatch",
+            ]
+        lines = [f"{LOOPBACK}:{self.submission_port} inet n - n - - smtpd"]
+        lines += [f"  -o {option}" for option in options]
+        return "\n".join(lines) + "\n"
+
+    def _write_submission_files(self) -> None:
+        """The Cyrus SASL config + sasldb and (unless given) a self-signed certificate."""
+        sub = self.submission
+        if sub is None:
+            return
+        pw = pwd.getpwnam("postfix")
+        self.sasl_dir.mkdir(parents=True, exist_ok=True)
+        sasldb = self.sasl_dir / "sasldb2"
+        (self.sasl_dir / "smtpd.conf").write_text(
+            "pwcheck_method: auxprop\n"
+            "auxprop_plugin: sasldb\n"
+            "mech_list: PLAIN LOGIN\n"
+            f"sasldb_path: {sasldb}\n"
+        )
+        saslpasswd2 = program("saslpasswd2")
+        for login, password in sub.users.items():
+            user, _, realm = login.rpartition("@")
+            argv = [saslpasswd2, "-p", "-c", "-f", str(sasldb)]
+            argv += ["-u", realm, user] if user else [login]
+            result = subprocess.run(
+                argv,
+                input=password,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise PostfixError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+        # root-owned like everything under config_directory (postfix check warns otherwise),
+        # readable by smtpd through its group.
+        os.chown(sasldb, 0, pw.pw_gid)
+        sasldb.chmod(0o640)
+        if sub.cert_file is None or sub.key_file is None:
+            make_self_signed(self.tls_cert_file, self.tls_key_file, self.myhostname)
 
     def write_config(self) -> None:
         for directory in (self.config_dir, self.queue_dir, self.data_dir, self.log_dir):
@@ -238,6 +376,7 @@ class PostfixInstance:
         lines = [f"{key} = {value}".rstrip() for key, value in self.main_cf().items()]
         (self.config_dir / "main.cf").write_text("\n".join(lines) + "\n")
         (self.config_dir / "master.cf").write_text(self.master_cf())
+        self._write_submission_files()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -250,6 +389,13 @@ class PostfixInstance:
         self._started = True
         if not wait_until(lambda: smtp_greets(self.port), timeout=timeout, interval=0.1):
             raise PostfixError(f"Postfix smtpd not answering on {self.port}:\n{self.diagnose()}")
+        sub_port = self.submission_port
+        if sub_port is not None and not wait_until(
+            lambda: port_accepts(sub_port), timeout=timeout, interval=0.1
+        ):
+            raise PostfixError(
+                f"Postfix submission not accepting on {sub_port}:\n{self.diagnose()}"
+            )
 
     def stop(self, timeout: float = 15.0) -> None:
         """`postfix stop`, then wait (bounded) for master to exit; kill it if it will not."""
@@ -421,6 +567,27 @@ class PostfixInstance:
             timeout=timeout,
             check=False,
         )
+
+
+def make_self_signed(cert_file: Path, key_file: Path, common_name: str) -> None:
+    """A self-signed RSA-2048 certificate and key (PEM) for `common_name`, made with openssl.
+
+    The key is 0600 and owned by the caller (root): Postfix opens it before dropping
+    privileges; the certificate is world-readable.
+    """
+    cert_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        program("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256",
+        "-days", "30", "-subj", f"/CN={common_name}",
+        "-addext", f"subjectAltName=DNS:{common_name}",
+        "-keyout", str(key_file), "-out", str(cert_file),
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise PostfixError(f"openssl req failed: {result.stderr.strip()}")
+    key_file.chmod(0o600)
+    cert_file.chmod(0o644)
 
 
 def pid_alive(pid: int) -> bool:
