@@ -12,7 +12,10 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from mailhouse.config import Config
@@ -20,10 +23,13 @@ from mailhouse.errors import ConfigError
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
-from mailhouse.service.accounts import Accounts
+from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import InboundPolicy, InboundService
+from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
+from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
 
@@ -33,11 +39,15 @@ DEMO_DOMAIN = "mailhouse.test"
 DEMO_USER = f"demo@{DEMO_DOMAIN}"
 SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
-NOT_BUILT = ("submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+NOT_BUILT = ("imap", "imaps", "pop3", "pop3s")
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, passwords: Passwords | None = None,
+                 signer: Signer | None = None,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        """`passwords`: the hashing policy (tests pass a cheap one). `signer` (DKIM) and
+        `on_queued` (wakes the queue worker) are optional until those parts are wired."""
         self.config = config
         self.store: Store = open_store(config.data_dir)
         self.directory = DirectoryCache(self.store)
@@ -45,6 +55,12 @@ class App:
             config.limits.max_connections, config.limits.max_connections_per_ip))
         self.listeners: list[Listener] = []
         self.demo_password: str | None = None
+        self.passwords = passwords or Passwords()
+        # One throttle for every protocol that takes passwords, so guesses spread over
+        # submission, IMAP and POP3 add up.
+        self.login_throttle = LoginThrottle.from_config(config.submission)
+        self.signer = signer
+        self.on_queued = on_queued
 
     def tls_files(self) -> tuple[Path, Path]:
         if self.config.tls.cert and self.config.tls.key:
@@ -80,6 +96,7 @@ class App:
         mx = SmtpEndpoint(core, inbound, self.tracker, tls, timeouts)
         if config.listen_endpoints("smtp"):
             self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), mx.factory))
+        self._add_submission_listeners(core, tls, timeouts)
         for kind in NOT_BUILT:
             if config.listen_endpoints(kind):
                 log.info("event=listen.skipped service=%s reason=not_built_yet", kind)
@@ -91,6 +108,31 @@ class App:
                 raise ConfigError(f"listen.{listener.name}: cannot listen on "
                                   f"{listener.endpoints}: {exc.strerror}") from exc
         drop_privileges(config)
+
+    def _add_submission_listeners(self, core: SmtpServerConfig, tls: ssl.SSLContext,
+                                  timeouts: SmtpTimeouts) -> None:
+        """`submission` (587: STARTTLS, then AUTH) and `submissions` (465: implicit TLS, RFC
+        8314). Both require AUTH before MAIL; the MX listener above never offers AUTH, so it
+        still never relays, authenticated or not."""
+        config = self.config
+        plain = config.listen_endpoints("submission")
+        implicit = config.listen_endpoints("submissions")
+        if not plain and not implicit:
+            return
+        guard = LoginGuard(Accounts(self.store, self.passwords), self.login_throttle,
+                           config.submission.auth_failure_delay)
+        service = SubmissionService(self.store, self.directory, guard,
+                                    SubmissionPolicy.from_config(config),
+                                    signer=self.signer, on_queued=self.on_queued)
+        core = replace(core, auth_mechanisms=MECHANISMS, require_auth=True)
+        if plain:
+            endpoint = SmtpEndpoint(core, service, self.tracker, tls, timeouts)
+            self.listeners.append(Listener("submission", plain, endpoint.factory))
+        if implicit:
+            endpoint = SmtpEndpoint(core, service, self.tracker, tls, timeouts,
+                                    implicit_tls=True)
+            self.listeners.append(Listener("submissions", implicit, endpoint.factory,
+                                           ssl_context=tls))
 
     async def _ensure_demo(self) -> None:
         """The try-it-now instance: a demo domain and user, password kept in data_dir."""

@@ -1,8 +1,10 @@
-"""Runs SMTP connections: socket bytes ⇄ the sans-I/O core, decisions ⇄ the inbound service.
+"""Runs SMTP connections: socket bytes ⇄ the sans-I/O core, decisions ⇄ a service (inbound on
+the MX port, submission on 587/465).
 
 An asyncio Protocol per connection. Most events are answered on the spot (the service decides
 MAIL and RCPT from memory, small messages sit in the spool's buffer); only spilling a large
-message, the final commit and the TLS handshake run as a task, with reading paused meanwhile.
+message, the final commit, a login check (argon2 in a thread, then the failure delay) and the
+TLS handshake run as a task, with reading paused meanwhile.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 from mailhouse.errors import Reply
 from mailhouse.net.listener import ConnectionTracker, peer_of
 from mailhouse.net.tls import describe
 from mailhouse.proto.smtp import events as ev
 from mailhouse.proto.smtp.server import SmtpServer, SmtpServerConfig
-from mailhouse.service.inbound import InboundService, InboundSession
 
 log = logging.getLogger("mailhouse.smtp")
 
 BUSY = Reply(421, "4.7.0", "Too many connections, try again later").to_bytes()
 LIFETIME = Reply(421, "4.4.2", "Session too long, closing connection").to_bytes()
 FAILED = Reply(451, "4.3.0", "Temporary local problem, try again later")
+NO_AUTH = Reply(503, "5.5.1", "Authentication not enabled")
 MAX_UNPARSED = 256 * 1024  # pause reading while a task runs and this much input is waiting
 
 
@@ -36,12 +38,44 @@ class SmtpTimeouts:
     lifetime: float = 3600.0  # bounds slow-drip clients (security checklist 17)
 
 
+class SmtpSession(Protocol):
+    """What the pump asks of a session (service/inbound.py and service/submission.py). Sync
+    methods answer from memory; True from data_start/data_chunk means `write()` must be awaited
+    before going on."""
+
+    tls: str | None
+
+    def on_helo(self, event: ev.Helo) -> None: ...
+    def mail_from(self, event: ev.MailFrom) -> Reply: ...
+    def rcpt_to(self, event: ev.RcptTo) -> Reply | None: ...
+    async def rcpt_recheck(self, event: ev.RcptTo) -> Reply: ...
+    def data_start(self) -> bool: ...
+    def data_chunk(self, data: bytes) -> bool: ...
+    async def write(self) -> None: ...
+    async def data_complete(self, event: ev.DataComplete) -> Reply: ...
+    def reset(self) -> None: ...
+
+
+@runtime_checkable
+class AuthenticatingSession(Protocol):
+    """A session that can check SASL credentials (submission). The MX session cannot: its core
+    has no mechanisms, so it never asks."""
+
+    async def authenticate(self, event: ev.AuthCredentials) -> Reply: ...
+
+
+class SmtpService(Protocol):
+    """Makes one session per connection; `peer` is "ip:port" (IPv6 in brackets)."""
+
+    def session(self, peer: str) -> SmtpSession: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SmtpEndpoint:
     """What every connection of one SMTP listener shares."""
 
     core: SmtpServerConfig
-    service: InboundService
+    service: SmtpService
     tracker: ConnectionTracker
     tls: ssl.SSLContext | None
     timeouts: SmtpTimeouts
@@ -57,7 +91,7 @@ class SmtpProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.core: SmtpServer | None = None
-        self.session: InboundSession | None = None
+        self.session: SmtpSession | None = None
         self.ip = self.peer = ""
         self.last_activity = self.started = self.loop.time()
         self._task: asyncio.Task[None] | None = None
@@ -183,6 +217,12 @@ class SmtpProtocol(asyncio.Protocol):
                 session.reset()
             elif kind is ev.Helo:
                 session.on_helo(event)  # type: ignore[arg-type]
+            elif kind is ev.AuthCredentials:
+                self._flush()  # the 334s and earlier replies need not wait for the check
+                if isinstance(session, AuthenticatingSession):
+                    self._run(session.authenticate(event), core.respond)  # type: ignore[arg-type]
+                    return
+                core.respond(NO_AUTH)
             elif kind is ev.StartTls:
                 self._flush()
                 self._run(self._start_tls())
