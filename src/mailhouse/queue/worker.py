@@ -1,0 +1,480 @@
+"""The outbound queue's scheduler, in the manner of Postfix's qmgr: one task that sleeps until
+the store says something is due, then hands each due message's recipients, grouped by
+destination domain, to the `RemoteDelivery` under a global and a per-domain concurrency limit.
+Not a polling loop per message: thousands of deferred messages cost nothing until they are due.
+
+One attempt round for one message:
+  1. expired (queued for `max_lifetime`)? every PENDING recipient fails with 4.4.7, no attempt;
+  2. else its due PENDING recipients, grouped by domain, go to `RemoteDelivery.deliver`, one
+     call per domain, all domains at once (each waits for its domain slot, then a global one);
+  3. as each domain finishes, DELIVERED and TEMPORARY outcomes are recorded at once
+     (TEMPORARY: PENDING again at schedule.next_attempt); PERMANENT ones wait for step 4;
+  4. the round's permanent failures get ONE DSN, then are recorded FAILED. The DSN goes first:
+     a crash between the two sends it twice rather than never (duplicates over loss, qmail's
+     rule, security.md §1), and the DSN builder can still read the message's blob. If the DSN
+     cannot be sent the recipients stay PENDING and the next round tries again;
+  5. a "delayed" DSN once the message has waited `delay_warning`, if recipients are still
+     pending.
+Never a DSN for a message whose sender is <> (RFC 5321 §4.5.5, security.md checklist 36).
+
+A message is in at most one round at a time (`_active`); a new round starts only after the
+previous one has ended. `stop()` lets rounds in flight finish within a grace time, then cancels
+them: a cancelled delivery records nothing, so its recipients are still PENDING and still due,
+and the next worker (after a restart) tries them again. A duplicate is possible if the remote
+had accepted the message just before the cancel; a loss is not.
+
+Wake-ups: `wake()` (new mail was queued by this process), the end of a round, the earliest
+next attempt, and at most every `idle_wake` seconds (default 1), which is how a `mailhouse
+queue flush` or `retry` from another process (it only edits the store) is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+from mailhouse.config import QueueConfig
+from mailhouse.errors import Reply
+from mailhouse.queue import schedule
+from mailhouse.queue.contracts import (
+    FailedRecipient,
+    OutboundMessage,
+    RemoteDelivery,
+    RemoteResult,
+)
+from mailhouse.store.base import (
+    Outcome,
+    QueuedMessage,
+    QueueRecipient,
+    RecipientStatus,
+    RecipientUpdate,
+    Store,
+)
+
+log = logging.getLogger("mailhouse.queue")
+
+IDLE_WAKE = 1.0  # longest sleep: edits by other processes (queue flush) are seen this fast
+STOP_GRACE = 10.0  # how long stop() lets deliveries in flight finish before cancelling them
+# Messages held in rounds at once (Postfix: qmgr_message_active_limit). Each wake-up re-reads
+# this many due rows, so it stays modest; the concurrency limits, not this, bound the network.
+ACTIVE_LIMIT = 1000
+# A round that failed for a local reason (the store is unavailable) is not retried at once.
+ROUND_FAILURE_HOLD = 30.0
+
+EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
+EXPIRED_REPLY = "4.4.7 Delivery time expired"
+# What a delivery that raised (a bug, not a remote answer) is recorded as: try again later.
+LOCAL_FAILURE = Reply(451, "4.3.0", "Local error in delivery, will retry")
+NO_RESULT = Reply(451, "4.3.0", "No result for this recipient, will retry")
+
+
+class BounceSender(Protocol):
+    """Builds and sends delivery status notifications (RFC 3464); the app implements it with
+    queue/dsn.py and routes the report to the original sender with the null reverse-path."""
+
+    async def send_dsn(
+        self, message: QueuedMessage, failed: Sequence[FailedRecipient], *, delayed: bool
+    ) -> None:
+        """Called before the failures are recorded: the message and its blob still exist.
+        Raises if the DSN could not be stored (the worker then tries again later)."""
+        ...
+
+
+def domain_of(address: str) -> str:
+    """The destination a recipient is grouped by: after the last @, lower-cased."""
+    return address.rpartition("@")[2].lower()
+
+
+def reply_line(reply: Reply) -> str:
+    """A reply as one line for the store, `queue show` and the logs."""
+    text = " ".join(reply.text.split())
+    return " ".join(str(part) for part in (reply.code, reply.enhanced, text) if part)
+
+
+def status_code(reply: Reply, outcome: Outcome) -> str:
+    """The RFC 3464 Status: the reply's enhanced code when it agrees with the outcome's class,
+    else the class's generic code (RFC 3463 §3.1)."""
+    klass = "5" if outcome is Outcome.PERMANENT else "4"
+    if reply.enhanced and reply.enhanced[:1] == klass:
+        return reply.enhanced
+    return f"{klass}.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    recipient: QueueRecipient
+    result: RemoteResult
+
+
+class _Limits:
+    """A global semaphore and one per destination domain, made on demand and dropped when no
+    task uses them. The domain slot is taken first, so a task waiting for a busy domain holds
+    no global slot that another domain could use."""
+
+    def __init__(self, total: int, per_domain: int) -> None:
+        self._total = asyncio.Semaphore(total)
+        self._per_domain = per_domain
+        self._domains: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, domain: str) -> AsyncIterator[None]:
+        semaphore, users = self._domains.get(domain, (None, 0))
+        if semaphore is None:
+            semaphore = asyncio.Semaphore(self._per_domain)
+        self._domains[domain] = (semaphore, users + 1)
+        try:
+            async with semaphore, self._total:
+                yield
+        finally:
+            semaphore, users = self._domains[domain]
+            if users <= 1:
+                del self._domains[domain]
+            else:
+                self._domains[domain] = (semaphore, users - 1)
+
+
+class QueueWorker:
+    def __init__(
+        self,
+        store: Store,
+        delivery: RemoteDelivery,
+        config: QueueConfig,
+        bounce: BounceSender,
+        *,
+        clock: Callable[[], float] = time.time,
+        idle_wake: float = IDLE_WAKE,
+        active_limit: int = ACTIVE_LIMIT,
+    ) -> None:
+        self._store = store
+        self._delivery = delivery
+        self._config = config
+        self._bounce = bounce
+        self._clock = clock
+        self._idle_wake = idle_wake
+        self._active_limit = active_limit
+        self._limits = _Limits(config.max_concurrency, config.destination_concurrency)
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._held: dict[int, float] = {}  # message id -> clock time its hold ends
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def in_flight(self) -> frozenset[int]:
+        """Ids of the messages in a round right now."""
+        return frozenset(self._active)
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the queue worker is already running")
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name="queue-worker")
+
+    def wake(self) -> None:
+        """New mail was queued (or something changed): look at the queue now."""
+        self._wakeup.set()
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Start nothing new, give rounds in flight `grace` seconds, then cancel them. Their
+        unfinished recipients stay PENDING in the store."""
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        rounds = list(self._active.values())
+        if not rounds:
+            return
+        _, pending = await asyncio.wait(rounds, timeout=grace)
+        for late in pending:
+            late.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pending:
+            log.info("event=queue.stop cancelled=%d", len(pending))
+
+    # --- the scheduler loop ---------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            self._wakeup.clear()  # before looking: a wake() from here on is not lost
+            now = self._clock()
+            try:
+                more = await self._dispatch(now)
+                wait = 0.0 if more else await self._sleep_time(now)
+            except Exception:  # the store is unavailable: keep the worker alive, look later
+                log.exception("event=queue.scan_failed")
+                wait = self._idle_wake
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+            else:
+                await asyncio.sleep(0)  # let the rounds just started run
+
+    async def _dispatch(self, now: float) -> bool:
+        """Start a round for each due message not already in one. True if the store may hold
+        more due messages than were fetched."""
+        self._held = {i: until for i, until in self._held.items() if until > now}
+        room = self._active_limit - len(self._active)
+        if room <= 0:
+            return False
+        skip = len(self._active) + len(self._held)
+        due = await self._store.queue_due(now, room + skip)
+        started = 0
+        for message in due:
+            if started >= room:
+                break
+            if message.id in self._active or message.id in self._held:
+                continue
+            task = asyncio.create_task(self._round(message), name=f"queue-round-{message.id}")
+            self._active[message.id] = task
+            started += 1
+        return started > 0 and len(due) >= room + skip
+
+    async def _sleep_time(self, scanned_at: float) -> float:
+        next_at = await self._store.queue_next_attempt()
+        if next_at is None:
+            return self._idle_wake
+        if next_at <= scanned_at:
+            # Due at the scan, so already in a round (or held, or over the active limit): the
+            # end of a round wakes us.
+            return self._idle_wake
+        return min(self._idle_wake, max(0.0, next_at - self._clock()))
+
+    # --- one message ----------------------------------------------------------------------------
+    async def _round(self, message: QueuedMessage) -> None:
+        try:
+            await self._attempt(message)
+        except Exception:
+            log.exception("event=queue.round_failed id=%d", message.id)
+            self._held[message.id] = self._clock() + ROUND_FAILURE_HOLD
+        finally:
+            self._active.pop(message.id, None)
+            self._wakeup.set()
+
+    async def _attempt(self, message: QueuedMessage) -> None:
+        now = self._clock()
+        pending = [r for r in message.recipients if r.status is RecipientStatus.PENDING]
+        if not pending:
+            return
+        if schedule.expired(message.created, now, self._config):
+            await self._expire(message, pending)
+            return
+        by_domain: dict[str, list[QueueRecipient]] = {}
+        for recipient in pending:
+            if recipient.next_attempt <= now:
+                by_domain.setdefault(domain_of(recipient.address), []).append(recipient)
+        outbound = OutboundMessage(
+            queue_id=message.id,
+            sender=message.sender,
+            size=message.size,
+            smtputf8=message.smtputf8,
+            body_8bit=message.body_8bit,
+            source=partial(self._store.read_blob, message.blob_id),
+        )
+        # A TaskGroup: if recording one domain's outcome fails, the others are cancelled too,
+        # so no delivery of this message outlives its round.
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._attempt_domain(message, outbound, domain, recipients))
+                for domain, recipients in by_domain.items()
+            ]
+        failures = [failure for task in tasks for failure in task.result()]
+        if failures:
+            await self._fail(
+                message,
+                [
+                    FailedRecipient(
+                        address=f.recipient.address,
+                        action="failed",
+                        status=status_code(f.result.reply, Outcome.PERMANENT),
+                        diagnostic="smtp; " + reply_line(f.result.reply),
+                        remote_mta=f.result.remote_host,
+                    )
+                    for f in failures
+                ],
+                [
+                    RecipientUpdate(
+                        f.recipient.address, RecipientStatus.FAILED, 0.0, reply_line(f.result.reply)
+                    )
+                    for f in failures
+                ],
+                {f.recipient.address: f.recipient.attempts + 1 for f in failures},
+            )
+        if schedule.delay_warning_due(message.created, self._clock(), message.delay_warned,
+                                      self._config):
+            await self._warn(message.id)
+
+    async def _attempt_domain(
+        self,
+        message: QueuedMessage,
+        outbound: OutboundMessage,
+        domain: str,
+        recipients: list[QueueRecipient],
+    ) -> list[_Failure]:
+        addresses = [r.address for r in recipients]
+        async with self._limits.slot(domain):
+            if self._stopping:
+                return []  # not started: the recipients stay PENDING and due
+            started = self._clock()
+            try:
+                results = await self._delivery.deliver(domain, outbound, addresses)
+            except Exception:
+                log.exception("event=queue.delivery_failed id=%d domain=%s", message.id, domain)
+                results = [
+                    RemoteResult(a, Outcome.TEMPORARY, LOCAL_FAILURE) for a in addresses
+                ]
+        now = self._clock()
+        matched = _match(addresses, results)
+        updates: list[RecipientUpdate] = []
+        failures: list[_Failure] = []
+        for recipient, result in zip(recipients, matched, strict=True):
+            line = reply_line(result.reply)
+            if result.outcome is Outcome.DELIVERED:
+                updates.append(
+                    RecipientUpdate(recipient.address, RecipientStatus.DELIVERED, 0.0, line)
+                )
+            elif result.outcome is Outcome.TEMPORARY:
+                retry_at = schedule.next_attempt(
+                    recipient.attempts + 1, now, message.created, self._config, key=message.id
+                )
+                updates.append(
+                    RecipientUpdate(recipient.address, RecipientStatus.PENDING, retry_at, line)
+                )
+            else:
+                failures.append(_Failure(recipient, result))
+        _log_attempt(message.id, domain, matched, now - started)
+        if updates:
+            await self._store.queue_update(message.id, updates)
+        return failures
+
+    async def _expire(self, message: QueuedMessage, pending: list[QueueRecipient]) -> None:
+        log.info("event=queue.expired id=%d rcpts=%d age=%.0f", message.id, len(pending),
+                 self._clock() - message.created)
+        await self._fail(
+            message,
+            [
+                FailedRecipient(
+                    address=r.address,
+                    action="failed",
+                    status=EXPIRED_STATUS,
+                    diagnostic=None if not r.last_reply else "smtp; " + r.last_reply,
+                    remote_mta=None,
+                )
+                for r in pending
+            ],
+            [
+                RecipientUpdate(r.address, RecipientStatus.FAILED, 0.0, EXPIRED_REPLY)
+                for r in pending
+            ],
+            {r.address: r.attempts + 1 for r in pending},
+        )
+
+    async def _fail(
+        self,
+        message: QueuedMessage,
+        failed: list[FailedRecipient],
+        updates: list[RecipientUpdate],
+        attempts: dict[str, int],
+    ) -> None:
+        """One DSN for the round's failures, then record them (see the module doc for why in
+        this order)."""
+        if message.sender:
+            try:
+                await self._bounce.send_dsn(message, failed, delayed=False)
+            except Exception:
+                log.exception("event=queue.dsn_failed id=%d rcpts=%d", message.id, len(failed))
+                # Not clamped to the expiry (an expired message would come straight back) and
+                # never sooner than a failed round would be.
+                now = self._clock()
+                retry = [
+                    RecipientUpdate(
+                        u.address,
+                        RecipientStatus.PENDING,
+                        now + max(schedule.backoff(attempts[u.address], self._config),
+                                  ROUND_FAILURE_HOLD),
+                        u.reply,
+                    )
+                    for u in updates
+                ]
+                await self._store.queue_update(message.id, retry)
+                return
+        else:
+            log.info("event=queue.no_dsn id=%d rcpts=%d reason=null_sender", message.id,
+                     len(failed))
+        await self._store.queue_update(message.id, updates)
+
+    async def _warn(self, message_id: int) -> None:
+        """The "delayed" DSN, once, from the message's state after this round."""
+        current = await self._store.queue_get(message_id)
+        if current is None or current.delay_warned or not current.sender:
+            return
+        pending = [r for r in current.recipients if r.status is RecipientStatus.PENDING]
+        if not pending:
+            return
+        delayed = [
+            FailedRecipient(
+                address=r.address,
+                action="delayed",
+                status=_delayed_status(r.last_reply),
+                diagnostic=None if not r.last_reply else "smtp; " + r.last_reply,
+                remote_mta=None,
+            )
+            for r in pending
+        ]
+        try:
+            await self._bounce.send_dsn(current, delayed, delayed=True)
+        except Exception:  # a warning is a courtesy: try again after the next attempt
+            log.exception("event=queue.dsn_failed id=%d kind=delayed", message_id)
+            return
+        await self._store.queue_update(message_id, [], delay_warned=True)
+
+
+def _match(addresses: Sequence[str], results: Sequence[RemoteResult]) -> list[RemoteResult]:
+    """One result per address, in order; a recipient the delivery said nothing about is
+    retried later rather than guessed at."""
+    by_address = {r.recipient: r for r in results}
+    return [
+        by_address.get(a) or RemoteResult(a, Outcome.TEMPORARY, NO_RESULT) for a in addresses
+    ]
+
+
+def _delayed_status(last_reply: str | None) -> str:
+    """4.x.y from the last reply (e.g. "451 4.7.1 greylisted"), else 4.0.0."""
+    if last_reply:
+        parts = last_reply.split()
+        if len(parts) > 1 and parts[1][:2] == "4." and parts[1].count(".") == 2:
+            return parts[1]
+    return "4.0.0"
+
+
+_OUTCOME_NAMES = {
+    Outcome.DELIVERED: "delivered",
+    Outcome.TEMPORARY: "deferred",
+    Outcome.PERMANENT: "failed",
+}
+_SEVERITY = {Outcome.DELIVERED: 0, Outcome.TEMPORARY: 1, Outcome.PERMANENT: 2}
+
+
+def _log_attempt(
+    message_id: int, domain: str, results: Sequence[RemoteResult], elapsed: float
+) -> None:
+    """One line per attempt: the outcome (or "mixed"), and the most severe reply."""
+    outcomes = {r.outcome for r in results}
+    outcome = _OUTCOME_NAMES[next(iter(outcomes))] if len(outcomes) == 1 else "mixed"
+    worst = max(results, key=lambda r: _SEVERITY[r.outcome])
+    log.info(
+        "event=queue.attempt id=%d domain=%s rcpts=%d outcome=%s reply=%r host=%s delay=%.3f",
+        message_id,
+        domain,
+        len(results),
+        outcome,
+        reply_line(worst.reply),
+        (worst.remote_host or "-").replace(" ", ""),
+        elapsed,
+    )
