@@ -1,0 +1,154 @@
+"""`mailhouse dns-records` and the `domain add` key hook, against a real store in tmp_path."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import mailhouse.message.dkim as dkim_module
+from mailhouse.cli_dns import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    dkim_keys,
+    on_domain_added,
+    register,
+)
+from mailhouse.config import Config, config_from_table
+from mailhouse.service.accounts import Accounts
+from mailhouse.store import open_store
+
+
+@pytest.fixture(scope="module")
+def one_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(autouse=True)
+def fast_rsa(monkeypatch: pytest.MonkeyPatch, one_rsa_key: rsa.RSAPrivateKey) -> None:
+    """One RSA key for the whole module: key generation is not what is tested here."""
+    monkeypatch.setattr(dkim_module.rsa, "generate_private_key", lambda **_: one_rsa_key)
+
+
+def make_config(tmp_path: Path, **extra: object) -> Config:
+    table: dict[str, object] = {"hostname": "mx.example.test", "data_dir": "data", **extra}
+    return config_from_table(table, base_dir=tmp_path)
+
+
+def add_domain(config: Config, name: str) -> None:
+    async def run() -> None:
+        store = open_store(config.data_dir)
+        await store.open()
+        try:
+            await Accounts(store).add_domain(name)
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def run_cli(config: Config, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="mailhouse")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    code: int = args.handler(args, config)
+    return code
+
+
+def test_dns_records_prints_every_record_and_makes_keys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    add_domain(config, "example.test")
+    assert dkim_keys(config).keys("example.test") == []  # a domain from before DKIM
+
+    assert run_cli(config, "dns-records", "Example.TEST") == EXIT_OK
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("; ")
+    records = lines[1:]
+    assert records[0] == "example.test. IN MX 10 mx.example.test."
+    assert 'example.test. IN TXT "v=spf1 mx -all"' in records
+    assert sum("._domainkey.example.test. IN TXT" in line for line in records) == 2
+    assert any(line.startswith("_dmarc.example.test. IN TXT") for line in records)
+    assert "_submissions._tcp.example.test. IN SRV 0 1 465 mx.example.test." in records
+    assert records[-1] == "autoconfig.example.test. IN CNAME mx.example.test."
+
+    keys = dkim_keys(config).keys("example.test")
+    assert [k.key_type for k in keys] == ["rsa", "ed25519"]
+    assert stat.S_IMODE((config.data_dir / "dkim").stat().st_mode) == 0o700
+    # Printing again shows the same keys.
+    assert run_cli(config, "dns-records", "example.test") == EXIT_OK
+    assert capsys.readouterr().out == out
+
+
+def test_dns_records_refuses_a_domain_we_do_not_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    add_domain(config, "example.test")
+    assert run_cli(config, "dns-records", "other.test") == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("mailhouse: other.test is not one of our domains (add it with "
+                   "`mailhouse domain add other.test`)\n")
+    assert not (config.data_dir / "dkim" / "other.test").exists()
+
+    assert run_cli(config, "dns-records", "not a domain!") == EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("mailhouse: ") and "Traceback" not in err
+
+
+def test_dns_records_warns_about_localhost_and_disabled_dkim(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path, hostname="localhost", dkim={"enabled": False})
+    add_domain(config, "example.test")
+    assert run_cli(config, "dns-records", "example.test") == EXIT_OK
+    out, err = capsys.readouterr()
+    assert "example.test. IN MX 10 localhost." in out
+    assert "hostname is 'localhost'" in err
+    assert "dkim.enabled = false" in err
+
+
+def test_dns_records_reports_an_unwritable_key_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    add_domain(config, "example.test")
+    (config.data_dir / "dkim").write_text("a file where the directory should be")
+    assert run_cli(config, "dns-records", "example.test") == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("mailhouse: ") and "dkim" in err and "Traceback" not in err
+
+
+def test_on_domain_added_makes_keys_once(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    add_domain(config, "example.test")
+    on_domain_added(config, "example.test")
+    out, err = capsys.readouterr()
+    assert err == ""
+    keys = dkim_keys(config).keys("example.test")
+    assert [k.key_type for k in keys] == ["rsa", "ed25519"]
+    for key in keys:
+        assert key.selector in out
+    assert "mailhouse dns-records example.test" in out
+    records = [k.record() for k in keys]
+    on_domain_added(config, "example.test")  # `domain add` is idempotent, and so is this
+    assert [k.record() for k in dkim_keys(config).keys("example.test")] == records
+
+
+def test_on_domain_added_never_fails_the_command(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(tmp_path)
+    config.data_dir.mkdir()
+    (config.data_dir / "dkim").write_text("in the way")
+    on_domain_added(config, "example.test")
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("mailhouse: warning: could not make DKIM keys for example.test: ")
+    assert "`mailhouse dns-records example.test` tries again" in err
