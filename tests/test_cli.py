@@ -74,7 +74,9 @@ def populated(store: FakeStore, config: Path, capsys: pytest.CaptureFixture[str]
 def test_domain_add_list_remove(store: FakeStore, config: Path, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     result = mh(capsys, config, "domain", "add", "Example.TEST")
-    assert (result.code, result.out) == (0, "added domain example.test\n")
+    assert result.code == 0
+    assert result.out.startswith("added domain example.test\nDKIM keys for example.test: ")
+    assert (tmp_path / "data" / "dkim" / "example.test").is_dir()
     assert store.opened_dirs == [tmp_path / "data"]  # type: ignore[attr-defined]
     assert store.opened == store.closed == 1
     mh(capsys, config, "domain", "add", "bücher.example")

@@ -18,13 +18,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TextIO
 
-from mailhouse import __version__
+from mailhouse import __version__, cli_dns
+from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
+from mailhouse.cli_common import error as _error
+from mailhouse.cli_common import out as _out
+from mailhouse.cli_common import table as _table
 from mailhouse.config import ENV_CONFIG, Config, config_path, load_config
 from mailhouse.errors import ConfigError, MailError
 from mailhouse.model import Account
@@ -45,11 +49,6 @@ from mailhouse.service.mailfiles import (
     import_mbox,
 )
 from mailhouse.store.base import Store
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
 
 Handler = Callable[[argparse.Namespace, Config], int]
 StoreAction = Callable[[Store], Awaitable[int]]
@@ -147,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--mailbox", metavar="NAME",
                      help="target mailbox for --mbox (default INBOX)")
     imp.set_defaults(handler=_import)
+
+    cli_dns.register(commands, parents=[common])
     return parser
 
 
@@ -198,20 +199,6 @@ async def _run_with_store(data_dir: Path, action: StoreAction) -> int:
         await store.close()
 
 
-def _become_data_dir_owner(data_dir: Path) -> None:
-    """Run as root on a data_dir the server owns (it chowns it to `user` at start), act as that
-    owner: files we create (SQLite's -wal/-shm, blobs) must stay writable by the server."""
-    if os.geteuid() != 0:
-        return
-    try:
-        st = data_dir.stat()
-    except OSError:
-        return
-    if st.st_uid == 0:
-        return
-    os.setgroups([])
-    os.setgid(st.st_gid)
-    os.setuid(st.st_uid)
 
 
 # --- domains ----------------------------------------------------------------------------------
@@ -220,6 +207,7 @@ def _domain_add(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
         domain = await Accounts(store).add_domain(args.domain)
         _out(f"added domain {domain}")
+        cli_dns.on_domain_added(config, domain)  # DKIM keys exist from the first moment
         return EXIT_OK
 
     return _with_store(config, action)
@@ -412,21 +400,10 @@ def _transfer_result(verb: str, report: TransferReport, where: str) -> int:
 
 # --- output -----------------------------------------------------------------------------------
 
-def _out(line: str) -> None:
-    print(line, flush=True)
 
 
-def _error(message: str) -> None:
-    print(f"mailhouse: {message}", file=sys.stderr, flush=True)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns two spaces apart, the header first; the last column unpadded so
-    lines carry no trailing blanks."""
-    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
-    for row in (headers, *rows):
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        _out("  ".join([*cells, row[-1]]))
 
 
 if __name__ == "__main__":

@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
+from mailhouse.cli_common import error as _error
+from mailhouse.cli_common import out as _out
 from mailhouse.config import Config
 from mailhouse.errors import MailError
 from mailhouse.message.dkim import DkimError, DkimKeys, dns_records
 from mailhouse.service.accounts import InvalidInput, canonical_domain
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
 DKIM_DIR: Final = "dkim"
 
 
@@ -114,21 +113,6 @@ async def _hosted_domains(data_dir: Path) -> frozenset[str]:
         await store.close()
 
 
-def _become_data_dir_owner(data_dir: Path) -> None:
-    """As __main__._become_data_dir_owner (not importable from here, see the module
-    docstring): run as root, act as the owner of data_dir, so the key files and SQLite's
-    -wal/-shm files we create stay readable by the server."""
-    if os.geteuid() != 0:
-        return
-    try:
-        st = data_dir.stat()
-    except OSError:
-        return
-    if st.st_uid == 0:
-        return
-    os.setgroups([])
-    os.setgid(st.st_gid)
-    os.setuid(st.st_uid)
 
 
 def _describe(exc: Exception) -> str:
@@ -137,9 +121,5 @@ def _describe(exc: Exception) -> str:
     return str(exc)
 
 
-def _out(line: str) -> None:
-    print(line, flush=True)
 
 
-def _error(message: str) -> None:
-    print(f"mailhouse: {message}", file=sys.stderr, flush=True)
