@@ -171,6 +171,8 @@ def test_authzid_other_than_login_is_refused(server: Submission) -> None:
     with starttls(server) as smtp:
         code, text = smtp.docmd("AUTH", plain("bob@example.test", *ALICE))
         assert (code, text[:5]) == (535, b"5.7.8")
+        # The same bytes as a wrong password: nothing tells which part was refused.
+        assert smtp.docmd("AUTH", plain("", ALICE[0], "wrong")) == (code, text)
         assert smtp.docmd("AUTH", plain(ALICE[0], *ALICE))[0] == 235
 
 

@@ -32,6 +32,7 @@ from mailhouse.model import Account, Address, AddressError, Directory, normalize
 from mailhouse.pipeline.modifiers import protocol_keyword
 from mailhouse.pipeline.router import MAX_ALIAS_DEPTH, Route, resolve, resolve_postmaster
 from mailhouse.proto.smtp import events as ev
+from mailhouse.proto.smtp.server import AUTH_FAILED, AUTH_REQUIRED
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import new_queue_id
 from mailhouse.service.throttle import LoginGuard
@@ -39,11 +40,12 @@ from mailhouse.store.base import DeliveryTarget, Outcome, QueueRequest, Store
 
 log = logging.getLogger("mailhouse.submission")
 
+# AUTH_FAILED (535 5.7.8) and AUTH_REQUIRED (530 5.7.0) are the core's own replies, so a refusal
+# it makes (an authzid that is not the login) and one made here (a wrong password, an unknown
+# user) are the same bytes on the wire.
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
-AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")  # RFC 4954 §6
 AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 AUTH_TEMPFAIL = Reply(454, "4.7.0", "Temporary authentication failure")  # RFC 4954 §6
-AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 SENDER_OK = Reply(250, "2.1.0", "Ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user")
