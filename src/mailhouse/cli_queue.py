@@ -1,0 +1,215 @@
+"""`mailhouse queue list | show ID | flush | retry ID | delete ID`: look at and steer the outbound
+queue, whether the server runs or not.
+
+Like every admin command these open the store directly (docs: the CLI and the server share it
+through SQLite WAL). They only edit the store: a running server's queue worker looks at the store
+at least once a second, so a `flush` or `retry` is acted on within a second, and a message
+deleted while its delivery is in flight is simply not recorded (the worker's late update is a
+no-op). `delete` sends no bounce, as Postfix's `postsuper -d`.
+
+Exit codes as the rest of the CLI: 0 done, 1 the operation failed (no such message), 2 usage.
+Times are printed in UTC, ISO 8601.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Final
+
+from mailhouse.config import Config
+from mailhouse.store.base import QueuedMessage, RecipientStatus, Store
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+
+StoreAction = Callable[[Store], Awaitable[int]]
+# Opens the store, runs the action, closes it and maps storage errors to an exit code: the
+# CLI's `_with_store` (privileges, error lines), passed in by `mailhouse.__main__`.
+StoreRunner = Callable[[Config, StoreAction], int]
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    parents: Sequence[argparse.ArgumentParser] = (),
+    run: StoreRunner | None = None,
+) -> None:
+    """Add `queue` and its actions. `parents` carries the shared options (--config) so they
+    work after the command word too; `run` is how the CLI opens the store (default: the one
+    every other `mailhouse` command uses)."""
+    runner = run or _cli_runner
+    queue = subparsers.add_parser("queue", parents=list(parents), help="the outbound queue")
+    actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def add(name: str, handler: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, parents=list(parents), help=help_text)
+        parser.set_defaults(handler=partial(handler, run=runner))
+        return parser
+
+    add("list", queue_list, "list queued messages")
+    show = add("show", queue_show, "show one message: recipients, attempts, last replies")
+    show.add_argument("id", metavar="ID", type=_queue_id)
+    show.add_argument("--message", action="store_true",
+                      help="print the message itself (headers and body) instead")
+    add("flush", queue_flush, "try every deferred recipient now")
+    retry = add("retry", queue_retry, "try one message's deferred recipients now")
+    retry.add_argument("id", metavar="ID", type=_queue_id)
+    delete = add("delete", queue_delete, "remove a message without delivering it (no bounce)")
+    delete.add_argument("id", metavar="ID", type=_queue_id)
+
+
+def _queue_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a queue id: {text!r} (see `mailhouse queue list`)")
+    return value
+
+
+def _cli_runner(config: Config, action: StoreAction) -> int:
+    # Imported when used: __main__ imports this module to register the commands.
+    from mailhouse.__main__ import _with_store
+
+    return _with_store(config, action)
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+def queue_list(args: argparse.Namespace, config: Config, *,
+               run: StoreRunner = _cli_runner) -> int:
+    async def action(store: Store) -> int:
+        messages = await store.queue_list()
+        if not messages:
+            _out("the queue is empty")
+            return EXIT_OK
+        rows = []
+        for m in messages:
+            pending = [r for r in m.recipients if r.status is RecipientStatus.PENDING]
+            next_at = min((r.next_attempt for r in pending), default=None)
+            last = next((r.last_reply for r in pending if r.last_reply), None)
+            rows.append((str(m.id), _when(m.created), str(m.size), _sender(m),
+                         f"{len(pending)}/{len(m.recipients)}",
+                         "-" if next_at is None else _when(next_at), last or "-"))
+        _table(("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT ATTEMPT", "LAST REPLY"), rows)
+        total = sum(len(m.recipients) for m in messages)
+        _out(f"{_plural(len(messages), 'message')}, {_plural(total, 'recipient')}")
+        return EXIT_OK
+
+    return run(config, action)
+
+
+def queue_show(args: argparse.Namespace, config: Config, *,
+               run: StoreRunner = _cli_runner) -> int:
+    async def action(store: Store) -> int:
+        message = await store.queue_get(args.id)
+        if message is None:
+            return _no_such(args.id)
+        if args.message:
+            out = sys.stdout.buffer
+            try:
+                async for chunk in store.read_blob(message.blob_id):
+                    out.write(chunk)
+            except KeyError:
+                _error(f"message {args.id}: its content is gone (deleted meanwhile?)")
+                return EXIT_FAILED
+            out.flush()
+            return EXIT_OK
+        _show(message)
+        return EXIT_OK
+
+    return run(config, action)
+
+
+def queue_flush(args: argparse.Namespace, config: Config, *,
+                run: StoreRunner = _cli_runner) -> int:
+    async def action(store: Store) -> int:
+        count = await store.queue_retry(None, time.time())
+        _out(f"{_plural(count, 'recipient')} due now; a running server tries them within a second")
+        return EXIT_OK
+
+    return run(config, action)
+
+
+def queue_retry(args: argparse.Namespace, config: Config, *,
+                run: StoreRunner = _cli_runner) -> int:
+    async def action(store: Store) -> int:
+        if await store.queue_get(args.id) is None:
+            return _no_such(args.id)
+        count = await store.queue_retry(args.id, time.time())
+        _out(f"message {args.id}: {_plural(count, 'recipient')} due now")
+        return EXIT_OK
+
+    return run(config, action)
+
+
+def queue_delete(args: argparse.Namespace, config: Config, *,
+                 run: StoreRunner = _cli_runner) -> int:
+    async def action(store: Store) -> int:
+        if not await store.queue_delete(args.id):
+            return _no_such(args.id)
+        _out(f"deleted message {args.id} from the queue (no bounce sent)")
+        return EXIT_OK
+
+    return run(config, action)
+
+
+# --- output -----------------------------------------------------------------------------------
+
+def _show(message: QueuedMessage) -> None:
+    flags = [name for name, on in (("SMTPUTF8", message.smtputf8),
+                                   ("8BITMIME", message.body_8bit)) if on]
+    _out(f"id:           {message.id}")
+    _out(f"arrived:      {_when(message.created)}")
+    _out(f"sender:       {_sender(message)}")
+    _out(f"size:         {message.size}")
+    _out(f"needs:        {' '.join(flags) or '-'}")
+    _out(f"delay notice: {'sent' if message.delay_warned else 'not sent'}")
+    _out("recipients:")
+    rows = [
+        (r.address, r.status.value, str(r.attempts),
+         _when(r.next_attempt) if r.status is RecipientStatus.PENDING else "-",
+         r.last_reply or "-")
+        for r in message.recipients
+    ]
+    _table(("  RECIPIENT", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "LAST REPLY"),
+           [("  " + row[0], *row[1:]) for row in rows])
+
+
+def _no_such(queue_id: int) -> int:
+    _error(f"no queued message {queue_id} (delivered, bounced or deleted?); "
+           "see `mailhouse queue list`")
+    return EXIT_FAILED
+
+
+def _sender(message: QueuedMessage) -> str:
+    return f"<{message.sender}>"
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"mailhouse: {message}", file=sys.stderr, flush=True)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns two spaces apart, as the other listings of the CLI."""
+    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
+    for row in (headers, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        _out("  ".join([*cells, row[-1]]))
