@@ -284,3 +284,21 @@ def test_remove_alias(store: FakeStore, populated: Accounts) -> None:
     assert store.aliases == {}
     with pytest.raises(NotFound):
         run(populated.remove_alias("a@example.test"))
+
+
+def test_verified_logins_are_cached_but_failures_never_are() -> None:
+    from argon2 import PasswordHasher
+
+    from mailhouse.service.accounts import Passwords
+
+    passwords = Passwords(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+    stored = passwords.hash("right-password")
+    assert not passwords.recently_verified(stored, "right-password")
+    assert passwords.verify(stored, "right-password")
+    assert passwords.recently_verified(stored, "right-password")
+    assert not passwords.recently_verified(stored, "wrong-password")
+    assert not passwords.verify(stored, "wrong-password")
+    assert not passwords.recently_verified(stored, "wrong-password")
+    # A new hash (password changed, or rehashed) is a new key: the old entry does not match.
+    assert not passwords.recently_verified(passwords.hash("right-password"), "right-password")
+    assert not Passwords(cache_ttl=0).recently_verified(stored, "right-password")

@@ -17,8 +17,10 @@ parameters, so raising these later only means users are rehashed at their next l
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
+import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ ARGON2_SALT_LEN: Final = 16
 # Longer "passwords" are refused before hashing: no client needs them, and they bound the work
 # an unauthenticated peer can ask for.
 MAX_PASSWORD_BYTES: Final = 1024
+VERIFIED_CACHE_TTL: Final = 900.0  # seconds a successful login is remembered (0: never)
+VERIFIED_CACHE_MAX: Final = 10_000  # entries; bounded memory
 # NUL separates SASL PLAIN fields (RFC 4616) and CR/LF end protocol lines: a password holding
 # them could never be typed in by a mail client.
 _FORBIDDEN_IN_PASSWORD: Final = "\0\r\n"
@@ -96,9 +100,40 @@ class Passwords:
 
     Tests pass a cheap PasswordHasher; production uses `default_hasher()`."""
 
-    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+    def __init__(self, hasher: PasswordHasher | None = None, *,
+                 cache_ttl: float = VERIFIED_CACHE_TTL) -> None:
         self._hasher = hasher or default_hasher()
         self._dummy: str | None = None
+        # Logins verified recently, as Dovecot's auth_cache: mail clients log in on every
+        # connection, and argon2 is deliberately expensive. Keyed by an HMAC (per-process secret)
+        # of the stored hash and the password, so a changed password (a new hash) misses, and
+        # nothing here reveals a password. Only successes are cached: every failure pays the
+        # full cost, so timing never tells an unknown user from a wrong password.
+        self._cache_ttl = cache_ttl
+        self._cache_secret = secrets.token_bytes(32)
+        self._verified: dict[bytes, float] = {}
+
+    def _cache_key(self, stored_hash: str, password: str) -> bytes:
+        return hmac.digest(self._cache_secret,
+                           stored_hash.encode() + b"\0" + password.encode("utf-8", "replace"),
+                           "sha256")
+
+    def recently_verified(self, stored_hash: str | None, password: str) -> bool:
+        """True when this exact (hash, password) pair passed `verify` within the cache TTL."""
+        if stored_hash is None or self._cache_ttl <= 0:
+            return False
+        expires = self._verified.get(self._cache_key(stored_hash, password))
+        return expires is not None and expires > time.monotonic()
+
+    def _remember(self, stored_hash: str, password: str) -> None:
+        if self._cache_ttl <= 0:
+            return
+        now = time.monotonic()
+        if len(self._verified) >= VERIFIED_CACHE_MAX:
+            self._verified = {k: t for k, t in self._verified.items() if t > now}
+            if len(self._verified) >= VERIFIED_CACHE_MAX:
+                self._verified.clear()
+        self._verified[self._cache_key(stored_hash, password)] = now + self._cache_ttl
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(check_password(password))
@@ -120,7 +155,10 @@ class Passwords:
         except InvalidHashError:
             log.warning("password_hash_unreadable")
             matched = False
-        return matched and stored_hash is not None
+        if matched and stored_hash is not None:
+            self._remember(stored_hash, password)
+            return True
+        return False
 
     def needs_rehash(self, stored_hash: str) -> bool:
         try:
@@ -317,7 +355,8 @@ class Accounts:
             key = None
         account = await self._store.get_account(key) if key is not None else None
         stored = account.password_hash if account is not None else None
-        if not await asyncio.to_thread(self._passwords.verify, stored, password):
+        if not (self._passwords.recently_verified(stored, password)
+                or await asyncio.to_thread(self._passwords.verify, stored, password)):
             return None
         assert account is not None  # verify() is False without a stored hash
         if self._passwords.needs_rehash(account.password_hash):

@@ -9,7 +9,9 @@ pipelined transactions.
 
 AUTH (RFC 4954) exists only where `auth_mechanisms` is set (the submission ports), and only
 inside TLS: a password never crosses the wire in cleartext, so before TLS it is neither
-announced nor accepted (538 5.7.11). The SASL exchange is a state of its own (State.AUTH): every
+announced nor accepted: `530 5.7.0 Must issue a STARTTLS command first`, the reply RFC 3207 §4
+gives for a command that needs TLS (Postfix and Exim answer the same; RFC 4954 §6's 538 is meant
+for a mechanism that needs encryption where others would not). The SASL exchange is a state of its own (State.AUTH): every
 line then is a SASL response, never a command. Checking the password is the service's decision
 (`AuthCredentials`), like MAIL and RCPT.
 """
@@ -104,8 +106,7 @@ SHUTDOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 # RFC 4954 §6 replies.
 AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Authentication not enabled")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication "
-                                           "mechanism")
+ENCRYPTION_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
 AUTH_UNSUPPORTED = Reply(504, "5.5.4", "Unrecognized authentication type")
