@@ -459,6 +459,24 @@ def test_one_busy_domain_does_not_block_the_others() -> None:
     run(scenario())
 
 
+def test_messages_beyond_the_active_limit_follow_without_waiting() -> None:
+    async def scenario() -> None:
+        store = await memory_store()
+        s = Setup(store)
+        s.worker = QueueWorker(store, s.delivery, s.config, s.bounce, clock=s.clock,
+                               idle_wake=30.0, active_limit=2)
+        ids = [await enqueue(store, f"u{i}@remote.example") for i in range(7)]
+        await s.worker.start()
+        try:
+            for queue_id in ids:  # each round's end makes room for the next: no 30 s naps
+                await until(lambda q=queue_id: gone(store, q), timeout=1.0)  # type: ignore[misc]
+        finally:
+            await s.worker.stop()
+        assert len(s.delivery.calls) == 7
+
+    run(scenario())
+
+
 def test_a_message_in_flight_is_not_attempted_twice() -> None:
     async def scenario() -> None:
         store = await memory_store()

@@ -4,6 +4,7 @@ hot queries use the due index, and databases of earlier schema versions upgrade 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from pathlib import Path
@@ -292,5 +293,25 @@ async def test_version_2_queue_records_still_load(data_dir: Path) -> None:
         assert bounce.sender == "" and bounce.recipients[0].status is PENDING
         assert [m.id for m in await store.queue_due(1_800_000_000.0, 10)] == [bounce.id]
         assert await store.queue_next_attempt() == 1_800_000_000.0
+    finally:
+        await store.close()
+
+
+async def test_many_messages_leaving_at_once_leave_no_file_or_row(data_dir: Path) -> None:
+    """Blob files of finished messages are unlinked in groups off the writer thread; when each
+    update returns, its file and row are gone all the same."""
+    store = await opened(data_dir)
+    try:
+        ids = [await queue_bytes(store, b"m%d\r\n" % i, (f"r{i}@x.example",)) for i in range(40)]
+        assert len(blob_files(data_dir)) == 40
+
+        async def finish(queue_id: int, index: int) -> None:
+            update = RecipientUpdate(f"r{index}@x.example", DELIVERED, 0, "250")
+            await store.queue_update(queue_id, [update])
+            assert await store.queue_get(queue_id) is None
+
+        await asyncio.gather(*(finish(q, i) for i, q in enumerate(ids)))
+        assert blob_files(data_dir) == []
+        assert db_rows(data_dir, "SELECT count(*) FROM blobs") == [(0,)]
     finally:
         await store.close()

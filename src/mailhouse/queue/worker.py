@@ -23,9 +23,15 @@ them: a cancelled delivery records nothing, so its recipients are still PENDING 
 and the next worker (after a restart) tries them again. A duplicate is possible if the remote
 had accepted the message just before the cancel; a loss is not.
 
-Wake-ups: `wake()` (new mail was queued by this process), the end of a round, the earliest
-next attempt, and at most every `idle_wake` seconds (default 1), which is how a `mailhouse
-queue flush` or `retry` from another process (it only edits the store) is noticed.
+Wake-ups: `wake()` (new mail was queued by this process), the earliest next attempt, the end
+of a round when due messages were left waiting for room (`active_limit`), and at most every
+`idle_wake` seconds (default 1), which is how a `mailhouse queue flush` or `retry` from another
+process (it only edits the store) is noticed.
+
+The store interface has no way to claim a message, so each look at the queue re-reads the
+messages already in a round (they are still PENDING and due) and skips them; `active_limit`
+bounds that re-read. A PostgreSQL store shared by several nodes will need a claim (a lease
+column taken with FOR UPDATE SKIP LOCKED) instead.
 """
 
 from __future__ import annotations
@@ -164,6 +170,10 @@ class QueueWorker:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # The last look at the queue left due messages behind (no room): the end of a round
+        # should look again at once. Otherwise nothing is waiting for a slot, and a round's
+        # end needs no new look (it would only re-read the messages still in flight).
+        self._backlog = False
 
     @property
     def in_flight(self) -> frozenset[int]:
@@ -222,9 +232,11 @@ class QueueWorker:
         self._held = {i: until for i, until in self._held.items() if until > now}
         room = self._active_limit - len(self._active)
         if room <= 0:
+            self._backlog = True
             return False
         skip = len(self._active) + len(self._held)
         due = await self._store.queue_due(now, room + skip)
+        self._backlog = len(due) >= room + skip
         started = 0
         for message in due:
             if started >= room:
@@ -241,8 +253,8 @@ class QueueWorker:
         if next_at is None:
             return self._idle_wake
         if next_at <= scanned_at:
-            # Due at the scan, so already in a round (or held, or over the active limit): the
-            # end of a round wakes us.
+            # Due at the scan, so already in a round (or held, or over the active limit, and
+            # then the end of a round wakes us).
             return self._idle_wake
         return min(self._idle_wake, max(0.0, next_at - self._clock()))
 
@@ -255,7 +267,8 @@ class QueueWorker:
             self._held[message.id] = self._clock() + ROUND_FAILURE_HOLD
         finally:
             self._active.pop(message.id, None)
-            self._wakeup.set()
+            if self._backlog:
+                self._wakeup.set()
 
     async def _attempt(self, message: QueuedMessage) -> None:
         now = self._clock()

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import partial
@@ -217,6 +217,61 @@ async def read_chunks(
     finally:
         if fd is not None:
             os.close(fd)
+
+
+class BlobDropper:
+    """Unlinks blobs whose last reference is committed away, in groups: the drops that arrive
+    while a group is being unlinked form the next group, which pays one directory fsync per day
+    and one `forget` (the caller's row deletion) for all its blobs, as group commit does for
+    deliveries. One per event loop. The unlink work runs in `executor`, never on the loop.
+
+    Order per group, as `SqliteStore._collect_garbage`: unlink, fsync the day directories, then
+    forget the rows; a crash in between leaves rows at refcount 0 for the next open.
+    """
+
+    def __init__(
+        self,
+        files: BlobFiles,
+        executor: Executor,
+        forget: Callable[[list[str]], Awaitable[None]],
+    ) -> None:
+        self._files = files
+        self._executor = executor
+        self._forget = forget
+        self._pending: list[str] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def drop(self, blob_id: str) -> None:
+        """Returns once the blob's file is gone for good (or the attempt failed and was
+        logged: the next open collects what is left)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._pending.append(blob_id)
+        self._waiters.append(waiter)
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name="blob-dropper")
+        await asyncio.shield(waiter)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                ids, waiters = self._pending, self._waiters
+                self._pending, self._waiters = [], []
+                try:
+                    await loop.run_in_executor(self._executor, self._unlink_sync, ids)
+                    await self._forget(ids)
+                except Exception:
+                    log.warning("store.blobs.drop_failed count=%d", len(ids), exc_info=True)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._task = None
+
+    def _unlink_sync(self, ids: list[str]) -> None:
+        self._files.sync_days(self._files.unlink_all(ids), missing_ok=True)
 
 
 _SpoolState = Literal["open", "sealing", "sealed", "aborted", "failed"]

@@ -156,8 +156,9 @@ def update(
     message_id: int,
     updates: Sequence[RecipientUpdate],
     delay_warned: bool | None,
-) -> bool:
-    """Apply attempt outcomes; True when the message left the queue (blob reference dropped)."""
+) -> str | None:
+    """Apply attempt outcomes. When the message leaves the queue and that was its blob's last
+    reference, returns the blob id (the caller unlinks it after the commit)."""
     for u in updates:
         if u.status is RecipientStatus.PENDING:
             conn.execute(
@@ -177,7 +178,7 @@ def update(
         "SELECT 1 FROM queue_recipients WHERE queue_id = ? AND status = 'pending' LIMIT 1",
         (message_id,),
     ).fetchone()
-    return pending is None and remove(conn, message_id)
+    return None if pending is not None else remove(conn, message_id)[1]
 
 
 def retry(conn: sqlite3.Connection, message_id: int | None, now: float) -> int:
@@ -201,11 +202,13 @@ def retry(conn: sqlite3.Connection, message_id: int | None, now: float) -> int:
     return int(row[0]) + moved
 
 
-def remove(conn: sqlite3.Connection, message_id: int) -> bool:
-    """Drop the message (its recipients cascade) and the blob reference it held; the caller
-    collects garbage after the commit."""
+def remove(conn: sqlite3.Connection, message_id: int) -> tuple[bool, str | None]:
+    """Drop the message (its recipients cascade) and the blob reference it held. Returns
+    whether it was there, and the blob id if that was the blob's last reference."""
     row = conn.execute("DELETE FROM queue WHERE id = ? RETURNING blob_id", (message_id,)).fetchone()
     if row is None:
-        return False
-    conn.execute("UPDATE blobs SET refcount = refcount - 1 WHERE id = ?", (row[0],))
-    return True
+        return False, None
+    left = conn.execute(
+        "UPDATE blobs SET refcount = refcount - 1 WHERE id = ? RETURNING refcount", (row[0],)
+    ).fetchone()
+    return True, (row[0] if left is not None and left[0] <= 0 else None)
