@@ -567,6 +567,23 @@ async def statuses_are(store: Store, queue_id: int, expected: dict[str, Recipien
     return all(current.get(a) is s for a, s in expected.items())
 
 
+def test_stop_lets_a_delivery_in_flight_finish_within_the_grace() -> None:
+    async def scenario() -> None:
+        store = await memory_store()
+        s = Setup(store, FakeDelivery(hold=True))
+        queue_id = await enqueue(store, "bob@remote.example")
+        await s.worker.start()
+        await until(lambda: s.delivery.total == 1)
+        stopping = asyncio.create_task(s.worker.stop(grace=5.0))
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # waiting for the delivery
+        s.delivery.release.set()
+        await asyncio.wait_for(stopping, 1.0)
+        assert await gone(store, queue_id)  # its outcome was recorded before stop() returned
+
+    run(scenario())
+
+
 def test_flush_from_another_process_is_noticed_without_wake() -> None:
     async def scenario() -> None:
         store = await memory_store()

@@ -319,8 +319,8 @@ class QueueWorker:
                 ],
                 {f.recipient.address: f.recipient.attempts + 1 for f in failures},
             )
-        if schedule.delay_warning_due(message.created, self._clock(), message.delay_warned,
-                                      self._config):
+        if not self._stopping and schedule.delay_warning_due(
+                message.created, self._clock(), message.delay_warned, self._config):
             await self._warn(message.id)
 
     async def _attempt_domain(
