@@ -105,21 +105,21 @@ def _recipients(rows: sqlite3.Cursor) -> dict[int, list[QueueRecipient]]:
     out: dict[int, list[QueueRecipient]] = {}
     for queue_id, address, status, attempts, next_at, last_reply in rows:
         out.setdefault(queue_id, []).append(
-            QueueRecipient(address, RecipientStatus(status), attempts, next_at, last_reply)
+            QueueRecipient(address, RecipientStatus(status), attempts, float(next_at), last_reply)
         )
     return out
 
 
 def _message(row: tuple[object, ...], recipients: Sequence[QueueRecipient]) -> QueuedMessage:
     queue_id, blob_id, size, sender, created, smtputf8, body_8bit, warned = row
-    assert isinstance(queue_id, int) and isinstance(blob_id, str) and isinstance(size, int)
-    assert isinstance(sender, str) and isinstance(created, float)
+    assert isinstance(queue_id, int) and isinstance(blob_id, str) and isinstance(sender, str)
+    assert isinstance(size, int) and isinstance(created, int | float)
     return QueuedMessage(
         id=queue_id,
         blob_id=blob_id,
         size=size,
         sender=sender,
-        created=created,
+        created=float(created),
         smtputf8=bool(smtputf8),
         body_8bit=bool(body_8bit),
         delay_warned=bool(warned),
