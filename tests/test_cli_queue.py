@@ -1,5 +1,5 @@
 """`mailhouse queue list|show|flush|retry|delete` against a real embedded store in a temporary
-data_dir, through the same store runner the rest of the CLI uses."""
+data_dir, through the module's own store runner (as the wired command uses it)."""
 
 from __future__ import annotations
 

@@ -8,27 +8,27 @@ deleted while its delivery is in flight is simply not recorded (the worker's lat
 no-op). `delete` sends no bounce, as Postfix's `postsuper -d`.
 
 Exit codes as the rest of the CLI: 0 done, 1 the operation failed (no such message), 2 usage.
-Times are printed in UTC, ISO 8601.
+Times are printed in UTC, ISO 8601. This module is imported by __main__ (which wires
+`register`), so it must not import __main__ back; shared pieces come from cli_common.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Final
 
+from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, become_data_dir_owner, error, out, table
 from mailhouse.config import Config
+from mailhouse.errors import MailError
 from mailhouse.store.base import QueuedMessage, RecipientStatus, Store
 
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-
 StoreAction = Callable[[Store], Awaitable[int]]
-# Opens the store, runs the action, closes it and maps storage errors to an exit code: the
-# CLI's `_with_store` (privileges, error lines), passed in by `mailhouse.__main__`.
+# Opens the store, runs the action, closes it, and maps storage errors to one stderr line and
+# an exit code. __main__ may pass its own `_with_store` (its test seam) instead of the default.
 StoreRunner = Callable[[Config, StoreAction], int]
 
 
@@ -39,9 +39,9 @@ def register(
     run: StoreRunner | None = None,
 ) -> None:
     """Add `queue` and its actions. `parents` carries the shared options (--config) so they
-    work after the command word too; `run` is how the CLI opens the store (default: the one
-    every other `mailhouse` command uses)."""
-    runner = run or _cli_runner
+    work after the command word too; `run` is how the store is opened (default:
+    `run_with_store`)."""
+    runner = run or run_with_store
     queue = subparsers.add_parser("queue", parents=list(parents), help="the outbound queue")
     actions = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -72,21 +72,39 @@ def _queue_id(text: str) -> int:
     return value
 
 
-def _cli_runner(config: Config, action: StoreAction) -> int:
-    # Imported when used: __main__ imports this module to register the commands.
-    from mailhouse.__main__ import _with_store
+def run_with_store(config: Config, action: StoreAction) -> int:
+    """As the owner of data_dir (cli_common), open the store, run `action`, close."""
+    try:
+        become_data_dir_owner(config.data_dir)
+        return asyncio.run(_run_with_store(config, action))
+    except MailError as exc:
+        error(f"storage error: {exc.reply.text}")
+        return EXIT_FAILED
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        error(f"{where}{exc.strerror or exc}")
+        return EXIT_FAILED
 
-    return _with_store(config, action)
+
+async def _run_with_store(config: Config, action: StoreAction) -> int:
+    from mailhouse.store import open_store  # the store only when a command runs
+
+    store = open_store(config.data_dir)
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
 
 
 # --- handlers ---------------------------------------------------------------------------------
 
 def queue_list(args: argparse.Namespace, config: Config, *,
-               run: StoreRunner = _cli_runner) -> int:
+               run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
         messages = await store.queue_list()
         if not messages:
-            _out("the queue is empty")
+            out("the queue is empty")
             return EXIT_OK
         rows = []
         for m in messages:
@@ -96,16 +114,16 @@ def queue_list(args: argparse.Namespace, config: Config, *,
             rows.append((str(m.id), _when(m.created), str(m.size), _sender(m),
                          f"{len(pending)}/{len(m.recipients)}",
                          "-" if next_at is None else _when(next_at), last or "-"))
-        _table(("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT ATTEMPT", "LAST REPLY"), rows)
+        table(("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT ATTEMPT", "LAST REPLY"), rows)
         total = sum(len(m.recipients) for m in messages)
-        _out(f"{_plural(len(messages), 'message')}, {_plural(total, 'recipient')}")
+        out(f"{_plural(len(messages), 'message')}, {_plural(total, 'recipient')}")
         return EXIT_OK
 
     return run(config, action)
 
 
 def queue_show(args: argparse.Namespace, config: Config, *,
-               run: StoreRunner = _cli_runner) -> int:
+               run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
         message = await store.queue_get(args.id)
         if message is None:
@@ -116,7 +134,7 @@ def queue_show(args: argparse.Namespace, config: Config, *,
                 async for chunk in store.read_blob(message.blob_id):
                     out.write(chunk)
             except KeyError:
-                _error(f"message {args.id}: its content is gone (deleted meanwhile?)")
+                error(f"message {args.id}: its content is gone (deleted meanwhile?)")
                 return EXIT_FAILED
             out.flush()
             return EXIT_OK
@@ -127,33 +145,33 @@ def queue_show(args: argparse.Namespace, config: Config, *,
 
 
 def queue_flush(args: argparse.Namespace, config: Config, *,
-                run: StoreRunner = _cli_runner) -> int:
+                run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
         count = await store.queue_retry(None, time.time())
-        _out(f"{_plural(count, 'recipient')} due now; a running server tries them within a second")
+        out(f"{_plural(count, 'recipient')} due now; a running server tries them within a second")
         return EXIT_OK
 
     return run(config, action)
 
 
 def queue_retry(args: argparse.Namespace, config: Config, *,
-                run: StoreRunner = _cli_runner) -> int:
+                run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
         if await store.queue_get(args.id) is None:
             return _no_such(args.id)
         count = await store.queue_retry(args.id, time.time())
-        _out(f"message {args.id}: {_plural(count, 'recipient')} due now")
+        out(f"message {args.id}: {_plural(count, 'recipient')} due now")
         return EXIT_OK
 
     return run(config, action)
 
 
 def queue_delete(args: argparse.Namespace, config: Config, *,
-                 run: StoreRunner = _cli_runner) -> int:
+                 run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
         if not await store.queue_delete(args.id):
             return _no_such(args.id)
-        _out(f"deleted message {args.id} from the queue (no bounce sent)")
+        out(f"deleted message {args.id} from the queue (no bounce sent)")
         return EXIT_OK
 
     return run(config, action)
@@ -164,26 +182,26 @@ def queue_delete(args: argparse.Namespace, config: Config, *,
 def _show(message: QueuedMessage) -> None:
     flags = [name for name, on in (("SMTPUTF8", message.smtputf8),
                                    ("8BITMIME", message.body_8bit)) if on]
-    _out(f"id:           {message.id}")
-    _out(f"arrived:      {_when(message.created)}")
-    _out(f"sender:       {_sender(message)}")
-    _out(f"size:         {message.size}")
-    _out(f"needs:        {' '.join(flags) or '-'}")
-    _out(f"delay notice: {'sent' if message.delay_warned else 'not sent'}")
-    _out("recipients:")
+    out(f"id:           {message.id}")
+    out(f"arrived:      {_when(message.created)}")
+    out(f"sender:       {_sender(message)}")
+    out(f"size:         {message.size}")
+    out(f"needs:        {' '.join(flags) or '-'}")
+    out(f"delay notice: {'sent' if message.delay_warned else 'not sent'}")
+    out("recipients:")
     rows = [
         (r.address, r.status.value, str(r.attempts),
          _when(r.next_attempt) if r.status is RecipientStatus.PENDING else "-",
          r.last_reply or "-")
         for r in message.recipients
     ]
-    _table(("  RECIPIENT", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "LAST REPLY"),
-           [("  " + row[0], *row[1:]) for row in rows])
+    table(("  RECIPIENT", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "LAST REPLY"),
+          [("  " + row[0], *row[1:]) for row in rows])
 
 
 def _no_such(queue_id: int) -> int:
-    _error(f"no queued message {queue_id} (delivered, bounced or deleted?); "
-           "see `mailhouse queue list`")
+    error(f"no queued message {queue_id} (delivered, bounced or deleted?); "
+          "see `mailhouse queue list`")
     return EXIT_FAILED
 
 
@@ -197,19 +215,3 @@ def _when(epoch: float) -> str:
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _out(line: str) -> None:
-    print(line, flush=True)
-
-
-def _error(message: str) -> None:
-    print(f"mailhouse: {message}", file=sys.stderr, flush=True)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns two spaces apart, as the other listings of the CLI."""
-    widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
-    for row in (headers, *rows):
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        _out("  ".join([*cells, row[-1]]))
