@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -20,11 +21,15 @@ from pathlib import Path
 
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError
+from mailhouse.message.dkim import DkimKeys, DkimSigner
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
+from mailhouse.queue.bounces import StoreBounceSender
+from mailhouse.queue.delivery import SmtpDelivery
+from mailhouse.queue.worker import QueueWorker
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import InboundPolicy, InboundService
@@ -38,6 +43,7 @@ log = logging.getLogger("mailhouse")
 DEMO_DOMAIN = "mailhouse.test"
 DEMO_USER = f"demo@{DEMO_DOMAIN}"
 SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
+QUEUE_GRACE = 10.0  # seconds outbound deliveries in flight get on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
 NOT_BUILT = ("imap", "imaps", "pop3", "pop3s")
 
@@ -46,8 +52,9 @@ class App:
     def __init__(self, config: Config, *, passwords: Passwords | None = None,
                  signer: Signer | None = None,
                  on_queued: Callable[[], None] | None = None) -> None:
-        """`passwords`: the hashing policy (tests pass a cheap one). `signer` (DKIM) and
-        `on_queued` (wakes the queue worker) are optional until those parts are wired."""
+        """`passwords`: the hashing policy (tests pass a cheap one). `signer`: DKIM signing
+        (default: keys under data_dir/dkim when dkim.enabled). `on_queued`: called after mail
+        was queued (default: wake the queue worker)."""
         self.config = config
         self.store: Store = open_store(config.data_dir)
         self.directory = DirectoryCache(self.store)
@@ -59,8 +66,20 @@ class App:
         # One throttle for every protocol that takes passwords, so guesses spread over
         # submission, IMAP and POP3 add up.
         self.login_throttle = LoginThrottle.from_config(config.submission)
+        if signer is None and config.dkim.enabled:
+            signer = DkimSigner(DkimKeys(config.data_dir / "dkim"))
         self.signer = signer
-        self.on_queued = on_queued
+        self.delivery = SmtpDelivery(config.delivery, config.dns, hostname=config.hostname,
+                                     local_addresses=local_addresses(config))
+        self.worker = QueueWorker(
+            self.store, self.delivery, config.queue,
+            StoreBounceSender(self.store, self.directory, hostname=config.hostname,
+                              plus_separator=config.smtp.plus_separator,
+                              wake=self._wake_worker))
+        self.on_queued = on_queued or self._wake_worker
+
+    def _wake_worker(self) -> None:
+        self.worker.wake()
 
     def tls_files(self) -> tuple[Path, Path]:
         if self.config.tls.cert and self.config.tls.key:
@@ -79,6 +98,7 @@ class App:
         if config.demo:
             await self._ensure_demo()
         await self.directory.start()
+        await self.worker.start()
         limits = config.limits
         core = SmtpServerConfig(
             hostname=config.hostname,
@@ -152,6 +172,9 @@ class App:
         for listener in self.listeners:
             await listener.stop_accepting()
         await self.tracker.shutdown(SHUTDOWN_GRACE)
+        # Deliveries in flight finish or are cancelled; unfinished recipients stay queued.
+        await self.worker.stop(QUEUE_GRACE)
+        await self.delivery.close()
         await self.directory.stop()
         await self.store.close()
 
@@ -166,6 +189,24 @@ class App:
             lines.append(f"  demo user   {DEMO_USER}  password: {self.demo_password}")
             lines.append("  add a user: mailhouse user add alice@" + DEMO_DOMAIN)
         return "\n".join(lines)
+
+
+def local_addresses(config: Config) -> frozenset[str]:
+    """The addresses where a remote MX would be ourselves: every IP our MX listeners accept on
+    at the outbound delivery port (a wildcard listener means every address of this host). An MX
+    that resolves to one of them is a mail loop (RFC 5321 §5.1), not a delivery."""
+    out: set[str] = set()
+    for host, port in config.listen_endpoints("smtp"):
+        if port != config.delivery.port:
+            continue
+        if host in ("0.0.0.0", "::"):
+            out.update({"127.0.0.1", "::1"})
+            with contextlib.suppress(OSError):
+                for info in socket.getaddrinfo(socket.gethostname(), None):
+                    out.add(str(info[4][0]))
+        else:
+            out.add(host)
+    return frozenset(out)
 
 
 def drop_privileges(config: Config) -> None:
