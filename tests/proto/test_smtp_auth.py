@@ -57,7 +57,8 @@ def test_ehlo_announces_auth_only_inside_tls() -> None:
     out = d.feed(b"EHLO c\r\n")
     assert b"AUTH" not in out and b"250 STARTTLS\r\n" in out
     # RFC 4954 §6: never take a password in cleartext, whatever the client tries.
-    assert d.feed(b"AUTH PLAIN " + plain("", *GOOD) + b"\r\n").startswith(b"530 5.7.0 Must issue a STARTTLS")
+    out = d.feed(b"AUTH PLAIN " + plain("", *GOOD) + b"\r\n")
+    assert out.startswith(b"530 5.7.0 Must issue a STARTTLS")
     assert d.credentials == []
     assert d.feed(b"MAIL FROM:<alice@example.test>\r\n").startswith(b"530 5.7.0 ")
     d.feed(b"STARTTLS\r\n")

@@ -12,8 +12,8 @@ inside TLS: a password never crosses the wire in cleartext, so before TLS it is 
 announced nor accepted: `530 5.7.0 Must issue a STARTTLS command first`, the reply RFC 3207 §4
 gives for a command that needs TLS (Postfix and Exim answer the same; RFC 4954 §6's 538 is meant
 for a mechanism that needs encryption where others would not). The SASL exchange is a state of
-its own (State.AUTH): every line then is a SASL response, never a command. Checking the password is the service's decision
-(`AuthCredentials`), like MAIL and RCPT.
+its own (State.AUTH): every line then is a SASL response, never a command. Checking the password
+is the service's decision (`AuthCredentials`), like MAIL and RCPT.
 """
 
 from __future__ import annotations
