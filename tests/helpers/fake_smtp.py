@@ -77,6 +77,7 @@ class FakeSmtp:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._stopping = asyncio.Event()
+        self.by_peer_closed = 0  # sessions the client ended by closing the connection
 
     @property
     def messages(self) -> list[bytes]:
@@ -219,12 +220,26 @@ class FakeSmtp:
         session.messages.append(message)
         if script.drop_after_dot:
             return False
-        if script.stall_after_dot:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), script.stall_after_dot)
+        if script.stall_after_dot and not await self._stall(reader, script.stall_after_dot):
+            return False
         writer.write(self._reply(script.final, "final", message.decode("utf-8", "replace"),
                                  "250 2.0.0 Ok: queued"))
         return True
+
+
+    async def _stall(self, reader: asyncio.StreamReader, seconds: float) -> bool:
+        """Say nothing for `seconds`; False if the client hung up meanwhile (or we stop)."""
+        eof = asyncio.ensure_future(reader.read(1))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({eof, stop}, timeout=seconds,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in (eof, stop):
+            task.cancel()
+        await asyncio.wait({eof, stop})
+        if eof in done and not eof.cancelled() and eof.exception() is None and not eof.result():
+            self.by_peer_closed += 1
+            return False
+        return stop not in done
 
 
 @dataclass

@@ -20,7 +20,12 @@ from mailhouse.proto.smtp.client import (
     TransactionDone,
     to_wire,
 )
-from mailhouse.proto.smtp.replies import MAX_REPLY_LINE, Capabilities, ReplyReader
+from mailhouse.proto.smtp.replies import (
+    MAX_REPLY_LINE,
+    MAX_REPLY_TEXT,
+    Capabilities,
+    ReplyReader,
+)
 from tests.proto.smtp_driver import Driver
 
 GREETING = b"220 mx.remote.test ESMTP\r\n"
@@ -308,6 +313,15 @@ def test_multi_line_reply_text_enhanced_codes_and_control_characters() -> None:
     first, second = reader.next(), reader.next()
     assert first is not None and first.to_reply() == Reply(250, None, "")
     assert second is not None and second.to_reply().enhanced is None
+
+
+def test_long_reply_text_is_cut_for_storage() -> None:
+    reader = ReplyReader()
+    reader.feed(b"".join(b"550-" + b"x" * 1000 + b"\r\n" for _ in range(20)) + b"550 end\r\n")
+    raw = reader.next()
+    assert raw is not None and len(raw.lines) == 21
+    text = raw.to_reply().text
+    assert len(text) == MAX_REPLY_TEXT and text.endswith("...")
 
 
 def test_capabilities_from_ehlo() -> None:

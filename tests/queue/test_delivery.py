@@ -275,6 +275,24 @@ def test_a_stall_after_the_final_dot_is_waited_for_then_deferred(dns_server: Dns
     run(scenario())
 
 
+def test_cancelled_delivery_drops_its_connection(dns_server: DnsServer) -> None:
+    async def scenario() -> None:
+        async with FakeSmtp.group({MX1: Script(stall_after_dot=10)}) as servers:
+            d = delivery(dns_server, servers.port)
+            task = asyncio.create_task(deliver(d, "one.test", "a@one.test"))
+            assert await asyncio.to_thread(
+                wait_until, lambda: bool(servers[MX1].messages), 5)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert d.pool.idle_count == 0
+            await asyncio.sleep(0.1)
+            assert servers[MX1].by_peer_closed == 1
+            await d.close()
+
+    run(scenario())
+
+
 def test_connection_refused_is_temporary_without_a_remote_host(dns_server: DnsServer) -> None:
     async def scenario() -> None:
         d = delivery(dns_server, free_port())

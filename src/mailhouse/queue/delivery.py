@@ -140,7 +140,11 @@ class SmtpDelivery(RemoteDelivery):
                 reused = False
             else:
                 reused = True
-            done = await conn.send(tx, message.source)
+            try:
+                done = await conn.send(tx, message.source)
+            except BaseException:  # cancelled (shutdown) or a bug: never pool a session mid-way
+                conn.abort()
+                raise
             if reused and not done.replied and not conn.reusable:
                 conn = None  # the idle session had died; nothing was delivered
                 continue

@@ -19,6 +19,8 @@ MAX_REPLY_LINE = 2048
 MAX_REPLY_LINES = 100
 # Unparsed input kept at most (a flood while we stream a message body is refused, not stored).
 MAX_BUFFERED = 1 << 20
+# A reply's text is kept for the queue and the DSN; a remote's essay is cut to this.
+MAX_REPLY_TEXT = 4096
 
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?: +|\Z)")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -59,13 +61,18 @@ class RawReply:
         """RFC 2034 §4: an enhanced code leads each line when its class matches the reply's."""
         first = _ENHANCED.match(self.lines[0])
         if first is None or first.group(1) != str(self.code)[0]:
-            return Reply(self.code, None, "\n".join(self.lines))
+            return Reply(self.code, None, _cut("\n".join(self.lines)))
         code = ".".join(first.groups())
         texts = []
         for line in self.lines:
             match = _ENHANCED.match(line)
             texts.append(line[match.end():] if match and line.startswith(code) else line)
-        return Reply(self.code, code, "\n".join(texts))
+        return Reply(self.code, code, _cut("\n".join(texts)))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_REPLY_TEXT else text[: MAX_REPLY_TEXT - 3] + "..."
+
 
 
 class ReplyReader:
