@@ -18,6 +18,7 @@ RULES = {
               "mailhouse.app", "mailhouse.config", "mailhouse.queue"},
     "service": {"mailhouse.net", "mailhouse.app"},
     "pipeline": {"mailhouse.net", "mailhouse.app"},
+    "queue": {"mailhouse.net", "mailhouse.app"},
 }
 
 

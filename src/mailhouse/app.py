@@ -22,13 +22,13 @@ from pathlib import Path
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError
 from mailhouse.message.dkim import DkimKeys, DkimSigner
+from mailhouse.net.delivery import SmtpDelivery
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
 from mailhouse.queue.bounces import StoreBounceSender
-from mailhouse.queue.delivery import SmtpDelivery
 from mailhouse.queue.worker import QueueWorker
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache

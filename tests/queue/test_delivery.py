@@ -22,8 +22,8 @@ import trustme
 
 from mailhouse.config import DeliveryConfig, DnsConfig
 from mailhouse.errors import Reply
+from mailhouse.net.delivery import SmtpDelivery
 from mailhouse.queue.contracts import OutboundMessage, RemoteResult
-from mailhouse.queue.delivery import SmtpDelivery
 from mailhouse.store.base import Outcome
 from tests.helpers.dns import SERVFAIL, DnsServer
 from tests.helpers.fake_smtp import FakeSmtp, Script

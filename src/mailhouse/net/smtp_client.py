@@ -9,7 +9,7 @@ worse. Encryption still defeats passive eavesdropping. MTA-STS and DANE, which d
 later work.
 
 A failed handshake ends that connection: nothing more is written on it, least of all the message
-in plain text. The caller (queue/delivery.py) then reconnects to the same address without
+in plain text. The caller (net/delivery.py) then reconnects to the same address without
 STARTTLS, as Postfix does at `smtp_tls_security_level = may`: an active attacker can strip
 STARTTLS anyway, so refusing would only hurt servers with broken TLS.
 

@@ -14,9 +14,9 @@ The rules, per recipient:
 - Connections stay open `[delivery] connection_reuse_time` seconds after a transaction, for the
   next message to the same address (RFC 5321 §3.3: a session may carry many transactions).
 
-Note for the architecture rules: this module wires `queue/` to `net/smtp_client.py`, the one
-place the queue reaches the network layer (DESIGN.md draws it as "queue ──► mx ──► outbound SMTP
-client").
+It lives in net/ because it opens connections: the queue worker only knows the RemoteDelivery
+seam (queue/contracts.py), and the app hands it this implementation, so queue/ never imports
+net/ (DESIGN.md).
 """
 
 from __future__ import annotations
