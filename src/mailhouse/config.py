@@ -392,6 +392,23 @@ class DkimConfig:
     enabled: bool = field(default=True, metadata=checked(_boolean))
 
 
+def _pop3_timeout(key: str, value: object) -> float:
+    # RFC 1939 §3: the inactivity autologout timer MUST be at least 10 minutes.
+    seconds = _seconds(key, value)
+    if seconds < 600:
+        raise _wrong(key, "a number of seconds >= 600 (RFC 1939 §3)", value)
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Config:
+    """POP3 (RFC 1939) on the `pop3` (STLS) and `pop3s` (implicit TLS) listeners."""
+
+    idle_timeout: float = field(default=600.0, metadata=checked(_pop3_timeout))
+    # USER/PASS and AUTH before STLS on port 110. Off: passwords never cross in cleartext.
+    allow_plaintext_auth: bool = field(default=False, metadata=checked(_boolean))
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = field(default="info", metadata=checked(_log_level))
@@ -419,6 +436,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig,
                                      metadata=_section(DeliveryConfig))
     dkim: DkimConfig = field(default_factory=DkimConfig, metadata=_section(DkimConfig))
+    pop3: Pop3Config = field(default_factory=Pop3Config, metadata=_section(Pop3Config))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.
     source: Path | None = None
