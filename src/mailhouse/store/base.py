@@ -70,6 +70,16 @@ class MessageInfo:
     blob_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ExpungedMessage:
+    """A message that left its mailbox, kept for QRESYNC: a client that last saw the mailbox at
+    MODSEQ n learns the UIDs expunged since then (VANISHED (EARLIER), RFC 7162 §3.2.5.2,
+    §3.2.10) without listing every UID it knows."""
+
+    uid: int
+    modseq: int
+
+
 class RecipientStatus(Enum):
     PENDING = "pending"  # not delivered yet; tried again at next_attempt
     DELIVERED = "delivered"
@@ -192,7 +202,25 @@ class Store(Protocol):
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...
 
-    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]: ...
+    async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
+        """One mailbox by name (INBOX in any case, RFC 9051 §5.1); None if there is none."""
+
+    async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
+        """The mailbox's messages in UID order (ascending); [] for an unknown mailbox."""
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
+        """Remove these messages from the mailbox; returns how many were removed (UIDs not in
+        it, already expunged ones included, are ignored, so a repeated call is harmless).
+
+        The whole call is one change (RFC 7162 §3.1): when anything is removed the mailbox's
+        HIGHESTMODSEQ goes up by one, and each removed UID is kept with that MODSEQ in the
+        expunge history (`list_expunged`) for QRESYNC. Each copy drops its reference on its
+        blob; a blob left without references (no other copy, no queue entry) is deleted.
+        Durable on return (group commit). POP3 deletions (RFC 1939 §6, UPDATE state) and IMAP
+        EXPUNGE both come here, so each protocol sees the other's removals."""
+
+    async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
+        """Messages expunged from the mailbox with a MODSEQ above `since_modseq`, by UID."""
 
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """The stored bytes, in chunks."""

@@ -18,6 +18,7 @@ from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
     DeliveryTarget,
+    ExpungedMessage,
     MailboxInfo,
     MessageInfo,
     Outcome,
@@ -88,6 +89,7 @@ class _Blob:
 class _Mailbox:
     info: MailboxInfo
     messages: dict[int, MessageInfo] = field(default_factory=dict)  # uid -> message, ascending
+    expunged: dict[int, int] = field(default_factory=dict)  # uid -> modseq of its expunge
 
 
 class MemoryStore:
@@ -313,10 +315,45 @@ class MemoryStore:
         self._check_open()
         return [m.info for m in self._mailboxes.values() if m.info.account_id == account_id]
 
+    async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
+        self._check_open()
+        mailbox = self._find_mailbox(account_id, name)
+        return None if mailbox is None else mailbox.info
+
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         self._check_open()
         mailbox = self._mailboxes.get(mailbox_id)
         return [] if mailbox is None else list(mailbox.messages.values())
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
+        """See base.Store.expunge: one MODSEQ for the whole change (RFC 7162 §3.1)."""
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return 0
+        gone = [mailbox.messages.pop(uid) for uid in sorted(set(uids)) if uid in mailbox.messages]
+        if not gone:
+            return 0
+        info = mailbox.info
+        modseq = info.highest_modseq + 1
+        mailbox.info = replace(
+            info, highest_modseq=modseq, message_count=info.message_count - len(gone)
+        )
+        for message in gone:
+            mailbox.expunged[message.uid] = modseq
+            self._release(message.blob_id)
+        return len(gone)
+
+    async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return []
+        return [
+            ExpungedMessage(uid, modseq)
+            for uid, modseq in sorted(mailbox.expunged.items())
+            if modseq > since_modseq
+        ]
 
     async def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """Raises KeyError if the blob does not exist, as the embedded store does."""

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.model import Account, Directory
-from mailhouse.store import schema, sqlite_queue
+from mailhouse.store import schema, sqlite_expunge, sqlite_queue
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
     DeliveryTarget,
+    ExpungedMessage,
     MailboxInfo,
     MessageInfo,
     Outcome,
@@ -327,8 +328,34 @@ class SqliteStore:
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
         return await self._read(partial(_list_mailboxes, account_id=account_id))
 
+    async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
+        name = canonical_mailbox_name(name)
+        return await self._read(partial(_get_mailbox, account_id=account_id, name=name))
+
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         return await self._read(partial(_list_messages, mailbox_id=mailbox_id))
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
+        """See base.Store.expunge. The rows go in one writer job; blobs whose last reference
+        went with them are unlinked afterwards in the blob pool (`_drop_blob`), as for the
+        queue, so a POP3 QUIT deleting hundreds of messages never holds up other commits.
+        Shielded: a caller cancelled mid-way (the client hung up after QUIT) must not strand
+        the unlinks of a removal the writer commits anyway."""
+        wanted = sorted(set(uids))
+        if not wanted:
+            return 0
+        return await asyncio.shield(self._expunge(mailbox_id, wanted))
+
+    async def _expunge(self, mailbox_id: int, uids: list[int]) -> int:
+        apply = partial(sqlite_expunge.expunge, mailbox_id=mailbox_id, uids=uids)
+        removed, dead = await self._write(apply)
+        if dead:  # the dropper unlinks drops arriving together as one group
+            await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
+        return removed
+
+    async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
+        apply = partial(sqlite_expunge.since, mailbox_id=mailbox_id, modseq=since_modseq)
+        return await self._read(apply)
 
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """Raises KeyError (when iterated) if the blob does not exist."""
@@ -459,15 +486,25 @@ def _list_aliases(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     return {row[0]: tuple(json.loads(row[1])) for row in conn.execute(query)}
 
 
+_MAILBOX = (
+    "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq,"
+    " subscribed, message_count FROM mailboxes"
+)
+
+
 def _list_mailboxes(conn: sqlite3.Connection, account_id: int) -> list[MailboxInfo]:
-    query = (
-        "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq,"
-        " subscribed, message_count FROM mailboxes WHERE account_id = ? ORDER BY id"
-    )
-    return [
-        MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
-        for r in conn.execute(query, (account_id,))
-    ]
+    query = _MAILBOX + " WHERE account_id = ? ORDER BY id"
+    return [_mailbox(row) for row in conn.execute(query, (account_id,))]
+
+
+def _get_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> MailboxInfo | None:
+    query = _MAILBOX + " WHERE account_id = ? AND name = ?"
+    row = conn.execute(query, (account_id, name)).fetchone()
+    return None if row is None else _mailbox(row)
+
+
+def _mailbox(r: tuple[Any, ...]) -> MailboxInfo:
+    return MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
 
 
 def _list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
