@@ -28,6 +28,9 @@ from tests.helpers.tools import program
 
 _MESG = re.compile(rb"mesg=(\d+)")
 _READ_CHUNK = 65536
+# Reads of the -c output per sink: EOF (close() stops smtp-sink) ends the loop long before;
+# each read returns at least one ~30-byte record, so this allows hundreds of millions of them.
+_MAX_READS = 100_000_000
 
 
 class SinkError(RuntimeError):
@@ -139,13 +142,13 @@ class SmtpSink:
     # ------------------------------------------------------------------ counting
 
     def _read_counter(self) -> None:
-        """Follow the -c output until smtp-sink exits (EOF bounds the loop)."""
+        """Follow the -c output until smtp-sink exits (EOF ends the loop; close() stops it)."""
         process = self.process
         if process is None or process.stdout is None:
             return
         fd = process.stdout.fileno()
         tail = b""
-        while True:
+        for _ in range(_MAX_READS):
             chunk = os.read(fd, _READ_CHUNK)
             if not chunk:
                 return

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -663,7 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         checks = {name: side.check() for name, side in sides.items()}
         if dns is not None and "mailhouse" in checks:
-            checks["mailhouse"]["dns_queries"] = len(dns.server.queries)
+            queries = dns.server.queries
+            checks["mailhouse"]["dns_queries"] = len(queries)
+            checks["mailhouse"]["dns_queries_by_type"] = dict(Counter(t for _, t in queries))
         if server is not None:
             server.close()
         if postfix is not None:
