@@ -23,6 +23,10 @@ PACKAGE_OF = {
     "smtp-sink": "postfix",
     "swaks": "swaks",
     "openssl": "openssl",
+    "fetchmail": "fetchmail",
+    "getmail": "getmail6",
+    "dovecot": "dovecot-pop3d",
+    "doveadm": "dovecot-core",
 }
 
 
