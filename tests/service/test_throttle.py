@@ -76,12 +76,13 @@ def test_ipv6_counted_per_64_and_mapped_ipv4_as_ipv4() -> None:
     assert not t.check("2001:db8:0:1:abcd::1", "x@example.test")
 
 
-def test_attempts_in_flight_count_as_failures() -> None:
-    t, _ = throttle(limit=2)
+def test_attempts_in_flight_count_as_failures_once_a_failure_is_recorded() -> None:
+    t, _ = throttle(limit=3)
     with t.attempt("192.0.2.1", "a@example.test"), t.attempt("192.0.2.1", "b@example.test"):
-        assert not t.check("192.0.2.1", "c@example.test")
+        assert t.check("192.0.2.1", "c@example.test")  # no failure yet: good logins in flight
+        t.record_failure("192.0.2.1", "z@example.test")
+        assert not t.check("192.0.2.1", "c@example.test")  # 1 failure + 2 in flight
     assert t.check("192.0.2.1", "c@example.test")
-    assert t.tracked_keys == 0
 
 
 def test_memory_is_bounded() -> None:
@@ -143,14 +144,29 @@ def test_guard_reply_time_does_not_depend_on_check_cost() -> None:
     asyncio.run(run())
 
 
-def test_parallel_burst_cannot_exceed_the_limit() -> None:
+def test_parallel_burst_after_a_failure_cannot_exceed_the_limit() -> None:
     async def run() -> None:
         accounts = FakeAccounts(cost=0.02)
-        guard = LoginGuard(accounts, LoginThrottle(3, 60.0), delay=0.0)
+        throttle = LoginThrottle(3, 60.0)
+        guard = LoginGuard(accounts, throttle, delay=0.0)
+        await guard.login("192.0.2.1", "u@example.test", "wrong")  # one failure on record
         outcomes = await asyncio.gather(*(guard.login("192.0.2.1", f"u{i}@example.test", "x")
                                           for i in range(20)))
         assert accounts.calls == 3
-        assert sum(o.throttled for o in outcomes) == 17
+        assert sum(o.throttled for o in outcomes) == 18
+
+    asyncio.run(run())
+
+
+def test_parallel_good_logins_are_never_locked_out() -> None:
+    # A client opening 20 connections at once with the right password (bench/smtp_relay found
+    # the opposite): no failure on record, so logins in flight do not count against it.
+    async def run() -> None:
+        accounts = FakeAccounts(cost=0.02)
+        guard = LoginGuard(accounts, LoginThrottle(3, 60.0), delay=0.0)
+        outcomes = await asyncio.gather(*(guard.login("192.0.2.1", "alice@example.test", "right")
+                                          for _ in range(20)))
+        assert all(o.account is ALICE and not o.throttled for o in outcomes)
 
     asyncio.run(run())
 

@@ -14,8 +14,11 @@ The rules (security.md §3 AUTH, checklist 11):
   client keeps working while someone else hammers the account.
 - IPv6 clients are counted per /64, the smallest block one subscriber usually gets; counting
   single addresses would give an attacker 2^64 fresh keys.
-- Attempts still being checked count as failures for `check()`, so a burst of parallel logins
-  cannot all slip through before the first failure is recorded.
+- Once a key has a failure in the window, attempts still being checked count as failures for
+  `check()`, so a burst of parallel guesses cannot all slip through before their failures are
+  recorded. A key with no failure does not count them: a client opening many connections at
+  once with the right password (Thunderbird, a benchmark, a phone reconnecting) is never locked
+  out by its own good logins.
 - Every failed or refused attempt is answered `auth_failure_delay` seconds after it arrived,
   whatever the check cost: an unknown user, a wrong password and a lock take the same time.
 - Memory is bounded: each key keeps at most `limit` timestamps, expired keys are pruned as new
@@ -145,7 +148,7 @@ class LoginThrottle:
             recent = len(times)
             if not times:
                 del self._failures[key]
-        return recent + self._inflight.get(key, 0)
+        return recent + self._inflight.get(key, 0) if recent else 0
 
     def _prune(self, now: float) -> None:
         """Drop expired entries from the old end; evict the oldest past `max_keys`."""
