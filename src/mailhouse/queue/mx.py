@@ -10,8 +10,9 @@
 - Address literals (`user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`, RFC 5321 §4.1.3) go to that
   address, no DNS involved.
 
-DNS goes through dnspython's async resolver, to the `[dns]` nameservers or the system's. No cache
-of our own yet: a recursive resolver beside the server (unbound, systemd-resolved) does that job.
+DNS goes through dnspython's async resolver, to the `[dns]` nameservers or the system's, with
+dnspython's LRU cache honouring each answer's TTL: a busy queue sends mail to the same few
+domains again and again, and three lookups per message cost more than the delivery's own work.
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> (
                                 for ip, port in nameservers]
     else:
         resolver = dns.asyncresolver.Resolver()
+    resolver.cache = dns.resolver.LRUCache(DNS_CACHE_ENTRIES)
     resolver.lifetime = timeout
     resolver.timeout = min(2.0, timeout)  # per try; lost UDP packets are retried until lifetime
     return resolver
+
+
+DNS_CACHE_ENTRIES = 4096
 
 
 class MxResolver:
