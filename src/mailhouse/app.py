@@ -24,8 +24,10 @@ from mailhouse.errors import ConfigError
 from mailhouse.message.dkim import DkimKeys, DkimSigner
 from mailhouse.net.delivery import SmtpDelivery
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
+from mailhouse.net.pop3 import Pop3Endpoint
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.proto.pop3.server import Pop3ServerConfig
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
 from mailhouse.queue.bounces import StoreBounceSender
@@ -33,6 +35,7 @@ from mailhouse.queue.worker import QueueWorker
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import InboundPolicy, InboundService
+from mailhouse.service.pop3 import Pop3Service
 from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.store import open_store
@@ -45,7 +48,7 @@ DEMO_USER = f"demo@{DEMO_DOMAIN}"
 SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 QUEUE_GRACE = 10.0  # seconds outbound deliveries in flight get on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
-NOT_BUILT = ("imap", "imaps", "pop3", "pop3s")
+NOT_BUILT = ("imap", "imaps")
 
 
 class App:
@@ -66,6 +69,8 @@ class App:
         # One throttle for every protocol that takes passwords, so guesses spread over
         # submission, IMAP and POP3 add up.
         self.login_throttle = LoginThrottle.from_config(config.submission)
+        self.login_guard = LoginGuard(Accounts(self.store, self.passwords), self.login_throttle,
+                                      config.submission.auth_failure_delay)
         if signer is None and config.dkim.enabled:
             signer = DkimSigner(DkimKeys(config.data_dir / "dkim"))
         self.signer = signer
@@ -117,6 +122,7 @@ class App:
         if config.listen_endpoints("smtp"):
             self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), mx.factory))
         self._add_submission_listeners(core, tls, timeouts)
+        self._add_pop3_listeners(tls)
         for kind in NOT_BUILT:
             if config.listen_endpoints(kind):
                 log.info("event=listen.skipped service=%s reason=not_built_yet", kind)
@@ -139,9 +145,7 @@ class App:
         implicit = config.listen_endpoints("submissions")
         if not plain and not implicit:
             return
-        guard = LoginGuard(Accounts(self.store, self.passwords), self.login_throttle,
-                           config.submission.auth_failure_delay)
-        service = SubmissionService(self.store, self.directory, guard,
+        service = SubmissionService(self.store, self.directory, self.login_guard,
                                     SubmissionPolicy.from_config(config),
                                     signer=self.signer, on_queued=self.on_queued)
         core = replace(core, auth_mechanisms=MECHANISMS, require_auth=True)
@@ -153,6 +157,25 @@ class App:
                                     implicit_tls=True)
             self.listeners.append(Listener("submissions", implicit, endpoint.factory,
                                            ssl_context=tls))
+
+    def _add_pop3_listeners(self, tls: ssl.SSLContext) -> None:
+        """`pop3` (110: STLS, then USER/PASS or AUTH) and `pop3s` (995: implicit TLS)."""
+        config = self.config
+        plain = config.listen_endpoints("pop3")
+        implicit = config.listen_endpoints("pop3s")
+        if not plain and not implicit:
+            return
+        service = Pop3Service(self.store, self.login_guard)
+        core = Pop3ServerConfig(hostname=config.hostname,
+                                allow_plaintext_auth=config.pop3.allow_plaintext_auth,
+                                max_errors=config.limits.max_errors)
+        for name, endpoints, implicit_tls in (("pop3", plain, False), ("pop3s", implicit, True)):
+            if endpoints:
+                endpoint = Pop3Endpoint(core, service, self.tracker, tls,
+                                        config.pop3.idle_timeout,
+                                        config.limits.session_lifetime, implicit_tls)
+                self.listeners.append(Listener(name, endpoints, endpoint.factory,
+                                               ssl_context=tls if implicit_tls else None))
 
     async def _ensure_demo(self) -> None:
         """The try-it-now instance: a demo domain and user, password kept in data_dir."""

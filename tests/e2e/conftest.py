@@ -43,16 +43,24 @@ class Running:
 
         return self.call(read())  # type: ignore[return-value]
 
+    def port(self, listener: str) -> int:
+        """The kernel-chosen port of a listener ("smtp", "pop3s" …)."""
+        return next(lst.bound_ports()[0] for lst in self.app.listeners if lst.name == listener)
+
     def refresh_directory(self) -> None:
         self.call(self.app.directory.refresh())
 
 
-def make_config(tmp_path: Path, **limits: object) -> Config:
+def make_config(tmp_path: Path, *, listen: dict[str, tuple[str, ...]] | None = None,
+                **limits: object) -> Config:
     base = config_from_table({"hostname": "mx.example.test", "data_dir": str(tmp_path / "data")},
                              base_dir=tmp_path)
-    listen = replace(ListenConfig(), smtp=("127.0.0.1:0",), submission=(), submissions=(),
-                     imap=(), imaps=(), pop3=(), pop3s=())
-    return replace(base, user=None, listen=listen, limits=replace(LimitsConfig(), **limits))
+    endpoints: dict[str, tuple[str, ...]] = {
+        "smtp": ("127.0.0.1:0",), "submission": (), "submissions": (), "imap": (), "imaps": (),
+        "pop3": (), "pop3s": ()}
+    endpoints.update(listen or {})
+    listen_config = replace(ListenConfig(), **endpoints)
+    return replace(base, user=None, listen=listen_config, limits=replace(LimitsConfig(), **limits))
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -1,0 +1,143 @@
+"""Runs POP3 connections (RFC 1939): socket bytes ⇄ the sans-I/O core (proto/pop3), logins and
+downloads ⇄ the maildrop service (service/pop3.py). The shared transport machinery (caps,
+back-pressure, STLS, timers, shutdown) is net/session.py."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+from mailhouse.errors import MailError
+from mailhouse.net.listener import ConnectionTracker
+from mailhouse.net.session import CoreProtocol
+from mailhouse.proto.pop3 import events as ev
+from mailhouse.proto.pop3.server import LoginResult, Pop3Server, Pop3ServerConfig
+from mailhouse.service.pop3 import Maildrop, Pop3Service
+
+log = logging.getLogger("mailhouse.pop3")
+
+BUSY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+LIFETIME = b"-ERR Session too long, closing connection\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Pop3Endpoint:
+    """What every connection of one POP3 listener shares."""
+
+    core: Pop3ServerConfig
+    service: Pop3Service
+    tracker: ConnectionTracker
+    tls: ssl.SSLContext | None
+    idle_timeout: float  # RFC 1939 §3: at least 10 minutes
+    lifetime: float
+    implicit_tls: bool = False
+
+    def factory(self) -> Pop3Protocol:
+        return Pop3Protocol(self)
+
+
+class Pop3Protocol(CoreProtocol):
+    name = "pop3"
+    busy_reply = BUSY
+    lifetime_reply = LIFETIME
+
+    def __init__(self, endpoint: Pop3Endpoint) -> None:
+        super().__init__(endpoint.tracker, endpoint.tls, idle_timeout=endpoint.idle_timeout,
+                         lifetime=endpoint.lifetime, implicit_tls=endpoint.implicit_tls)
+        self.endpoint = endpoint
+        self.pop3: Pop3Server | None = None
+        self.maildrop: Maildrop | None = None
+
+    def _new_core(self) -> Pop3Server:
+        self.pop3 = Pop3Server(self.endpoint.core, tls_active=self.implicit_tls)
+        return self.pop3
+
+    def _lost(self) -> None:
+        # A dropped connection never reaches the UPDATE state: nothing is deleted (RFC 1939 §6).
+        if self.maildrop is not None:
+            self.maildrop.release()
+            self.maildrop = None
+
+    def _pump(self) -> None:
+        core = self.pop3
+        if self.core is None or core is None:
+            return
+        while True:
+            event = core.next_event()
+            kind = type(event)
+            if kind is ev.NeedData:
+                self._need_data()
+                return
+            if kind is ev.Retrieve:
+                self._flush()
+                self._run(self._retrieve(event))  # type: ignore[arg-type]
+                return
+            if kind is ev.Credentials:
+                self._flush()
+                self._run(self._login(event))  # type: ignore[arg-type]
+                return
+            if kind is ev.Commit:
+                self._flush()
+                self._run(self._commit(event))  # type: ignore[arg-type]
+                return
+            if kind is ev.StartTls:
+                self._flush()
+                self._run(self._start_tls())
+                return
+            if kind is ev.Closed:
+                self._flush_and_close()
+                self._lost()
+                return
+
+    async def _login(self, event: ev.Credentials) -> None:
+        assert self.pop3 is not None
+        try:
+            result, maildrop = await self.endpoint.service.login(self.ip, event.username,
+                                                                 event.password)
+        except Exception:
+            log.exception("event=pop3.login_failed peer=%s", self.peer)
+            result, maildrop = LoginResult.SYS_TEMP, None
+        if self.core is None:  # gone while we checked: give the lock back at once
+            if maildrop is not None:
+                maildrop.release()
+            return
+        self.maildrop = maildrop
+        self.pop3.login_result(result, maildrop.entries if maildrop is not None else ())
+        log.info("event=pop3.login peer=%s result=%s messages=%d", self.peer, result.name,
+                 len(maildrop.entries) if maildrop is not None else 0)
+
+    async def _retrieve(self, event: ev.Retrieve) -> None:
+        core, maildrop = self.pop3, self.maildrop
+        assert core is not None and maildrop is not None
+        sent = False
+        try:
+            async for chunk in maildrop.read(event.index):
+                core.message_data(chunk)
+                sent = True
+                self._flush()
+                if self.core is None:
+                    return
+                await self._drain()
+        except (MailError, KeyError, OSError):
+            log.exception("event=pop3.retrieve_failed peer=%s index=%d", self.peer, event.index)
+            if sent:
+                self.abort()  # half a message on the wire: the client must not take it whole
+                return
+            core.message_failed()
+            return
+        core.message_end()
+
+    async def _commit(self, event: ev.Commit) -> None:
+        core, maildrop = self.pop3, self.maildrop
+        assert core is not None
+        ok = True
+        if maildrop is not None:
+            try:
+                await maildrop.commit(event.deleted)
+            except MailError:
+                log.exception("event=pop3.commit_failed peer=%s", self.peer)
+                ok = False
+            log.info("event=pop3.update peer=%s deleted=%d ok=%s", self.peer,
+                     len(event.deleted), ok)
+        core.commit_result(ok)
