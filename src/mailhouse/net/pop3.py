@@ -111,13 +111,16 @@ class Pop3Protocol(CoreProtocol):
         core, maildrop = self.pop3, self.maildrop
         assert core is not None and maildrop is not None
         sent = False
+        reader = maildrop.read(event.index)
         try:
-            async for chunk in maildrop.read(event.index):
-                core.message_data(chunk)
+            async for chunk in reader:
+                wanted = core.message_data(chunk)  # False once TOP has its lines
                 sent = True
                 self._flush()
                 if self.core is None:
                     return
+                if not wanted:
+                    break
                 await self._drain()
         except (MailError, KeyError, OSError):
             log.exception("event=pop3.retrieve_failed peer=%s index=%d", self.peer, event.index)
@@ -126,6 +129,8 @@ class Pop3Protocol(CoreProtocol):
                 return
             core.message_failed()
             return
+        finally:
+            await reader.aclose()
         core.message_end()
 
     async def _commit(self, event: ev.Commit) -> None:
