@@ -7,7 +7,7 @@
 # "No configuration" and a temporary policy-rc.d refuses every service start during the install.
 set -euo pipefail
 
-PACKAGES=(postfix swaks libnet-ssleay-perl openssl make libsasl2-modules sasl2-bin fetchmail getmail6 dovecot-core dovecot-pop3d postal)
+PACKAGES=(postfix swaks libnet-ssleay-perl openssl make libsasl2-modules sasl2-bin fetchmail getmail6 dovecot-core dovecot-pop3d)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
