@@ -14,6 +14,7 @@ protocol core's job.
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 from dataclasses import dataclass, field
@@ -93,19 +94,19 @@ def _text(data: bytes, what: str) -> str:
         raise SaslError(SaslErrorKind.FAILED, f"{what} is not UTF-8") from None
 
 
-class Mechanism:
+class Mechanism(abc.ABC):
     """One exchange of one mechanism, as a small state machine: `start()` once, then `step()`
     for each client response until a Credentials comes out (or SaslError)."""
 
     name = ""
 
+    @abc.abstractmethod
     def start(self, initial_response: bytes | None) -> Step:
         """`initial_response` is the wire text after the mechanism name (RFC 4954 §4), or None
         when the client sent none."""
-        raise NotImplementedError
 
-    def step(self, response: bytes) -> Step:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self, response: bytes) -> Step: ...
 
 
 class Plain(Mechanism):
