@@ -51,24 +51,21 @@ import concurrent.futures
 import ipaddress
 import json
 import os
-import platform
 import random
-import shutil
-import signal
 import smtplib
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 if __package__ in (None, ""):  # run as a file: make `bench` and `tests.helpers` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import report
 from tests.helpers.dovecot import DovecotError, DovecotPop3, to_crlf
 from tests.helpers.mailhouse import MailhouseError, MailhouseServer
 from tests.helpers.net import LOOPBACK
@@ -79,8 +76,8 @@ DOMAIN = "bench.test"
 SENDER = "load@sender.test"
 PASSWORD = "bench-pop3-password"  # throwaway accounts on loopback-only test servers
 PASSWORD_ENV = "MH_BENCH_POP3_PASSWORD"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVERS = ("mailhouse", "dovecot")
+RESULTS = report.Results("pop3_load", ("dovecot", "mailhouse"), ("msg_rate", "mb_rate"))
 MAX_MESSAGES = 100_000
 MAX_CLIENTS = 500
 SMTP_SESSIONS = 4  # parallel SMTP connections filling mailhouse
@@ -489,31 +486,6 @@ def fill_mailhouse(server: MailhouseServer, users: list[str], messages: list[byt
             future.result(timeout=1800)
 
 
-def session_cpu(sid: int) -> float:
-    """CPU seconds (user+sys, own and reaped children) of the live processes of session `sid`."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 14 and int(fields[3]) == sid:  # session id, then utime..cstime
-            total += sum(int(x) for x in fields[11:15])
-    return total / tick
-
-
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
 def load(
     port: int, users: list[str], params: Params, *, light: bool = False, rounds: int | None = None
 ) -> dict[str, Any]:
@@ -539,11 +511,7 @@ def load(
         )  # fmt: skip
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"load client still running after {exc.timeout}s") from None
-    lines = out.stdout.strip().splitlines()
-    try:
-        summary: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        summary = {}
+    summary = report.json_summary(out.stdout)
     if out.returncode != 0 or "error" in summary or not summary:
         raise BenchError(
             f"load client failed (exit {out.returncode}): "
@@ -561,13 +529,12 @@ class Side:
     diagnostics: Any = field(repr=False)
 
     def measure(self, params: Params, repeat: int) -> Run:
-        cpu0 = session_cpu(self.sid)
-        busy0, total0 = cpu_times()
+        server0, cpu0 = report.session_cpu(self.sid), report.cpu_times()
         try:
             summary = load(self.port, self.users, params)
         except BenchError as exc:
             raise BenchError(f"{self.name}: {exc}\n{self.diagnostics()}") from None
-        busy1, total1 = cpu_times()
+        cpu1 = report.cpu_times()
         expected = len(self.users) * params.messages * params.rounds
         if summary["messages"] != expected:
             raise BenchError(f"{self.name}: {summary['messages']} messages, expected {expected}")
@@ -580,14 +547,10 @@ class Side:
             wall=float(summary["wall"]),
             session_p50=float(summary["session_p50"]),
             session_max=float(summary["session_max"]),
-            server_cpu=session_cpu(self.sid) - cpu0,
+            server_cpu=report.session_cpu(self.sid) - server0,
             client_cpu=float(summary["client_cpu"]),
-            busy=(busy1 - busy0) / max(1, total1 - total0),
+            busy=report.busy_share(cpu0, cpu1),
         )
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 def table(runs: list[Run], params: Params) -> str:
@@ -606,63 +569,24 @@ def table(runs: list[Run], params: Params) -> str:
             f"{r.msg_rate:>8,.0f} {r.mb_rate:>7.1f} {r.session_p50:>7.2f}s "
             f"{r.server_cpu:>7.2f}s {r.client_cpu:>7.2f}s {r.busy:>5.0%}"
         )
-    by: dict[str, list[Run]] = {}
-    for r in runs:
-        by.setdefault(r.server, []).append(r)
+    by = report.by_server(runs)
+    msg_rate = {name: report.median((r.msg_rate for r in rs), 0.0) for name, rs in by.items()}
+    mb_rate = {name: report.median((r.mb_rate for r in rs), 0.0) for name, rs in by.items()}
     lines.append("")
     for name, rs in by.items():
-        cpu_per_mb = median([r.server_cpu / (r.octets / 1e6) for r in rs if r.octets])
+        cpu_per_mb = report.median((r.server_cpu / (r.octets / 1e6) for r in rs if r.octets), 0.0)
         lines.append(
-            f"{name:<10} median {median([r.msg_rate for r in rs]):,.0f} msg/s, "
-            f"{median([r.mb_rate for r in rs]):.1f} MB/s, server CPU {cpu_per_mb * 1000:.1f} ms/MB"
+            f"{name:<10} median {msg_rate[name]:,.0f} msg/s, "
+            f"{mb_rate[name]:.1f} MB/s, server CPU {cpu_per_mb * 1000:.1f} ms/MB"
         )
     if "mailhouse" in by and "dovecot" in by:
-        mh, dc = by["mailhouse"], by["dovecot"]
-        msg_ratio = median([r.msg_rate for r in mh]) / max(1e-9, median([r.msg_rate for r in dc]))
-        mb_ratio = median([r.mb_rate for r in mh]) / max(1e-9, median([r.mb_rate for r in dc]))
+        msg_ratio = report.ratio(msg_rate["mailhouse"], msg_rate["dovecot"])
+        mb_ratio = report.ratio(mb_rate["mailhouse"], mb_rate["dovecot"])
         lines.append(
             f"ratio mailhouse/dovecot: {msg_ratio:.2f}x msg/s, {mb_ratio:.2f}x MB/s "
             f"(target >= 1.0x)"
         )
     return "\n".join(lines)
-
-
-def version_of(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def save(params: Params, runs: list[Run], report: str, base: Path, error: str | None) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    record = {
-        "benchmark": "pop3_load",
-        "when": stamp,
-        "params": asdict(params),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg": os.getloadavg(),
-        },
-        "versions": {
-            "dovecot": version_of(["dovecot", "--version"]),
-            "mailhouse": version_of([sys.executable, "-m", "mailhouse", "--version"]),
-        },
-        "runs": [
-            {**asdict(r), "msg_rate": r.msg_rate, "mb_rate": r.mb_rate} for r in runs
-        ],
-        "error": error,
-        "work_dir": str(base),
-    }
-    path = RESULTS_DIR / f"pop3_load-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS_DIR / f"pop3_load-{stamp}.txt").write_text(report + "\n")
-    return path
 
 
 def parse_args(argv: list[str] | None = None) -> Params:
@@ -693,9 +617,9 @@ def parse_args(argv: list[str] | None = None) -> Params:
     parser.add_argument("--deadline", type=float, default=900.0, help="per run (900 s)")
     parser.add_argument("--servers", default=",".join(SERVERS))
     ns = parser.parse_args(argv)
-    servers = tuple(s for s in ns.servers.split(",") if s)
-    if not servers or set(servers) - set(SERVERS):
-        parser.error(f"--servers: a subset of {','.join(SERVERS)}")
+    servers = report.parse_servers(
+        parser, ns.servers, SERVERS, f"--servers: a subset of {','.join(SERVERS)}"
+    )
     clients, messages = (4, 200) if ns.quick else (ns.clients, ns.messages)
     if not 1 <= clients <= MAX_CLIENTS:
         parser.error(f"--clients: 1..{MAX_CLIENTS}")
@@ -737,10 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         print("pop3_load: run as root (a private Dovecot needs it)", file=sys.stderr)
         return 2
 
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops both servers.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    base = Path(tempfile.mkdtemp(prefix="mh-pop3load-", dir="/tmp"))
-    base.chmod(0o755)
+    report.exit_on_sigterm()  # so the finally below stops both servers
+    base = report.work_dir("mh-pop3load-", 0o755)
     cert, key = base / "tls" / "cert.pem", base / "tls" / "key.pem"
     users = users_for(params.clients)
     listener = "pop3s" if params.tls else "pop3"
@@ -814,8 +736,7 @@ def main(argv: list[str] | None = None) -> int:
                 except BenchError as exc:
                     raise BenchError(f"{side.name} warm-up: {exc}\n{side.diagnostics()}") from None
         for repeat in range(1, params.repeat + 1):
-            order = SERVERS if repeat % 2 else tuple(reversed(SERVERS))
-            for name in (n for n in order if n in sides):
+            for name in (n for n in report.run_order(SERVERS, repeat) if n in sides):
                 run = sides[name].measure(params, repeat)
                 runs.append(run)
                 print(
@@ -833,18 +754,11 @@ def main(argv: list[str] | None = None) -> int:
         if dovecot is not None:
             dovecot.stop()
 
-    report = table(runs, params)
+    text = table(runs, params)
     if error:
-        report += f"\n\nFAILED: {error.splitlines()[0]}"
-    print()
-    print(report)
-    path = save(params, runs, report, base, error)
-    print(f"\nsaved {path}")
-    if error:
-        print(f"work directory kept: {base}", file=sys.stderr)
-        return 1
-    shutil.rmtree(base, ignore_errors=True)
-    return 0
+        text += f"\n\nFAILED: {error.splitlines()[0]}"
+    RESULTS.publish(text, params, runs, base, error=error)
+    return report.finish(base, error is not None)
 
 
 if __name__ == "__main__":

@@ -26,20 +26,17 @@ Results go to bench/results/ (gitignored) as JSON, and a table is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `tests.helpers` importable
+if __package__ in (None, ""):  # run as a file: make `bench` and `tests.helpers` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import report
 from tests.helpers.maildir import count_maildir
 from tests.helpers.mailhouse import MailhouseServer
 from tests.helpers.net import LOOPBACK
@@ -51,7 +48,11 @@ USERS = [f"user{i}@{DOMAIN}" for i in range(10)]
 TARGET_USER = USERS[0]  # measured runs
 WARMUP_USER = USERS[-1]  # warm-up runs, kept out of the counts
 SENDER = "sender@load.test"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SERVERS = ("mailhouse", "postfix")
+RESULTS = report.Results(
+    "smtp_ingest", ("postfix", "mailhouse"), ("accepted_rate", "delivered_rate")
+)
+WIDTHS = (12, 7, 17, 19)  # table columns: server, repeat, accepted, end-to-end
 
 
 @dataclass(frozen=True)
@@ -73,20 +74,12 @@ class Params:
 
 
 @dataclass(frozen=True)
-class Run:
+class Run(report.Rates):
     server: str  # "mailhouse" | "postfix"
     repeat: int
     messages: int
     accept_seconds: float  # smtp-source wall time: every message got its 250
     deliver_seconds: float  # until the last message was in the mailbox
-
-    @property
-    def accepted_rate(self) -> float:
-        return self.messages / self.accept_seconds
-
-    @property
-    def delivered_rate(self) -> float:
-        return self.messages / self.deliver_seconds
 
 
 class BenchError(RuntimeError):
@@ -159,18 +152,6 @@ def warm_up(
             time.sleep(0.05)
 
 
-def version_of(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def table(runs: list[Run], params: Params, stored: dict[str, int]) -> str:
     """The side-by-side table: per repeat, then medians and the mailhouse/Postfix ratio."""
     mode = "connection reuse" if params.reuse else "new connection per message"
@@ -178,35 +159,21 @@ def table(runs: list[Run], params: Params, stored: dict[str, int]) -> str:
         f"smtp-source -s {params.sessions} -m {params.messages} -l {params.size}"
         f"{' -d' if params.reuse else ''}  ({mode}), {params.repeat} repeat(s)",
         "",
-        f"{'server':<12}{'repeat':>7}{'accepted msg/s':>17}{'end-to-end msg/s':>19}",
+        report.rate_columns("server", "repeat", WIDTHS),
     ]
     for run in runs:
         lines.append(
             f"{run.server:<12}{run.repeat:>7}{run.accepted_rate:>17.0f}{run.delivered_rate:>19.0f}"
         )
-    medians: dict[str, tuple[float, float]] = {}
-    for name in params.servers:
-        mine = [r for r in runs if r.server == name]
-        medians[name] = (
-            median([r.accepted_rate for r in mine]),
-            median([r.delivered_rate for r in mine]),
-        )
-    lines += ["", f"{'median':<12}{'':>7}{'accepted msg/s':>17}{'end-to-end msg/s':>19}"]
-    for name, (acc, dlv) in medians.items():
-        lines.append(f"{name:<12}{'':>7}{acc:>17.0f}{dlv:>19.0f}")
-    if "mailhouse" in medians and "postfix" in medians:
-        mh, pf = medians["mailhouse"], medians["postfix"]
-        lines.append(
-            f"{'ratio mh/pf':<12}{'':>7}{mh[0] / pf[0]:>16.2f}x{mh[1] / pf[1]:>18.2f}x"
-        )
+    lines += report.rate_medians(runs, params.servers, WIDTHS, "postfix", "ratio mh/pf")
     lines.append("")
-    if "mailhouse" in medians:
+    if "mailhouse" in params.servers:
         lines += [
             "mailhouse: 250 = stored in the mailbox, so accepted = end-to-end.",
             f"  stored check: {stored['mailhouse']} of {stored['mailhouse_expected']} "
             "messages exported.",
         ]
-    if "postfix" in medians:
+    if "postfix" in params.servers:
         lines += [
             "Postfix: accepted = queue file fsynced; end-to-end = last file in the "
             "virtual(8) maildir.",
@@ -235,13 +202,11 @@ def parse_args(argv: list[str] | None = None) -> Params:
         help="comma-separated subset of mailhouse,postfix (default: both)",
     )
     ns = parser.parse_args(argv)
-    servers = tuple(dict.fromkeys(x.strip() for x in ns.servers.split(",") if x.strip()))
-    if not servers or set(servers) - {"mailhouse", "postfix"}:
-        parser.error("--servers takes mailhouse, postfix or both")
+    servers = report.parse_servers(
+        parser, ns.servers, SERVERS, "--servers takes mailhouse, postfix or both"
+    )
     messages = 500 if ns.quick else ns.messages
-    for name, value in (("sessions", ns.sessions), ("messages", messages), ("repeat", ns.repeat)):
-        if value < 1:
-            parser.error(f"--{name} must be at least 1")
+    report.require_positive(parser, sessions=ns.sessions, messages=messages, repeat=ns.repeat)
     return Params(
         sessions=ns.sessions,
         messages=messages,
@@ -266,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         print("smtp_ingest: run as root (a private Postfix needs it)", file=sys.stderr)
         return 2
 
-    base = Path(tempfile.mkdtemp(prefix="mh-bench-", dir="/tmp"))
+    base = report.work_dir("mh-bench-")
     server = MailhouseServer(base / "mailhouse", hostname="mx.bench.test")
     postfix = PostfixInstance(mailboxes=USERS, myhostname="postfix.bench.test")
     runs: list[Run] = []
@@ -283,20 +248,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Postfix on {LOOPBACK}:{postfix.port}", flush=True)
         warm_up(server if use_mailhouse else None, postfix if use_postfix else None, params)
         for repeat in range(1, params.repeat + 1):
-            # Alternate who goes first, so neither always runs on the warmer machine.
-            order = ("mailhouse", "postfix") if repeat % 2 else ("postfix", "mailhouse")
-            for name in (n for n in order if n in params.servers):
+            for name in (n for n in report.run_order(SERVERS, repeat) if n in params.servers):
                 run = (
                     run_mailhouse(server, params, repeat)
                     if name == "mailhouse"
                     else run_postfix(postfix, params, repeat)
                 )
                 runs.append(run)
-                print(
-                    f"  {run.server:<10} repeat {repeat}: accepted {run.accepted_rate:,.0f} msg/s,"
-                    f" end-to-end {run.delivered_rate:,.0f} msg/s",
-                    flush=True,
-                )
+                print(report.rate_progress(run), flush=True)
         if use_mailhouse:
             stored["mailhouse"] = mailhouse_stored(server, TARGET_USER, "final")
             stored["mailhouse_expected"] = params.messages * params.repeat
@@ -310,10 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         server.close()
         postfix.close()
 
-    report = table(runs, params, stored)
-    print()
-    print(report)
-    save(params, runs, stored, report, base)
+    RESULTS.publish(table(runs, params, stored), params, runs, base, stored=stored)
     lost = stored["mailhouse_expected"] - stored["mailhouse"]
     if lost > 0 or (use_postfix and stored["postfix"] != params.messages):
         print(
@@ -322,41 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    _remove_tree(base)
+    report.remove_tree(base)
     return 0
-
-
-def save(params: Params, runs: list[Run], stored: dict[str, int], report: str, base: Path) -> None:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    record = {
-        "benchmark": "smtp_ingest",
-        "when": stamp,
-        "params": asdict(params),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "versions": {
-            "postfix": version_of([program("postconf"), "-d", "-h", "mail_version"]),
-            "mailhouse": version_of([sys.executable, "-m", "mailhouse", "--version"]),
-        },
-        "runs": [
-            {**asdict(r), "accepted_rate": r.accepted_rate, "delivered_rate": r.delivered_rate}
-            for r in runs
-        ],
-        "stored": stored,
-        "work_dir": str(base),
-    }
-    path = RESULTS_DIR / f"smtp_ingest-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS_DIR / f"smtp_ingest-{stamp}.txt").write_text(report + "\n")
-    print(f"\nsaved {path}")
-
-
-def _remove_tree(path: Path) -> None:
-    subprocess.run(["rm", "-rf", "--", str(path)], check=False)
 
 
 if __name__ == "__main__":

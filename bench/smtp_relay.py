@@ -40,28 +40,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make `bench` and `tests.helpers` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import report
 from bench.sink import SinkError, SmtpSink
 from tests.helpers.mailhouse import MailhouseError, MailhouseServer
 from tests.helpers.net import LOOPBACK
 from tests.helpers.postfix import PostfixError, PostfixInstance, Submission, make_self_signed
-from tests.helpers.tools import missing_programs, missing_reason, program
+from tests.helpers.tools import missing_programs, missing_reason
 
 DOMAIN = "bench.test"
 SENDER = f"sender@{DOMAIN}"
@@ -70,9 +67,12 @@ SINK_DOMAIN = "sink.test"
 SINK_MX = "mx.sink.test"
 PASSWORD = "bench-relay-password"  # a throwaway account on a loopback-only test server
 PASSWORD_ENV = "MH_BENCH_PASSWORD"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 SERVERS = ("mailhouse", "postfix")
+RESULTS = report.Results(
+    "smtp_relay", ("postfix", "mailhouse"), ("accepted_rate", "delivered_rate")
+)
+WIDTHS = (11, 7, 16, 18)  # table columns: server, repeat, accepted, end-to-end
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class Params:
 
 
 @dataclass
-class Run:
+class Run(report.Rates):
     server: str
     repeat: int
     messages: int
@@ -115,58 +115,12 @@ class Run:
     machine_busy: float  # share of all CPUs busy during the run (0..1), from /proc/stat
     latency_ms: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def accepted_rate(self) -> float:
-        return self.messages / self.accept_seconds
-
-    @property
-    def delivered_rate(self) -> float:
-        return self.messages / self.deliver_seconds
-
 
 class BenchError(RuntimeError):
     pass
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        fields = [int(x) for x in stat.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def session_cpu(sid: int) -> float:
-    """CPU seconds (user+sys) used so far by the processes of session `sid`: each live process's
-    own time plus that of the children it has reaped (a process that exits is counted by its
-    parent once reaped, so the sum stays correct while workers come and go)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rpartition(")")[2].split()
-        except OSError:
-            continue  # exited meanwhile
-        # fields[0] is field 3 (state): session is field 6, utime..cstime fields 14..17.
-        if len(fields) > 14 and int(fields[3]) == sid:
-            total += sum(int(x) for x in fields[11:15])
-    return total / tick
-
-
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def loadgen(port: int, params: Params, messages: int, tag: str, timeout: float) -> dict[str, Any]:
@@ -184,7 +138,7 @@ def loadgen(port: int, params: Params, messages: int, tag: str, timeout: float) 
     if params.pipelining:
         argv.append("--pipelining")
     env = {**os.environ, PASSWORD_ENV: PASSWORD}
-    cpu_before = children_cpu()
+    cpu_before = report.children_cpu()
     started = time.monotonic()
     try:
         result = subprocess.run(
@@ -199,13 +153,8 @@ def loadgen(port: int, params: Params, messages: int, tag: str, timeout: float) 
         )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"load generator still running after {timeout + 30}s") from exc
-    cpu = children_cpu() - cpu_before
-    summary: dict[str, Any] = {}
-    if result.stdout.strip():
-        try:
-            summary = json.loads(result.stdout.strip().splitlines()[-1])
-        except json.JSONDecodeError:
-            summary = {}
+    cpu = report.children_cpu() - cpu_before
+    summary = report.json_summary(result.stdout)
     if result.returncode != 0 or summary.get("error"):
         raise BenchError(
             f"load generator failed (exit {result.returncode}): "
@@ -316,17 +265,17 @@ class Side:
 
     def server_cpu(self) -> float:
         sid = self.session_id()
-        return session_cpu(sid) if sid is not None else float("nan")
+        return report.session_cpu(sid) if sid is not None else float("nan")
 
     def run(self, params: Params, repeat: int) -> Run:
         profiler = self.start_profiler(params, repeat)
-        busy0, total0 = cpu_times()
-        server0, harness0 = self.server_cpu(), own_cpu()
+        cpu0 = report.cpu_times()
+        server0, harness0 = self.server_cpu(), report.own_cpu()
         try:
             summary, e2e = self.batch(params, params.messages, f"{self.name}-r{repeat}")
         finally:
-            server1, harness1 = self.server_cpu(), own_cpu()
-            busy1, total1 = cpu_times()
+            server1, harness1 = self.server_cpu(), report.own_cpu()
+            cpu1 = report.cpu_times()
             stop_profiler(profiler)
         return Run(
             server=self.name,
@@ -337,7 +286,7 @@ class Side:
             client_cpu_seconds=float(summary["cpu"]),
             server_cpu_seconds=server1 - server0,
             harness_cpu_seconds=harness1 - harness0,
-            machine_busy=(busy1 - busy0) / max(1, total1 - total0),
+            machine_busy=report.busy_share(cpu0, cpu1),
             latency_ms=dict(summary.get("latency_ms") or {}),
         )
 
@@ -346,8 +295,8 @@ class Side:
         pid = self.session_id()
         if not params.profile or self.name != "mailhouse" or pid is None:
             return None
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = RESULTS_DIR / f"smtp_relay-{time.strftime('%Y%m%d-%H%M%S')}-{self.name}-r{repeat}"
+        report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = RESULTS.path(report.stamp(), f"-{self.name}-r{repeat}")
         argv = [
             "py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
             "--threads", "--output", f"{out}.folded", "--nonblocking",
@@ -397,16 +346,12 @@ def stop_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
 # ---------------------------------------------------------------------- report
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def table(runs: list[Run], params: Params, checks: dict[str, dict[str, Any]]) -> str:
     lines = [
         params.describe(),
         "",
-        f"{'server':<11}{'repeat':>7}{'accepted msg/s':>16}{'end-to-end msg/s':>18}"
-        f"{'p50/p99 ms':>12}{'server CPU':>12}{'client CPU':>12}{'harness CPU':>13}"
+        report.rate_columns("server", "repeat", WIDTHS)
+        + f"{'p50/p99 ms':>12}{'server CPU':>12}{'client CPU':>12}{'harness CPU':>13}"
         f"{'CPUs busy':>11}",
     ]
     for run in runs:
@@ -421,20 +366,7 @@ def table(runs: list[Run], params: Params, checks: dict[str, dict[str, Any]]) ->
             f"{run.harness_cpu_seconds * per_msg:>10.2f} ms"
             f"{run.machine_busy:>10.0%}"
         )
-    medians: dict[str, tuple[float, float]] = {}
-    for name in params.servers:
-        mine = [r for r in runs if r.server == name]
-        if mine:
-            medians[name] = (
-                median([r.accepted_rate for r in mine]),
-                median([r.delivered_rate for r in mine]),
-            )
-    lines += ["", f"{'median':<11}{'':>7}{'accepted msg/s':>16}{'end-to-end msg/s':>18}"]
-    for name, (acc, dlv) in medians.items():
-        lines.append(f"{name:<11}{'':>7}{acc:>16.0f}{dlv:>18.0f}")
-    if "mailhouse" in medians and "postfix" in medians:
-        mh, pf = medians["mailhouse"], medians["postfix"]
-        lines.append(f"{'ratio mh/pf':<11}{'':>7}{mh[0] / pf[0]:>15.2f}x{mh[1] / pf[1]:>17.2f}x")
+    lines += report.rate_medians(runs, params.servers, WIDTHS, "postfix", "ratio mh/pf")
     lines += [
         "",
         "CPU columns: user+sys CPU time per message of the server's processes, of the load"
@@ -449,45 +381,6 @@ def table(runs: list[Run], params: Params, checks: dict[str, dict[str, Any]]) ->
             " warm-up included)"
         )
     return "\n".join(lines)
-
-
-def version_of(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    text = (out.stdout or out.stderr).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def save(params: Params, runs: list[Run], checks: dict[str, Any], report: str, base: Path) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    record = {
-        "benchmark": "smtp_relay",
-        "when": stamp,
-        "params": asdict(params),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg": os.getloadavg(),
-        },
-        "versions": {
-            "postfix": version_of([program("postconf"), "-d", "-h", "mail_version"]),
-            "mailhouse": version_of([sys.executable, "-m", "mailhouse", "--version"]),
-        },
-        "runs": [
-            {**asdict(r), "accepted_rate": r.accepted_rate, "delivered_rate": r.delivered_rate}
-            for r in runs
-        ],
-        "checks": checks,
-        "work_dir": str(base),
-    }
-    path = RESULTS_DIR / f"smtp_relay-{stamp}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS_DIR / f"smtp_relay-{stamp}.txt").write_text(report + "\n")
-    return path
 
 
 # ---------------------------------------------------------------------- main
@@ -521,18 +414,13 @@ def parse_args(argv: list[str] | None = None) -> Params:
         help="py-spy record mailhouse during measured runs (folded stacks in bench/results/)",
     )
     ns = parser.parse_args(argv)
-    servers = tuple(dict.fromkeys(x.strip() for x in ns.servers.split(",") if x.strip()))
-    if not servers or set(servers) - set(SERVERS):
-        parser.error("--servers takes mailhouse, postfix or both")
+    servers = report.parse_servers(
+        parser, ns.servers, SERVERS, "--servers takes mailhouse, postfix or both"
+    )
     messages = 200 if ns.quick else ns.messages
-    for name, value in (
-        ("sessions", ns.sessions),
-        ("messages", messages),
-        ("repeat", ns.repeat),
-        ("size", ns.size),
-    ):
-        if value < 1:
-            parser.error(f"--{name} must be at least 1")
+    report.require_positive(
+        parser, sessions=ns.sessions, messages=messages, repeat=ns.repeat, size=ns.size
+    )
     if not ns.sink_host.startswith("127."):
         parser.error("--sink-host must be a 127.0.0.0/8 address")
     return Params(
@@ -572,10 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops Postfix, mailhouse and sinks.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    base = Path(tempfile.mkdtemp(prefix="mh-relay-", dir="/tmp"))
-    base.chmod(0o755)
+    report.exit_on_sigterm()  # so the finally below stops Postfix, mailhouse and the sinks
+    base = report.work_dir("mh-relay-", 0o755)
     cert, key = base / "tls" / "cert.pem", base / "tls" / "key.pem"
     make_self_signed(cert, key, DOMAIN)
     sinks = {name: SmtpSink(base / f"sink-{name}", params.sink_host) for name in params.servers}
@@ -647,16 +533,10 @@ def main(argv: list[str] | None = None) -> int:
             for side in sides.values():
                 side.batch(params, params.warmup, f"warmup-{side.name}")
         for repeat in range(1, params.repeat + 1):
-            # Alternate who goes first, so neither always runs on the warmer machine.
-            order = SERVERS if repeat % 2 else tuple(reversed(SERVERS))
-            for name in (n for n in order if n in sides):
+            for name in (n for n in report.run_order(SERVERS, repeat) if n in sides):
                 run = sides[name].run(params, repeat)
                 runs.append(run)
-                print(
-                    f"  {run.server:<10} repeat {repeat}: accepted {run.accepted_rate:,.0f} msg/s,"
-                    f" end-to-end {run.delivered_rate:,.0f} msg/s",
-                    flush=True,
-                )
+                print(report.rate_progress(run), flush=True)
         time.sleep(1.0)  # let a late duplicate show up before the dumps are read
     except (BenchError, SinkError, MailhouseError, PostfixError) as exc:
         print(f"smtp_relay: {exc}", file=sys.stderr)
@@ -676,11 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         for sink in sinks.values():
             sink.close()
 
-    report = table(runs, params, checks)
-    print()
-    print(report)
-    path = save(params, runs, checks, report, base)
-    print(f"\nsaved {path}")
+    RESULTS.publish(table(runs, params, checks), params, runs, base, checks=checks)
     bad = {n: c for n, c in checks.items() if c["missing"] or c["duplicated"]}
     for name, check in bad.items():
         print(
@@ -688,11 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             f" (e.g. {', '.join(check['examples'][:5])})",
             file=sys.stderr,
         )
-    if failed or bad:
-        print(f"smtp_relay: work directory kept: {base}", file=sys.stderr)
-        return 1
-    subprocess.run(["rm", "-rf", "--", str(base)], check=False)
-    return 0
+    return report.finish(base, failed or bool(bad), "smtp_relay: ")
 
 
 if __name__ == "__main__":
