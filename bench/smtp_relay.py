@@ -38,6 +38,7 @@ Results go to bench/results/ (gitignored) as JSON and text, and a table is print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -549,6 +550,12 @@ def main(argv: list[str] | None = None) -> int:
             checks["mailhouse"]["dns_queries_by_type"] = dict(Counter(t for _, t in queries))
         if server is not None:
             server.close()
+            # Store lock contention, per process (role=main: listeners, role=queue: the queue
+            # process): batches whose BEGIN IMMEDIATE waited for the other's write.
+            with contextlib.suppress(OSError):
+                for line in server.log_path.read_text(errors="replace").splitlines():
+                    if "event=store.writer_stats" in line:
+                        print("mailhouse", line.partition(" INFO ")[2], flush=True)
         if postfix is not None:
             postfix.close()
         if dns is not None:

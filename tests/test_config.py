@@ -185,6 +185,11 @@ def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, '[log]\nlevel = "DEBUG"\n')).log.level == "debug"
 
 
+def test_queue_process_defaults_to_separate(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).queue.process == "separate"
+    assert load_config(write(tmp_path, '[queue]\nprocess = "inline"\n')).queue.process == "inline"
+
+
 def test_plus_separator_may_be_disabled(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, '[smtp]\nplus_separator = ""\n')).smtp.plus_separator == ""
 
@@ -265,6 +270,8 @@ BAD = [
     ("[smtp]\nplus_separator = '@'", "smtp.plus_separator", "one character"),
     ("[smtp]\nmax_received_headers = 0", "smtp.max_received_headers", ">= 1"),
     ("[log]\nlevel = 'loud'", "log.level", '"debug", "info"'),
+    ("[queue]\nprocess = 'thread'", "queue.process", '"separate", "inline"'),
+    ("[queue]\nprocess = true", "queue.process", '"separate", "inline"'),
     ("[log]\nformat = 'json'", "log.format", "unknown key"),
 ]
 

@@ -1,7 +1,9 @@
 """Builds the store, services and listeners from the config; starts and stops them.
 
-One process, one event loop (uvloop when installed) for all sockets; blocking database and file
-work runs in the store's threads (docs/decisions.md: how mailhouse uses the machine's cores).
+One event loop (uvloop when installed) for every listening socket; blocking database and file
+work runs in the store's threads. The outbound queue runs in a child process with its own loop
+(`[queue] process = "separate"`, queue_process.py) or on this loop ("inline")
+(docs/decisions.md: how mailhouse uses the machine's cores).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from pathlib import Path
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError
 from mailhouse.message.dkim import DkimKeys, DkimSigner
-from mailhouse.net.delivery import SmtpDelivery
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
 from mailhouse.net.pop3 import Pop3Endpoint
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
@@ -30,8 +30,13 @@ from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.proto.pop3.server import Pop3ServerConfig
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
-from mailhouse.queue.bounces import StoreBounceSender
-from mailhouse.queue.worker import QueueWorker
+from mailhouse.queue_process import (
+    QUEUE_GRACE,
+    Outbound,
+    QueueSupervisor,
+    build_outbound,
+    configure_logging,
+)
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import InboundPolicy, InboundService
@@ -46,7 +51,6 @@ log = logging.getLogger("mailhouse")
 DEMO_DOMAIN = "mailhouse.test"
 DEMO_USER = f"demo@{DEMO_DOMAIN}"
 SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
-QUEUE_GRACE = 10.0  # seconds outbound deliveries in flight get on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
 NOT_BUILT = ("imap", "imaps")
 
@@ -74,17 +78,20 @@ class App:
         if signer is None and config.dkim.enabled:
             signer = DkimSigner(DkimKeys(config.data_dir / "dkim"))
         self.signer = signer
-        self.delivery = SmtpDelivery(config.delivery, config.dns, hostname=config.hostname,
-                                     local_addresses=local_addresses(config))
-        self.worker = QueueWorker(
-            self.store, self.delivery, config.queue,
-            StoreBounceSender(self.store, self.directory, hostname=config.hostname,
-                              plus_separator=config.smtp.plus_separator,
-                              wake=self._wake_worker))
-        self.on_queued = on_queued or self._wake_worker
+        # The queue: on this loop ("inline") or in a supervised child process ("separate").
+        self.outbound: Outbound | None = None
+        self.queue_process: QueueSupervisor | None = None
+        if config.queue.process == "inline":
+            self.outbound = build_outbound(config, self.store, self.directory)
+        else:
+            self.queue_process = QueueSupervisor(config)
+        self.on_queued = on_queued or self._wake_queue
 
-    def _wake_worker(self) -> None:
-        self.worker.wake()
+    def _wake_queue(self) -> None:
+        if self.outbound is not None:
+            self.outbound.worker.wake()
+        elif self.queue_process is not None:
+            self.queue_process.wake()
 
     def tls_files(self) -> tuple[Path, Path]:
         if self.config.tls.cert and self.config.tls.key:
@@ -103,7 +110,8 @@ class App:
         if config.demo:
             await self._ensure_demo()
         await self.directory.start()
-        await self.worker.start()
+        if self.outbound is not None:
+            await self.outbound.worker.start()
         limits = config.limits
         core = SmtpServerConfig(
             hostname=config.hostname,
@@ -134,6 +142,9 @@ class App:
                 raise ConfigError(f"listen.{listener.name}: cannot listen on "
                                   f"{listener.endpoints}: {exc.strerror}") from exc
         drop_privileges(config)
+        if self.queue_process is not None:
+            # After the drop: the child runs as the same unprivileged user, never as root.
+            await self.queue_process.start()
 
     def _add_submission_listeners(self, core: SmtpServerConfig, tls: ssl.SSLContext,
                                   timeouts: SmtpTimeouts) -> None:
@@ -192,12 +203,16 @@ class App:
             self.demo_password = secret_file.read_text().strip()
 
     async def stop(self) -> None:
+        if self.queue_process is not None:
+            self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
         for listener in self.listeners:
             await listener.stop_accepting()
         await self.tracker.shutdown(SHUTDOWN_GRACE)
         # Deliveries in flight finish or are cancelled; unfinished recipients stay queued.
-        await self.worker.stop(QUEUE_GRACE)
-        await self.delivery.close()
+        if self.outbound is not None:
+            await self.outbound.stop(QUEUE_GRACE)
+        if self.queue_process is not None:
+            await self.queue_process.stop(QUEUE_GRACE)
         await self.directory.stop()
         await self.store.close()
 
@@ -212,24 +227,6 @@ class App:
             lines.append(f"  demo user   {DEMO_USER}  password: {self.demo_password}")
             lines.append("  add a user: mailhouse user add alice@" + DEMO_DOMAIN)
         return "\n".join(lines)
-
-
-def local_addresses(config: Config) -> frozenset[str]:
-    """The addresses where a remote MX would be ourselves: every IP our MX listeners accept on
-    at the outbound delivery port (a wildcard listener means every address of this host). An MX
-    that resolves to one of them is a mail loop (RFC 5321 §5.1), not a delivery."""
-    out: set[str] = set()
-    for host, port in config.listen_endpoints("smtp"):
-        if port != config.delivery.port:
-            continue
-        if host in ("0.0.0.0", "::"):
-            out.update({"127.0.0.1", "::1"})
-            with contextlib.suppress(OSError):
-                for info in socket.getaddrinfo(socket.gethostname(), None):
-                    out.add(str(info[4][0]))
-        else:
-            out.add(host)
-    return frozenset(out)
 
 
 def drop_privileges(config: Config) -> None:
@@ -254,14 +251,6 @@ def drop_privileges(config: Config) -> None:
     log.info("event=privileges.dropped user=%s", config.user)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-
-
 async def run(config: Config) -> None:
     app = App(config)
     stop = asyncio.Event()
@@ -280,7 +269,7 @@ async def run(config: Config) -> None:
 
 def serve(config: Config) -> int:
     """`mailhouse serve`: run in the foreground until SIGTERM/SIGINT."""
-    configure_logging(config.log.level)
+    configure_logging(config.log.level, "main")
     for warning in config.warnings:
         log.warning("event=config.warning %s", warning)
     try:

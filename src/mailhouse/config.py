@@ -60,6 +60,9 @@ TRY_IT_NOW_DATA_DIR: Final = "mailhouse-data"
 PRODUCTION_DATA_DIR: Final = "/var/lib/mailhouse"
 DNS_PORT: Final = 53
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+# Where the outbound queue runs: its own process beside the listeners' (default), or on the
+# listeners' event loop (docs/decisions.md, "How mailhouse uses the two cores").
+QUEUE_PROCESS_MODES: Final = ("separate", "inline")
 
 # RFC 5321 §4.5.3.1.4 / §4.5.3.1.6: servers must accept command lines of 512 octets and text
 # lines of 1000 octets (both including CRLF); smaller limits would refuse legal mail.
@@ -171,6 +174,13 @@ def _log_level(key: str, value: object) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise _wrong(key, expected, value)
     return value.lower()
+
+
+def _queue_process(key: str, value: object) -> str:
+    expected = "one of " + ", ".join(f'"{mode}"' for mode in QUEUE_PROCESS_MODES)
+    if not isinstance(value, str) or value not in QUEUE_PROCESS_MODES:
+        raise _wrong(key, expected, value)
+    return value
 
 
 def _plus_separator(key: str, value: object) -> str:
@@ -370,6 +380,9 @@ class QueueConfig:
     delay_warning: float = field(default=14_400.0, metadata=checked(_integer_or_float_zero))
     max_concurrency: int = field(default=100, metadata=checked(_integer(1)))
     destination_concurrency: int = field(default=20, metadata=checked(_integer(1)))
+    # "separate": `serve` runs the queue (scheduler, outbound SMTP, bounces) in a child process
+    # with its own event loop; "inline": on the listeners' loop, in one process.
+    process: str = field(default="separate", metadata=checked(_queue_process))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,13 @@ import pytest
 from argon2 import PasswordHasher
 
 from mailhouse.app import App
-from mailhouse.config import Config, LimitsConfig, ListenConfig, config_from_table
+from mailhouse.config import (
+    Config,
+    LimitsConfig,
+    ListenConfig,
+    QueueConfig,
+    config_from_table,
+)
 from mailhouse.service.accounts import Accounts, Passwords
 
 CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -60,7 +66,10 @@ def make_config(tmp_path: Path, *, listen: dict[str, tuple[str, ...]] | None = N
         "pop3": (), "pop3s": ()}
     endpoints.update(listen or {})
     listen_config = replace(ListenConfig(), **endpoints)
-    return replace(base, user=None, listen=listen_config, limits=replace(LimitsConfig(), **limits))
+    # The queue on the test's own loop: tests look at the App's store and worker directly.
+    # `serve`'s default, a separate queue process, is tested in tests/test_queue_process.py.
+    return replace(base, user=None, listen=listen_config, limits=replace(LimitsConfig(), **limits),
+                   queue=replace(QueueConfig(), process="inline"))
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -155,6 +155,10 @@ class SqliteStore:
 
     def _close_sync(self, writer: GroupCommitWriter) -> None:
         writer.stop()
+        stats = writer.stats
+        log.info("event=store.writer_stats batches=%d jobs=%d largest_batch=%d busy_waits=%d "
+                 "busy_seconds=%.3f", stats.batches, stats.jobs, stats.largest_batch,
+                 stats.busy_waits, stats.busy_seconds)
         for pool in (self._blob_pool, self._read_pool):
             if pool is not None:
                 pool.shutdown(wait=True)

@@ -31,6 +31,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -59,11 +60,19 @@ class WriteJob:
     error: BaseException | None = field(default=None)
 
 
+# A BEGIN IMMEDIATE slower than this waited for another process's write transaction.
+BUSY_WAIT: float = 0.001
+
+
 @dataclass(slots=True)
 class WriterStats:
     batches: int = 0
     jobs: int = 0
     largest_batch: int = 0
+    # Lock contention with other processes writing the same database (the queue process, the
+    # CLI): batches whose BEGIN IMMEDIATE waited, and the seconds spent waiting in all.
+    busy_waits: int = 0
+    busy_seconds: float = 0.0
 
 
 class GroupCommitWriter:
@@ -155,11 +164,16 @@ class GroupCommitWriter:
                 if not batch:
                     return
         conn = self._conn
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._fail(batch, exc, maybe_committed=False)
             return
+        waited = time.perf_counter() - began
+        if waited > BUSY_WAIT:
+            self.stats.busy_waits += 1
+            self.stats.busy_seconds += waited
         try:
             for job in batch:
                 conn.execute("SAVEPOINT job")
