@@ -86,8 +86,10 @@ class Pop3Protocol(CoreProtocol):
                 self._run(self._start_tls())
                 return
             if kind is ev.Closed:
-                self._flush_and_close()
+                # The lock first: a client that has the final +OK may log in again at once,
+                # maybe in another worker process (RFC 1939 §8).
                 self._lost()
+                self._flush_and_close()
                 return
 
     async def _login(self, event: ev.Credentials) -> None:

@@ -11,10 +11,12 @@ The protocol core (proto/pop3) speaks the commands; this service decides what th
   maildrop" once the client is authenticated). A second POP3 session for the same account is
   refused with [IN-USE] (RFC 2449 §8.1.1), which is said only after the credentials were right,
   so it leaks nothing to a guesser. IMAP sessions are not locked out: they share the mailbox.
-  The lock lives in this process (`Pop3Service`). Several server processes on one store (the
-  PostgreSQL store, several nodes) need it in the store instead: a session-scoped advisory lock
-  (`pg_try_advisory_lock(account_id)`, freed with the connection if a node dies) or a lease row
-  with an expiry. Until then, one server process per data directory is what we run.
+  The lock is two-level: a dict in this process (`Pop3Service`, checked first, before any
+  await), and, with a `lock_dir`, an `flock(LOCK_EX | LOCK_NB)` on `lock_dir/<account id>`
+  held for the session, so the POP3 worker processes of one server (`[pop3] workers`) exclude
+  each other too; the kernel releases it when the holder dies, however it dies. The file is
+  named from the account id only, never from what the client sent. Several server *hosts* on
+  one store (PostgreSQL) would need the lock in the store instead (`pg_try_advisory_lock`).
 - **UIDL** (RFC 1939 §7) is Dovecot's default `pop3_uidl_format = %08Xu%08Xv`: the IMAP UID,
   then the mailbox's UIDVALIDITY, 8 upper-case hex digits each. Both numbers are fixed for the
   life of the message and never reused (RFC 9051 §2.3.1.1), so a UIDL is stable across sessions,
@@ -32,8 +34,12 @@ The protocol core (proto/pop3) speaks the commands; this service decides what th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
 from typing import Final
 
 from mailhouse.errors import MailError
@@ -62,12 +68,17 @@ class MessageGone(MailError):
 class Pop3Service:
     """One per server: logs users in and hands each session its `Maildrop`."""
 
-    def __init__(self, store: Store, guard: LoginGuard) -> None:
+    def __init__(self, store: Store, guard: LoginGuard, lock_dir: Path | None = None) -> None:
+        """`lock_dir`: where the cross-process maildrop locks live (created if missing); None
+        for the in-process lock only (one process per data directory)."""
         self._store = store
         self._guard = guard
-        # account id -> the session holding its maildrop (RFC 1939 §8). In-process only: see
-        # the module docstring for several processes.
-        self._locks: dict[int, object] = {}
+        self._lock_dir = lock_dir
+        if lock_dir is not None:
+            lock_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # account id -> the session holding its maildrop (RFC 1939 §8), with its lock file's
+        # descriptor (None without a lock_dir).
+        self._locks: dict[int, _Lease] = {}
 
     def is_locked(self, account_id: int) -> bool:
         return account_id in self._locks
@@ -94,7 +105,13 @@ class Pop3Service:
             return LoginResult.FAILED, None
         if account.id in self._locks:
             return LoginResult.IN_USE, None
-        lease = object()
+        try:
+            lease = self._lock_file(account.id)
+        except OSError:
+            log.warning("event=pop3.lock_failed account=%s", account.address, exc_info=True)
+            return LoginResult.SYS_TEMP, None
+        if lease is None:  # another process holds it
+            return LoginResult.IN_USE, None
         self._locks[account.id] = lease  # before any await: two logins cannot both pass
         try:
             maildrop = await self._open(account, lease)
@@ -114,7 +131,24 @@ class Pop3Service:
             return LoginResult.SYS_PERM, None
         return LoginResult.OK, maildrop
 
-    async def _open(self, account: Account, lease: object) -> Maildrop | None:
+    def _lock_file(self, account_id: int) -> _Lease | None:
+        """Take the cross-process lock of `account_id` (no waiting): the lease, or None when
+        another process holds it. Raises OSError when the lock file cannot be opened."""
+        if self._lock_dir is None:
+            return _Lease(None)
+        path = self._lock_dir / str(int(account_id))  # server data only, never user input
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return _Lease(fd)
+
+    async def _open(self, account: Account, lease: _Lease) -> Maildrop | None:
         inbox = await self._store.get_mailbox(account.id, MAILDROP)
         if inbox is None:
             return None
@@ -122,9 +156,25 @@ class Pop3Service:
         return Maildrop(self._store, account, inbox, messages,
                         unlock=lambda: self._unlock(account.id, lease))
 
-    def _unlock(self, account_id: int, lease: object) -> None:
+    def _unlock(self, account_id: int, lease: _Lease) -> None:
         if self._locks.get(account_id) is lease:
             del self._locks[account_id]
+        lease.close()
+
+
+class _Lease:
+    """One session's hold on a maildrop: the open lock file (closing it drops the flock)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Maildrop:
