@@ -4,6 +4,7 @@ bad key or value."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,13 @@ def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
 def test_queue_process_defaults_to_separate(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")).queue.process == "separate"
     assert load_config(write(tmp_path, '[queue]\nprocess = "inline"\n')).queue.process == "inline"
+
+
+def test_pop3_workers_default_to_the_cpus(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).pop3.workers == max(1, os.cpu_count() or 1)
+    assert load_config(write(tmp_path, "[pop3]\nworkers = 1\n")).pop3.workers == 1
+    with pytest.raises(ConfigError, match=r"pop3\.workers"):
+        load_config(write(tmp_path, "[pop3]\nworkers = 0\n"))
 
 
 def test_plus_separator_may_be_disabled(tmp_path: Path) -> None:

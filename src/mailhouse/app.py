@@ -2,8 +2,10 @@
 
 One event loop (uvloop when installed) for every listening socket; blocking database and file
 work runs in the store's threads. The outbound queue runs in a child process with its own loop
-(`[queue] process = "separate"`, queue_process.py) or on this loop ("inline")
-(docs/decisions.md: how mailhouse uses the machine's cores).
+(`[queue] process = "separate"`, queue_process.py) or on this loop ("inline"). With
+`[pop3] workers` > 1 this process binds the pop3/pop3s sockets and that many supervised
+children serve them (pop3_process.py) (docs/decisions.md: how mailhouse uses the machine's
+cores).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -30,13 +33,7 @@ from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.proto.pop3.server import Pop3ServerConfig
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
-from mailhouse.queue_process import (
-    QUEUE_GRACE,
-    Outbound,
-    QueueSupervisor,
-    build_outbound,
-    configure_logging,
-)
+from mailhouse.queue_process import QUEUE_GRACE, Outbound, QueueSupervisor, build_outbound
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import InboundPolicy, InboundService
@@ -45,6 +42,7 @@ from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionSer
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
+from mailhouse.supervisor import ChildSupervisor, configure_logging
 
 log = logging.getLogger("mailhouse")
 
@@ -53,6 +51,37 @@ DEMO_USER = f"demo@{DEMO_DOMAIN}"
 SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
 NOT_BUILT = ("imap", "imaps")
+POP3_PROTOCOLS = ("pop3", "pop3s")
+CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 worker closes its store
+
+
+def pop3_lock_dir(config: Config) -> Path:
+    """Where the POP3 maildrop locks live (service/pop3.py): shared by every worker process."""
+    return config.data_dir / "locks" / "pop3"
+
+
+def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
+                   tracker: ConnectionTracker, tls: ssl.SSLContext,
+                   sockets: dict[str, list[socket.socket]] | None = None) -> list[Listener]:
+    """`pop3` (110: STLS, then USER/PASS or AUTH) and `pop3s` (995: implicit TLS). `sockets`:
+    already bound listening sockets by listener name (a worker process), else bind here."""
+    plain = config.listen_endpoints("pop3")
+    implicit = config.listen_endpoints("pop3s")
+    if not plain and not implicit:
+        return []
+    service = Pop3Service(store, guard, pop3_lock_dir(config))
+    core = Pop3ServerConfig(hostname=config.hostname,
+                            allow_plaintext_auth=config.pop3.allow_plaintext_auth,
+                            max_errors=config.limits.max_errors)
+    out: list[Listener] = []
+    for name, endpoints, implicit_tls in (("pop3", plain, False), ("pop3s", implicit, True)):
+        if endpoints:
+            endpoint = Pop3Endpoint(core, service, tracker, tls, config.pop3.idle_timeout,
+                                    config.limits.session_lifetime, implicit_tls)
+            out.append(Listener(name, endpoints, endpoint.factory,
+                                ssl_context=tls if implicit_tls else None,
+                                sockets=(sockets or {}).get(name)))
+    return out
 
 
 class App:
@@ -86,6 +115,9 @@ class App:
         else:
             self.queue_process = QueueSupervisor(config)
         self.on_queued = on_queued or self._wake_queue
+        # POP3 in worker processes ([pop3] workers > 1): listeners bound here, served there.
+        self.pop3_workers: list[ChildSupervisor] = []
+        self._pop3_bound: list[Listener] = []
 
     def _wake_queue(self) -> None:
         if self.outbound is not None:
@@ -141,10 +173,19 @@ class App:
             except OSError as exc:
                 raise ConfigError(f"listen.{listener.name}: cannot listen on "
                                   f"{listener.endpoints}: {exc.strerror}") from exc
+        for listener in self._pop3_bound:
+            try:
+                listener.bind()
+            except OSError as exc:
+                raise ConfigError(f"listen.{listener.name}: cannot listen on "
+                                  f"{listener.endpoints}: {exc.strerror}") from exc
+        pem = (cert.read_bytes(), key.read_bytes()) if self._pop3_bound else None
         drop_privileges(config)
+        # After the drop: the children run as the same unprivileged user, never as root.
         if self.queue_process is not None:
-            # After the drop: the child runs as the same unprivileged user, never as root.
             await self.queue_process.start()
+        if self._pop3_bound:
+            await self._start_pop3_workers(pem)
 
     def _add_submission_listeners(self, core: SmtpServerConfig, tls: ssl.SSLContext,
                                   timeouts: SmtpTimeouts) -> None:
@@ -170,23 +211,33 @@ class App:
                                            ssl_context=tls))
 
     def _add_pop3_listeners(self, tls: ssl.SSLContext) -> None:
-        """`pop3` (110: STLS, then USER/PASS or AUTH) and `pop3s` (995: implicit TLS)."""
+        """POP3 on this loop (`[pop3] workers = 1`), or sockets bound here for the workers."""
         config = self.config
-        plain = config.listen_endpoints("pop3")
-        implicit = config.listen_endpoints("pop3s")
-        if not plain and not implicit:
+        lock_dir = pop3_lock_dir(config)
+        if not any(config.listen_endpoints(name) for name in POP3_PROTOCOLS):
             return
-        service = Pop3Service(self.store, self.login_guard)
-        core = Pop3ServerConfig(hostname=config.hostname,
-                                allow_plaintext_auth=config.pop3.allow_plaintext_auth,
-                                max_errors=config.limits.max_errors)
-        for name, endpoints, implicit_tls in (("pop3", plain, False), ("pop3s", implicit, True)):
-            if endpoints:
-                endpoint = Pop3Endpoint(core, service, self.tracker, tls,
-                                        config.pop3.idle_timeout,
-                                        config.limits.session_lifetime, implicit_tls)
-                self.listeners.append(Listener(name, endpoints, endpoint.factory,
-                                               ssl_context=tls if implicit_tls else None))
+        lock_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        if config.pop3.workers <= 1:
+            self.listeners.extend(pop3_listeners(config, self.store, self.login_guard,
+                                                 self.tracker, tls))
+            return
+        for name in POP3_PROTOCOLS:
+            if config.listen_endpoints(name):
+                self._pop3_bound.append(Listener(name, config.listen_endpoints(name), None,
+                                                 ssl_context=tls if name == "pop3s" else None))
+
+    async def _start_pop3_workers(self, pem: tuple[bytes, bytes] | None) -> None:
+        sockets = {listener.name: [s.fileno() for s in listener.sockets]
+                   for listener in self._pop3_bound}
+        fds = [fd for group in sockets.values() for fd in group]
+        count = self.config.pop3.workers
+        for index in range(1, count + 1):
+            worker = ChildSupervisor(
+                self.config, "mailhouse.pop3_process", name="pop3", label=f"worker={index}",
+                payload={"index": index, "workers": count, "sockets": sockets, "pem": pem},
+                pass_fds=fds)
+            await worker.start()
+            self.pop3_workers.append(worker)
 
     async def _ensure_demo(self) -> None:
         """The try-it-now instance: a demo domain and user, password kept in data_dir."""
@@ -205,9 +256,16 @@ class App:
     async def stop(self) -> None:
         if self.queue_process is not None:
             self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
+        for worker in self.pop3_workers:
+            worker.begin_stop()
         for listener in self.listeners:
             await listener.stop_accepting()
-        await self.tracker.shutdown(SHUTDOWN_GRACE)
+        # POP3 workers finish their sessions (SIGTERM: the same grace) alongside ours.
+        await asyncio.gather(self.tracker.shutdown(SHUTDOWN_GRACE),
+                             *(w.stop(SHUTDOWN_GRACE + CHILD_CLOSE_MARGIN)
+                               for w in self.pop3_workers))
+        for listener in self._pop3_bound:
+            listener.close_sockets()
         # Deliveries in flight finish or are cancelled; unfinished recipients stay queued.
         if self.outbound is not None:
             await self.outbound.stop(QUEUE_GRACE)
@@ -218,7 +276,7 @@ class App:
 
     def banner(self) -> str:
         lines = ["mailhouse is running."]
-        for listener in self.listeners:
+        for listener in [*self.listeners, *self._pop3_bound]:
             for (host, _), port in zip(listener.endpoints, listener.bound_ports(), strict=False):
                 lines.append(f"  {listener.name:<11} {host}:{port}")
         lines.append(f"  data        {self.config.data_dir}")

@@ -121,6 +121,11 @@ def _integer(minimum: int, maximum: int | None = None) -> Check:
     return check
 
 
+def default_pop3_workers() -> int:
+    """`[pop3] workers` when unset: one per CPU."""
+    return max(1, os.cpu_count() or 1)
+
+
 def _seconds(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _wrong(key, "a number of seconds > 0", value)
@@ -420,6 +425,9 @@ class Pop3Config:
     idle_timeout: float = field(default=600.0, metadata=checked(_pop3_timeout))
     # USER/PASS and AUTH before STLS on port 110. Off: passwords never cross in cleartext.
     allow_plaintext_auth: bool = field(default=False, metadata=checked(_boolean))
+    # Processes serving the pop3/pop3s listeners under `serve`: 1 = in the main process; more =
+    # that many supervised children sharing the listening sockets (pop3_process.py).
+    workers: int = field(default_factory=default_pop3_workers, metadata=checked(_integer(1)))
 
 
 @dataclass(frozen=True, slots=True)

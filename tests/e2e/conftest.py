@@ -68,8 +68,10 @@ def make_config(tmp_path: Path, *, listen: dict[str, tuple[str, ...]] | None = N
     listen_config = replace(ListenConfig(), **endpoints)
     # The queue on the test's own loop: tests look at the App's store and worker directly.
     # `serve`'s default, a separate queue process, is tested in tests/test_queue_process.py.
+    # POP3 on the same loop too (`[pop3] workers = 1`); workers > 1: tests/test_pop3_workers.py.
     return replace(base, user=None, listen=listen_config, limits=replace(LimitsConfig(), **limits),
-                   queue=replace(QueueConfig(), process="inline"))
+                   queue=replace(QueueConfig(), process="inline"),
+                   pop3=replace(base.pop3, workers=1))
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable
@@ -106,19 +107,33 @@ def peer_of(transport: asyncio.BaseTransport) -> tuple[str, str]:
 
 
 class Listener:
-    """One named service (smtp, imaps…) on one or more endpoints."""
+    """One named service (smtp, imaps…) on one or more endpoints.
+
+    `start()` binds and serves. For worker processes (pop3_process.py) the parent only
+    `bind()`s (before dropping privileges) and hands the sockets on; each worker serves them with
+    `Listener(..., sockets=...)`."""
 
     def __init__(self, name: str, endpoints: list[tuple[str, int]],
-                 factory: Callable[[], asyncio.Protocol],
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 factory: Callable[[], asyncio.Protocol] | None,
+                 ssl_context: ssl.SSLContext | None = None,
+                 sockets: list[socket.socket] | None = None) -> None:
         self.name = name
         self.endpoints = endpoints
         self._factory = factory
         self._ssl = ssl_context
         self._servers: list[asyncio.Server] = []
+        self.sockets: list[socket.socket] = list(sockets or [])  # bound here or handed in
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        assert self._factory is not None
+        if self.sockets:
+            for sock in self.sockets:
+                server = await loop.create_server(
+                    self._factory, sock=sock, ssl=self._ssl, backlog=1024,
+                    ssl_handshake_timeout=30 if self._ssl else None)
+                self._servers.append(server)
+            return
         for host, port in self.endpoints:
             server = await loop.create_server(
                 self._factory, host, port, ssl=self._ssl, backlog=1024, reuse_address=True,
@@ -128,9 +143,46 @@ class Listener:
                      server.sockets[0].getsockname()[1],
                      "implicit" if self._ssl else "starttls")
 
+    def bind(self) -> None:
+        """Bind and listen on every endpoint without serving: the sockets are for workers."""
+        for host, port in self.endpoints:
+            self.sockets.extend(bind_sockets(host, port))
+            log.info("event=listen service=%s address=%s:%d tls=%s workers=yes", self.name,
+                     host, self.sockets[-1].getsockname()[1],
+                     "implicit" if self._ssl else "starttls")
+
     def bound_ports(self) -> list[int]:
+        if self.sockets and not self._servers:
+            return [sock.getsockname()[1] for sock in self.sockets]
         return [sock.getsockname()[1] for s in self._servers for sock in s.sockets]
 
     async def stop_accepting(self) -> None:
         for server in self._servers:
             server.close()
+
+    def close_sockets(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def bind_sockets(host: str, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """What `loop.create_server(host=..., port=...)` binds: one listening socket per address the
+    host resolves to (IPv6 ones v6-only), SO_REUSEADDR, non-blocking."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    out: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in out:
+            sock.close()
+        raise
+    return out

@@ -1,0 +1,150 @@
+"""A POP3 worker process: `[pop3] workers = N` > 1 runs N of them under `mailhouse serve`.
+
+The main process binds the pop3/pop3s listening sockets (before dropping privileges) and starts
+N children with `ChildSupervisor` (supervisor.py: the queue process's machinery), handing them
+the sockets with `pass_fds`: each child serves the same sockets, so the kernel spreads the
+accepts over them. Each child has its own uvloop loop, store instance, Pop3Service, LoginGuard,
+TLS context and connection caps:
+
+- **TLS**: the certificate and key arrive through the pipe as PEM bytes (the parent read them
+  before dropping privileges: a root-only key file still works) and are loaded from a memfd.
+- **Connection caps**: each child admits `limits.max_connections // N` sessions (and
+  `max_connections_per_ip // N` per address), at least 1: all POP3 sessions together stay
+  within the caps, though one busy child may refuse while another has room.
+- **Login throttle**: per process. Failed-login counts are not shared between the children nor
+  with submission in the main process, so a guesser spread over N connections gets up to N
+  times the per-process allowance (the constant failure delay still applies to every guess).
+- **The maildrop lock** holds across processes: service/pop3.py flocks
+  `data_dir/locks/pop3/<account id>` for the session.
+
+Stops on SIGTERM (stop accepting, let sessions finish within the shutdown grace, close the
+store) and at once when the parent is gone (end of file on the pipe, PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mailhouse.app import SHUTDOWN_GRACE, pop3_listeners
+from mailhouse.config import Config
+from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
+from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.service.accounts import Accounts, Passwords
+from mailhouse.service.throttle import LoginGuard, LoginThrottle
+from mailhouse.store import open_store
+from mailhouse.supervisor import (
+    EXIT_CONFIG,
+    configure_logging,
+    die_with_parent,
+    event_loop_runner,
+    read_payload,
+    refuses_root,
+)
+
+log = logging.getLogger("mailhouse.pop3.process")
+
+
+def worker_limits(config: Config, workers: int) -> ConnectionLimits:
+    """One worker's share of the connection caps."""
+    limits = config.limits
+    return ConnectionLimits(max(1, limits.max_connections // workers),
+                            max(1, limits.max_connections_per_ip // workers))
+
+
+def tls_context(config: Config, pem: tuple[bytes, bytes] | None) -> ssl.SSLContext:
+    """The parent's certificate and key (PEM bytes), loaded without touching the disk."""
+    if pem is None or not hasattr(os, "memfd_create"):
+        if config.tls.cert and config.tls.key:
+            return server_context(config.tls.cert, config.tls.key)
+        return server_context(*ensure_self_signed(config.data_dir / "tls", config.hostname))
+    fds = [os.memfd_create(name) for name in ("cert", "key")]
+    try:
+        for fd, data in zip(fds, pem, strict=True):
+            os.write(fd, data)
+        return server_context(*(Path(f"/proc/self/fd/{fd}") for fd in fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def _run_child(config: Config, payload: dict[str, Any], control: int) -> None:
+    loop = asyncio.get_running_loop()
+    workers = int(payload["workers"])
+    tls = tls_context(config, payload.get("pem"))
+    sockets = {name: [socket.socket(fileno=fd) for fd in fds]
+               for name, fds in payload["sockets"].items()}
+    store = open_store(config.data_dir)
+    await store.open()
+    tracker = ConnectionTracker(worker_limits(config, workers))
+    guard = LoginGuard(Accounts(store, Passwords()), LoginThrottle.from_config(config.submission),
+                       config.submission.auth_failure_delay)
+    listeners: list[Listener] = []
+    stop = asyncio.Event()
+    orphaned = False
+    try:
+        listeners = pop3_listeners(config, store, guard, tracker, tls, sockets)
+        tracker.start()
+        for listener in listeners:
+            await listener.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        def readable() -> None:
+            nonlocal orphaned
+            try:
+                data = os.read(control, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                return
+            orphaned = True  # end of file: the main process is gone
+            loop.remove_reader(control)
+            stop.set()
+
+        os.set_blocking(control, False)
+        loop.add_reader(control, readable)
+        log.info("event=pop3.process_ready pid=%d worker=%s", os.getpid(), payload["index"])
+        await stop.wait()
+        log.info("event=pop3.process_stopping reason=%s", "orphaned" if orphaned else "signal")
+    finally:
+        for listener in listeners:
+            await listener.stop_accepting()
+        await tracker.shutdown(0.0 if orphaned else SHUTDOWN_GRACE)
+        await store.close()
+
+
+def child_main(control: int = 0) -> int:
+    """`python -m mailhouse.pop3_process`: only ever started by App (ChildSupervisor)."""
+    try:
+        payload = read_payload(control)
+    except (EOFError, OSError, pickle.UnpicklingError) as exc:
+        print(f"mailhouse pop3 process: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    config: Config = payload["config"]
+    die_with_parent(int(payload["parent"]))
+    configure_logging(config.log.level, f"pop3-{payload['index']}")
+    if refuses_root(config):
+        log.error("event=pop3.process_refused reason=running_as_root user=%s", config.user)
+        return EXIT_CONFIG
+    started = time.monotonic()
+    with contextlib.suppress(KeyboardInterrupt):
+        event_loop_runner()(_run_child(config, payload, control))
+    log.info("event=pop3.process_exit uptime=%.1f", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())
