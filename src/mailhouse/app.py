@@ -80,7 +80,8 @@ def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
                                     config.limits.session_lifetime, implicit_tls)
             out.append(Listener(name, endpoints, endpoint.factory,
                                 ssl_context=tls if implicit_tls else None,
-                                sockets=(sockets or {}).get(name)))
+                                sockets=(sockets or {}).get(name),
+                                load=(lambda: tracker.total) if sockets else None))
     return out
 
 

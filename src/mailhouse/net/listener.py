@@ -21,6 +21,8 @@ from typing import Protocol
 log = logging.getLogger("mailhouse.net")
 
 SWEEP_INTERVAL = 1.0  # seconds between idle/lifetime checks
+ACCEPT_BACKOFF = 0.0005  # s per running session a worker waits before taking a shared accept
+ACCEPT_BACKOFF_MAX = 0.02
 
 
 class Session(Protocol):
@@ -116,23 +118,26 @@ class Listener:
     def __init__(self, name: str, endpoints: list[tuple[str, int]],
                  factory: Callable[[], asyncio.Protocol] | None,
                  ssl_context: ssl.SSLContext | None = None,
-                 sockets: list[socket.socket] | None = None) -> None:
+                 sockets: list[socket.socket] | None = None,
+                 load: Callable[[], int] | None = None) -> None:
         self.name = name
         self.endpoints = endpoints
         self._factory = factory
         self._ssl = ssl_context
         self._servers: list[asyncio.Server] = []
         self.sockets: list[socket.socket] = list(sockets or [])  # bound here or handed in
+        self._accepting: set[asyncio.Task[None]] = set()
+        self._load = load  # sessions this worker runs (shared sockets only)
+        self._readers: list[int] = []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._factory is not None
-        if self.sockets:
+        if self.sockets:  # a worker: the sockets are shared with its siblings
             for sock in self.sockets:
-                server = await loop.create_server(
-                    self._factory, sock=sock, ssl=self._ssl, backlog=1024,
-                    ssl_handshake_timeout=30 if self._ssl else None)
-                self._servers.append(server)
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), self._readable, sock)
+                self._readers.append(sock.fileno())
             return
         for host, port in self.endpoints:
             server = await loop.create_server(
@@ -142,6 +147,48 @@ class Listener:
             log.info("event=listen service=%s address=%s:%d tls=%s", self.name, host,
                      server.sockets[0].getsockname()[1],
                      "implicit" if self._ssl else "starttls")
+
+    def _readable(self, sock: socket.socket) -> None:
+        """A connection waits on a socket shared with sibling workers: every worker is woken.
+        One with sessions already steps back for a moment (ACCEPT_BACKOFF per session), so the
+        least busy worker takes it; then each takes one connection, not the whole backlog as
+        `create_server` would."""
+        load = self._load() if self._load is not None else 0
+        if load <= 0:
+            self._accept_one(sock)
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.call_later(min(load * ACCEPT_BACKOFF, ACCEPT_BACKOFF_MAX), self._after_backoff, sock)
+
+    def _after_backoff(self, sock: socket.socket) -> None:
+        if sock.fileno() not in self._readers:
+            return  # stop_accepting() came meanwhile
+        self._accept_one(sock)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+
+    def _accept_one(self, sock: socket.socket) -> None:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # a sibling was faster
+        except OSError as exc:  # EMFILE, ECONNABORTED …: log, keep listening
+            log.warning("event=accept_failed service=%s error=%s", self.name, exc)
+            return
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._factory is not None
+        try:
+            await loop.connect_accepted_socket(
+                self._factory, conn, ssl=self._ssl,
+                ssl_handshake_timeout=30 if self._ssl else None)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info("event=connection.failed service=%s error=%s", self.name, exc)
+            conn.close()
 
     def bind(self) -> None:
         """Bind and listen on every endpoint without serving: the sockets are for workers."""
@@ -159,6 +206,11 @@ class Listener:
     async def stop_accepting(self) -> None:
         for server in self._servers:
             server.close()
+        if self._readers:
+            loop = asyncio.get_running_loop()
+            for fd in self._readers:
+                loop.remove_reader(fd)  # harmless while backing off (no reader then)
+            self._readers.clear()
 
     def close_sockets(self) -> None:
         for sock in self.sockets:
