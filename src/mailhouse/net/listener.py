@@ -153,7 +153,8 @@ class Listener:
         One with sessions already steps back for a moment (ACCEPT_BACKOFF per session), so the
         least busy worker takes it; then each takes one connection, not the whole backlog as
         `create_server` would."""
-        load = self._load() if self._load is not None else 0
+        # Sessions, and connections still in their TLS handshake (not sessions yet).
+        load = (self._load() if self._load is not None else 0) + len(self._accepting)
         if load <= 0:
             self._accept_one(sock)
             return
