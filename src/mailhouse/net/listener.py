@@ -23,6 +23,7 @@ log = logging.getLogger("mailhouse.net")
 SWEEP_INTERVAL = 1.0  # seconds between idle/lifetime checks
 ACCEPT_BACKOFF = 0.0005  # s per running session a worker waits before taking a shared accept
 ACCEPT_BACKOFF_MAX = 0.02
+ACCEPT_PAUSE = 0.1  # s without accepting after accept() failed (out of file descriptors …)
 
 
 class Session(Protocol):
@@ -173,8 +174,11 @@ class Listener:
             conn, _ = sock.accept()
         except (BlockingIOError, InterruptedError):
             return  # a sibling was faster
-        except OSError as exc:  # EMFILE, ECONNABORTED …: log, keep listening
+        except OSError as exc:  # EMFILE, ENOBUFS …: log, pause (no busy loop), keep listening
             log.warning("event=accept_failed service=%s error=%s", self.name, exc)
+            loop = asyncio.get_running_loop()
+            if loop.remove_reader(sock.fileno()):
+                loop.call_later(ACCEPT_PAUSE, self._after_backoff, sock)
             return
         task = asyncio.get_running_loop().create_task(self._connect(conn))
         self._accepting.add(task)
