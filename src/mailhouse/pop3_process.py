@@ -23,19 +23,15 @@ store) and at once when the parent is gone (end of file on the pipe, PR_SET_PDEA
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-import pickle
-import signal
 import socket
 import ssl
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from mailhouse import supervisor
 from mailhouse.app import SHUTDOWN_GRACE, pop3_listeners
 from mailhouse.config import Config
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
@@ -43,14 +39,7 @@ from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.store import open_store
-from mailhouse.supervisor import (
-    EXIT_CONFIG,
-    configure_logging,
-    die_with_parent,
-    event_loop_runner,
-    read_payload,
-    refuses_root,
-)
+from mailhouse.supervisor import serve_until_stopped
 
 log = logging.getLogger("mailhouse.pop3.process")
 
@@ -79,7 +68,6 @@ def tls_context(config: Config, pem: tuple[bytes, bytes] | None) -> ssl.SSLConte
 
 
 async def _run_child(config: Config, payload: dict[str, Any], control: int) -> None:
-    loop = asyncio.get_running_loop()
     workers = int(payload["workers"])
     tls = tls_context(config, payload.get("pem"))
     sockets = {name: [socket.socket(fileno=fd) for fd in fds]
@@ -90,34 +78,14 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
     guard = LoginGuard(Accounts(store, Passwords()), LoginThrottle.from_config(config.submission),
                        config.submission.auth_failure_delay)
     listeners: list[Listener] = []
-    stop = asyncio.Event()
     orphaned = False
     try:
         listeners = pop3_listeners(config, store, guard, tracker, tls, sockets)
         tracker.start()
         for listener in listeners:
             await listener.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
-        def readable() -> None:
-            nonlocal orphaned
-            try:
-                data = os.read(control, 4096)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if data:
-                return
-            orphaned = True  # end of file: the main process is gone
-            loop.remove_reader(control)
-            stop.set()
-
-        os.set_blocking(control, False)
-        loop.add_reader(control, readable)
         log.info("event=pop3.process_ready pid=%d worker=%s", os.getpid(), payload["index"])
-        await stop.wait()
+        orphaned = await serve_until_stopped(control)
         log.info("event=pop3.process_stopping reason=%s", "orphaned" if orphaned else "signal")
     finally:
         for listener in listeners:
@@ -128,22 +96,9 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
 
 def child_main(control: int = 0) -> int:
     """`python -m mailhouse.pop3_process`: only ever started by App (ChildSupervisor)."""
-    try:
-        payload = read_payload(control)
-    except (EOFError, OSError, pickle.UnpicklingError) as exc:
-        print(f"mailhouse pop3 process: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    config: Config = payload["config"]
-    die_with_parent(int(payload["parent"]))
-    configure_logging(config.log.level, f"pop3-{payload['index']}")
-    if refuses_root(config):
-        log.error("event=pop3.process_refused reason=running_as_root user=%s", config.user)
-        return EXIT_CONFIG
-    started = time.monotonic()
-    with contextlib.suppress(KeyboardInterrupt):
-        event_loop_runner()(_run_child(config, payload, control))
-    log.info("event=pop3.process_exit uptime=%.1f", time.monotonic() - started)
-    return 0
+    return supervisor.child_main(
+        control, what="pop3", role=lambda payload: f"pop3-{payload['index']}",
+        body=lambda config, payload: _run_child(config, payload, control))
 
 
 if __name__ == "__main__":

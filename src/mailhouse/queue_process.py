@@ -30,18 +30,16 @@ for the store to close), then SIGKILL. Unfinished recipients stay PENDING either
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import pickle
-import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from mailhouse import supervisor
 from mailhouse.config import Config
 from mailhouse.net.delivery import SmtpDelivery
 from mailhouse.queue.bounces import StoreBounceSender
@@ -49,15 +47,7 @@ from mailhouse.queue.worker import QueueWorker
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
-from mailhouse.supervisor import (
-    EXIT_CONFIG,
-    ChildSupervisor,
-    configure_logging,
-    die_with_parent,
-    event_loop_runner,
-    read_payload,
-    refuses_root,
-)
+from mailhouse.supervisor import ChildSupervisor, serve_until_stopped
 
 log = logging.getLogger("mailhouse.queue.process")
 
@@ -127,41 +117,18 @@ class QueueSupervisor(ChildSupervisor):
 
 # --- the child --------------------------------------------------------------------------------
 
-async def _run_child(config: Config, control: int) -> None:
-    loop = asyncio.get_running_loop()
+async def _run_child(config: Config, payload: dict[str, Any], control: int) -> None:
     store = open_store(config.data_dir)
     await store.open()
     directory = DirectoryCache(store)
     outbound: Outbound | None = None
-    stop = asyncio.Event()
     orphaned = False
     try:
         await directory.start()
         outbound = build_outbound(config, store, directory)
-        worker = outbound.worker
-        await worker.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
-        def readable() -> None:
-            nonlocal orphaned
-            try:
-                data = os.read(control, 4096)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if data:
-                worker.wake()
-                return
-            orphaned = True  # end of file: the listener process is gone
-            loop.remove_reader(control)
-            stop.set()
-
-        os.set_blocking(control, False)
-        loop.add_reader(control, readable)
+        await outbound.worker.start()
         log.info("event=queue.process_ready pid=%d", os.getpid())
-        await stop.wait()
+        orphaned = await serve_until_stopped(control, outbound.worker.wake)
         log.info("event=queue.process_stopping reason=%s", "orphaned" if orphaned else "signal")
     finally:
         if outbound is not None:
@@ -172,23 +139,9 @@ async def _run_child(config: Config, control: int) -> None:
 
 def child_main(control: int = 0, run: Callable[..., object] | None = None) -> int:
     """`python -m mailhouse.queue_process`: only ever started by QueueSupervisor."""
-    try:
-        payload = read_payload(control)
-    except (EOFError, OSError, pickle.UnpicklingError) as exc:
-        print(f"mailhouse queue process: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    config: Config = payload["config"]
-    die_with_parent(int(payload["parent"]))
-    configure_logging(config.log.level, "queue")
-    if refuses_root(config):
-        log.error("event=queue.process_refused reason=running_as_root user=%s", config.user)
-        return EXIT_CONFIG
-    if run is None:
-        run = event_loop_runner()
-    started = time.monotonic()
-    run(_run_child(config, control))
-    log.info("event=queue.process_exit uptime=%.1f", time.monotonic() - started)
-    return 0
+    return supervisor.child_main(
+        control, what="queue", role=lambda payload: "queue",
+        body=lambda config, payload: _run_child(config, payload, control), run=run)
 
 
 if __name__ == "__main__":

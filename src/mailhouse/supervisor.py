@@ -29,7 +29,8 @@ import pickle
 import signal
 import struct
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,65 @@ def event_loop_runner() -> Any:
     except ImportError:
         return asyncio.run
     return uvloop.run
+
+
+# --- the child's side -------------------------------------------------------------------------
+
+async def serve_until_stopped(control: int, on_wake: Callable[[], None] | None = None) -> bool:
+    """Run until SIGTERM/SIGINT or the parent's end of file on the control pipe; bytes on the
+    pipe call `on_wake`. Returns True when the parent is gone (orphaned: stop at once, no
+    grace), False for a signal (an ordinary stop)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    orphaned = False
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def readable() -> None:
+        nonlocal orphaned
+        try:
+            data = os.read(control, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            if on_wake is not None:
+                on_wake()
+            return
+        orphaned = True  # end of file: the main process is gone
+        loop.remove_reader(control)
+        stop.set()
+
+    os.set_blocking(control, False)
+    loop.add_reader(control, readable)
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(control)
+    return orphaned
+
+
+def child_main(control: int, *, what: str, role: Callable[[dict[str, Any]], str],
+               body: Callable[[Config, dict[str, Any]], Coroutine[Any, Any, None]],
+               run: Callable[..., object] | None = None) -> int:
+    """The entry point every supervised child shares: read the parent's payload, die with the
+    parent, log under `role`, refuse to run as root, run `body` on the event loop."""
+    try:
+        payload = read_payload(control)
+    except (EOFError, OSError, pickle.UnpicklingError) as exc:
+        print(f"mailhouse {what} process: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    config: Config = payload["config"]
+    die_with_parent(int(payload["parent"]))
+    configure_logging(config.log.level, role(payload))
+    child_log = logging.getLogger(f"mailhouse.{what}.process")
+    if refuses_root(config):
+        child_log.error("event=%s.process_refused reason=running_as_root user=%s", what,
+                        config.user)
+        return EXIT_CONFIG
+    started = time.monotonic()
+    with contextlib.suppress(KeyboardInterrupt):
+        (run or event_loop_runner())(body(config, payload))
+    child_log.info("event=%s.process_exit uptime=%.1f", what, time.monotonic() - started)
+    return 0
