@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ _background: set[asyncio.Task[None]] = set()  # spool aborts nobody waits for
 
 def new_queue_id() -> str:
     """Short, unique, sortable id for logs and the Received header (like Postfix's)."""
-    n = (time.time_ns() // 1000) * 4096 + (next(_counter) % 4096) + os.getpid() % 7
+    n = (time.time_ns() // 1000) * 4096 + next(_counter) % 4096
     out = []
     while n:
         n, r = divmod(n, len(_ALPHABET))

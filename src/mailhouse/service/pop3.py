@@ -105,14 +105,21 @@ class Pop3Service:
             return LoginResult.FAILED, None
         if account.id in self._locks:
             return LoginResult.IN_USE, None
+        reserved = _Lease(None)
+        self._locks[account.id] = reserved  # before any await: two logins cannot both pass
         try:
-            lease = self._lock_file(account.id)
+            lease = await self._lock_file_off_loop(account.id)
         except OSError:
+            self._unlock(account.id, reserved)
             log.warning("event=pop3.lock_failed account=%s", account.address, exc_info=True)
             return LoginResult.SYS_TEMP, None
+        except BaseException:
+            self._unlock(account.id, reserved)
+            raise
         if lease is None:  # another process holds it
+            self._unlock(account.id, reserved)
             return LoginResult.IN_USE, None
-        self._locks[account.id] = lease  # before any await: two logins cannot both pass
+        self._locks[account.id] = lease
         try:
             maildrop = await self._open(account, lease)
         except MailError:
@@ -130,6 +137,17 @@ class Pop3Service:
             log.error("event=pop3.no_inbox account=%s", account.address)
             return LoginResult.SYS_PERM, None
         return LoginResult.OK, maildrop
+
+    async def _lock_file_off_loop(self, account_id: int) -> _Lease | None:
+        """`_lock_file` in a thread (it opens, maybe creates, a file: never on the event loop).
+        A login cancelled meanwhile must not leave the flock behind: the lease the thread
+        still takes is closed as soon as it arrives."""
+        future = asyncio.get_running_loop().run_in_executor(None, self._lock_file, account_id)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_late_lease)
+            raise
 
     def _lock_file(self, account_id: int) -> _Lease | None:
         """Take the cross-process lock of `account_id` (no waiting): the lease, or None when
@@ -160,6 +178,13 @@ class Pop3Service:
         if self._locks.get(account_id) is lease:
             del self._locks[account_id]
         lease.close()
+
+
+def _close_late_lease(future: asyncio.Future[_Lease | None]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        lease = future.result()
+        if lease is not None:
+            lease.close()
 
 
 class _Lease:
