@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhouse.config import Config
+from mailhouse.logfmt import SafeFormatter
 
 log = logging.getLogger("mailhouse.supervisor")
 
@@ -49,11 +50,12 @@ EXIT_CONFIG = 2
 
 def configure_logging(level: str, role: str) -> None:
     """Every process logs to the same stderr; `role` says which one wrote a line."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s %(name)s role={role} %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    # Every value a peer chose is escaped in one place (logfmt.py: logs no peer can forge).
+    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s %(name)s role={role} "
+                                       "%(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        handlers=[handler])
 
 
 class ChildSupervisor:

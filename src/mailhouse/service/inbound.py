@@ -91,14 +91,15 @@ class InboundSession:
         """The decision from the in-memory directory, or None when it says no: the snapshot may
         predate a user the CLI added a moment ago, so a refusal is confirmed by
         `rcpt_recheck()` against the store (misses are bounded by the session error limit)."""
-        reply = self._rcpt(event)
+        reply = self._rcpt(event, final=False)
         return reply if reply is RECIPIENT_OK else None
 
     async def rcpt_recheck(self, event: ev.RcptTo) -> Reply:
         await self._service.directory.refresh()
-        return self._rcpt(event)
+        return self._rcpt(event, final=True)
 
-    def _rcpt(self, event: ev.RcptTo) -> Reply:
+    def _rcpt(self, event: ev.RcptTo, *, final: bool) -> Reply:
+        """`final`: a refusal is the answer (logged once), not a tentative one."""
         directory = self._service.directory.current
         if event.recipient is None:
             found = resolve_postmaster(directory)
@@ -107,12 +108,14 @@ class InboundSession:
             recipient = event.recipient
             found = resolve(directory, recipient, self._service.policy.plus_separator)
         if found.route is Route.NOT_OURS:
-            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=relay", self.peer,
-                     recipient)
+            if final:
+                log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=relay", self.peer,
+                         recipient)
             return RELAY_DENIED
         if found.route is Route.UNKNOWN_USER:
-            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=unknown", self.peer,
-                     recipient)
+            if final:
+                log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
+                         self.peer, recipient)
             return UNKNOWN_USER
         self._recipients.append(recipient)
         for account in found.account_ids:

@@ -206,14 +206,15 @@ class SubmissionSession:
     def rcpt_to(self, event: ev.RcptTo) -> Reply | None:
         """As the MX session: from the in-memory directory, and None (recheck against the
         store) for an unknown local user; other domains are accepted for the queue."""
-        reply = self._rcpt(event)
+        reply = self._rcpt(event, final=False)
         return reply if reply is RECIPIENT_OK else None
 
     async def rcpt_recheck(self, event: ev.RcptTo) -> Reply:
         await self._service.directory.refresh()
-        return self._rcpt(event)
+        return self._rcpt(event, final=True)
 
-    def _rcpt(self, event: ev.RcptTo) -> Reply:
+    def _rcpt(self, event: ev.RcptTo, *, final: bool) -> Reply:
+        """`final`: a refusal is the answer (logged once), not a tentative one."""
         if self._mail is None:
             return AUTH_REQUIRED
         directory = self._service.directory.current
@@ -224,8 +225,9 @@ class SubmissionSession:
             recipient = event.recipient
             found = resolve(directory, recipient, self._service.policy.plus_separator)
         if found.route is Route.UNKNOWN_USER:
-            log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
-                     self.peer, recipient)
+            if final:
+                log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
+                         self.peer, recipient)
             return UNKNOWN_USER
         self._recipients.append(recipient)
         if found.route is Route.NOT_OURS and str(recipient) not in self._remote:

@@ -1,0 +1,83 @@
+"""Log lines no peer can forge: escaping in the one formatter every process uses."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from mailhouse.logfmt import SafeFormatter, escape
+
+FORGERIES = [
+    "x user=admin",  # a fake field
+    'a"b',
+    "line\nfake=1",
+    "cr\rx",
+    "nel\x85x",  # U+0085 NEXT LINE
+    "ls\u2028x",  # LINE SEPARATOR
+    "ps\u2029x",
+    "c1\x9bx",  # a C1 control (CSI)
+    "bidi\u202ex",  # RIGHT-TO-LEFT OVERRIDE
+    "nul\x00x",
+    "tab\tx",
+    "esc\x1b[31mred",
+    "",
+    "back\\slash",
+]
+
+
+@pytest.mark.parametrize("value", FORGERIES)
+def test_escaped_value_is_one_field(value: str) -> None:
+    out = escape(value)
+    assert out.startswith('"') and out.endswith('"')
+    inner = out[1:-1]
+    # No unescaped quote inside: the field ends where the quotes end.
+    assert '"' not in inner.replace('\\"', "").replace("\\\\", "")
+    assert all(c.isprintable() for c in out)
+
+
+def test_safe_values_stay_readable() -> None:
+    for value in ("alice@example.test", "127.0.0.1:2525", "[::1]:25", "<>", "TLSv1.3",
+                  "bücher@例え.jp", "1A2B3C"):
+        assert escape(value) == value
+
+
+def _format(msg: str, *args: object, exc: bool = False) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(SafeFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("mailhouse.test.logfmt")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    if exc:
+        try:
+            raise ValueError("bad\n2026-12-04 INFO mailhouse event=auth.login user=root")
+        except ValueError:
+            logger.exception(msg, *args)
+    else:
+        logger.info(msg, *args)
+    return stream.getvalue()
+
+
+def test_fields_cannot_be_forged() -> None:
+    line = _format("event=smtp.rcpt_rejected peer=%s rcpt=<%s> count=%d size=%.1f",
+                   "127.0.0.1:25", '"x y"@example.test user=admin\u2028FAKE', 3, 1.5)
+    assert line.count("\n") == 1  # one record, one line
+    assert "user=admin" in line  # present, but inside the quoted value
+    assert 'rcpt=<"\\"x y\\"@example.test user=admin\\u2028FAKE">' in line
+    assert "count=3 size=1.5" in line
+
+
+def test_repr_args_stay_on_one_line() -> None:
+    line = _format("event=x reason=%r", "a\u2028b\x85c")
+    assert line.count("\n") == 1
+    assert "\\u2028" in line and "\\x85" in line
+
+
+def test_traceback_lines_cannot_pass_for_records() -> None:
+    text = _format("event=x.failed peer=%s", "1.2.3.4:5", exc=True)
+    lines = text.splitlines()
+    assert lines[0] == "ERROR event=x.failed peer=1.2.3.4:5"
+    assert all(line.startswith("    ") for line in lines[1:])
