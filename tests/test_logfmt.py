@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mailhouse.logfmt import SafeFormatter, escape
+from mailhouse.logfmt import SafeFormatter, Trusted, escape
 
 FORGERIES = [
     "x user=admin",  # a fake field
@@ -81,3 +81,7 @@ def test_traceback_lines_cannot_pass_for_records() -> None:
     lines = text.splitlines()
     assert lines[0] == "ERROR event=x.failed peer=1.2.3.4:5"
     assert all(line.startswith("    ") for line in lines[1:])
+
+
+def test_trusted_text_built_by_the_server_is_written_as_is() -> None:
+    assert _format("event=x%s pid=%d", Trusted(" worker=1"), 5) == "event=x worker=1 pid=5"

@@ -79,9 +79,16 @@ class _Escaped:
         return _escape_repr(repr(self._value))
 
 
+class Trusted(str):
+    """Text the server built itself from its own constants and numbers (a `worker=2` label):
+    written as it is, so one argument may carry several fields."""
+
+    __slots__ = ()
+
+
 def _wrap(value: object) -> object:
     # Numbers keep their type so %d, %.1f and %x keep working; they cannot carry peer text.
-    if value is None or isinstance(value, int | float):
+    if value is None or isinstance(value, int | float | Trusted):
         return value
     return _Escaped(value)
 

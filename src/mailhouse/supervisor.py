@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhouse.config import Config
-from mailhouse.logfmt import SafeFormatter
+from mailhouse.logfmt import SafeFormatter, Trusted
 
 log = logging.getLogger("mailhouse.supervisor")
 
@@ -70,7 +70,7 @@ class ChildSupervisor:
         self._config = config
         self._module = module
         self._name = name
-        self._label = f" {label}" if label else ""
+        self._label = Trusted(f" {label}" if label else "")
         self._payload = dict(payload or {})
         self._pass_fds = tuple(pass_fds)
         self._python = python
