@@ -84,4 +84,4 @@ def test_traceback_lines_cannot_pass_for_records() -> None:
 
 
 def test_trusted_text_built_by_the_server_is_written_as_is() -> None:
-    assert _format("event=x%s pid=%d", Trusted(" worker=1"), 5) == "event=x worker=1 pid=5"
+    assert _format("event=x%s pid=%d", Trusted(" worker=1"), 5) == "INFO event=x worker=1 pid=5\n"
