@@ -58,7 +58,14 @@ StoreAction = Callable[[Store], Awaitable[int]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m mailhouse`; returns the exit code."""
-    os.umask(UMASK)  # before anything is created: every file of ours is private
+    previous = os.umask(UMASK)  # before anything is created: every file of ours is private
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)  # for callers in the same process (tests)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -205,6 +205,10 @@ class App:
             await listener.start()
         for listener in self._pop3_bound:
             listener.sockets = self._bound.pop(listener.name, [])
+            for sock in listener.sockets:
+                host, port = sock.getsockname()[:2]
+                log.info("event=listen service=%s address=%s:%d workers=%d", listener.name, host,
+                         port, config.pop3.workers)
         # The children run as this (unprivileged) process does; supervisor.py checks that the
         # interpreter is theirs to run before each spawn.
         if self.queue_process is not None:
@@ -356,7 +360,14 @@ async def run(config: Config) -> None:
 
 def serve(config: Config) -> int:
     """`mailhouse serve`: run in the foreground until SIGTERM/SIGINT."""
-    os.umask(UMASK)  # every file the server and its children create is private
+    previous = os.umask(UMASK)  # every file the server and its children create is private
+    try:
+        return _serve(config)
+    finally:
+        os.umask(previous)
+
+
+def _serve(config: Config) -> int:
     configure_logging(config.log.level, "main")
     for warning in config.warnings:
         log.warning("event=config.warning %s", warning)

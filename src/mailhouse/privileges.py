@@ -191,12 +191,11 @@ def interpreter_problem(python: str = sys.executable) -> str | None:
 
 def interpreter_error(account_name: str, problem: str) -> ConfigError:
     return ConfigError(
-        f"user: {account_name} {problem} (a directory above it is closed to {account_name}). "
-        "mailhouse runs as that user after start-up: it keeps importing modules and starts "
-        "`python -m mailhouse.…` child processes. Install mailhouse with a Python every user can "
-        "read (e.g. `/usr/bin/python3 -m venv /opt/mailhouse`, then `/opt/mailhouse/bin/pip "
-        f"install mailhouse`), or start it as {account_name} directly (docs/operations.md, "
-        "systemd)")
+        f"user: {account_name} {problem} (it, or a directory above it, is closed to "
+        f"{account_name}). mailhouse runs as that user after start-up: it keeps importing "
+        "modules and starts `python -m mailhouse.…` child processes. Install mailhouse with a "
+        "Python every user can read (e.g. a venv made by `/usr/bin/python3 -m venv "
+        f"/opt/mailhouse`), or start it as {account_name} directly (docs/operations.md, systemd)")
 
 
 def check_interpreter(account: Account) -> None:
