@@ -321,6 +321,30 @@ def test_a_data_dir_of_another_owner_is_refused_and_left_as_it_is(
 
 
 @ROOT_ONLY
+def test_a_data_dir_the_account_cannot_reach_is_named(server: Server, base: Path) -> None:
+    mh = server()
+    closed = base / "closed"
+    closed.mkdir(mode=0o700)  # like pytest's tmp_path: root's, 0700
+    mh.data_dir = closed / "data"
+    mh.write_config()
+    result = serve_once(mh)
+    assert result.returncode == 2, result.stderr
+    assert f"{SERVICE_USER} cannot enter {mh.data_dir}" in result.stderr
+
+
+@ROOT_ONLY
+def test_commands_as_root_need_the_configured_account(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import mailhouse.__main__ as cli
+
+    config = tmp_path / "mailhouse.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\nuser = "no-such-user-here"\n')
+    assert cli.main(["--config", str(config), "domain", "list"]) == 2
+    assert "no system user 'no-such-user-here'; create it (useradd" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+@ROOT_ONLY
 def test_fix_permissions_hands_data_dir_over_following_no_link(
         server: Server, victims: Callable[[str, bytes | None], Victim],
         account: pwd.struct_passwd) -> None:
