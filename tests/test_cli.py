@@ -38,7 +38,9 @@ def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "mailhouse.toml"
-    path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n')
+    # user = "root": run as root, the commands stay root (never switch this test process).
+    path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n'
+                    'user = "root"\n')
     return path
 
 
@@ -328,23 +330,6 @@ def test_storage_failures_are_one_line(config: Path, capsys: pytest.CaptureFixtu
     assert result.err.endswith("data: Permission denied\n")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown and to simulate setuid")
-def test_root_acts_as_the_data_dir_owner(tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, object]] = []
-    monkeypatch.setattr(os, "setgroups", lambda groups: calls.append(("groups", groups)))
-    monkeypatch.setattr(os, "setgid", lambda gid: calls.append(("gid", gid)))
-    monkeypatch.setattr(os, "setuid", lambda uid: calls.append(("uid", uid)))
-    owned = tmp_path / "owned"
-    owned.mkdir()
-    cli._become_data_dir_owner(tmp_path / "missing")
-    cli._become_data_dir_owner(tmp_path)  # root's own: stay root
-    assert calls == []
-    os.chown(owned, 4321, 8765)
-    cli._become_data_dir_owner(owned)
-    assert calls == [("groups", []), ("gid", 8765), ("uid", 4321)]
-
-
 # --- as a real program ------------------------------------------------------------------------
 
 def python_m(*args: str, cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -363,7 +348,8 @@ def test_python_m_mailhouse(tmp_path: Path) -> None:
     assert b"Traceback" not in result.stderr
 
     good = tmp_path / "good.toml"
-    good.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n')
+    good.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n'
+                    'user = "root"\n')
     steps = [
         (("domain", "add", "example.test"), b"", 0),
         (("user", "add", "alice@example.test", "--password-stdin"), b"pw\n", 0),

@@ -36,7 +36,9 @@ def fast_rsa(monkeypatch: pytest.MonkeyPatch, one_rsa_key: rsa.RSAPrivateKey) ->
 
 
 def make_config(tmp_path: Path, **extra: object) -> Config:
-    table: dict[str, object] = {"hostname": "mx.example.test", "data_dir": "data", **extra}
+    # user = "root": run as root, the commands stay root (never switch this test process).
+    table: dict[str, object] = {"hostname": "mx.example.test", "data_dir": "data",
+                                "user": "root", **extra}
     return config_from_table(table, base_dir=tmp_path)
 
 

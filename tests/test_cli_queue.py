@@ -24,7 +24,9 @@ LATER = 4_000_000_000.0  # 2096-10-02T07:06:40Z
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     path = tmp_path / "mailhouse.toml"
-    path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n')
+    # user = "root": run as root, the commands stay root (never switch this test process).
+    path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n'
+                    'user = "root"\n')
     return load_config(path)
 
 

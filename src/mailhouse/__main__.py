@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from mailhouse.cli_common import table as _table
 from mailhouse.config import ENV_CONFIG, Config, config_path, load_config
 from mailhouse.errors import ConfigError, MailError
 from mailhouse.model import Account
+from mailhouse.privileges import UMASK, fix_permissions, service_account
 from mailhouse.service.accounts import (
     AccountError,
     Accounts,
@@ -56,6 +58,14 @@ StoreAction = Callable[[Store], Awaitable[int]]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m mailhouse`; returns the exit code."""
+    previous = os.umask(UMASK)  # before anything is created: every file of ours is private
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous)  # for callers in the same process (tests)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -69,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args, config)
+    except ConfigError as exc:  # e.g. data_dir belongs to another user (privileges.py)
+        _error(str(exc))
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
@@ -147,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="target mailbox for --mbox (default INBOX)")
     imp.set_defaults(handler=_import)
 
+    fix = commands.add_parser(
+        "fix-permissions", parents=[common],
+        help="as root: hand data_dir to `user` (owner only, 0700/0600), following no link")
+    fix.set_defaults(handler=_fix_permissions)
+
     cli_dns.register(commands, parents=[common])
     cli_queue.register(commands, parents=[common])
     return parser
@@ -159,6 +177,32 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     from mailhouse.app import serve
 
     return serve(config)
+
+
+# --- fix-permissions --------------------------------------------------------------------------
+
+def _fix_permissions(args: argparse.Namespace, config: Config) -> int:
+    """The explicit repair `serve` asks for when data_dir belongs to someone else (an older
+    release, or `domain add` run as root before the first start). Never done implicitly."""
+    if os.geteuid() != 0:
+        _error("fix-permissions changes owners: run it as root")
+        return EXIT_USAGE
+    account = service_account(config)
+    if account is None:
+        _error(f"fix-permissions needs `user` in the config (now {config.user!r}): the account "
+               "data_dir is handed to")
+        return EXIT_USAGE
+    try:
+        report = fix_permissions(config.data_dir, account)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}")
+        return EXIT_FAILED
+    _out(f"{config.data_dir}: {report.seen} entries belong to {account.name}, owner-only "
+         f"({report.changed} changed)")
+    for problem in report.skipped:
+        _error(f"left alone: {problem}")
+    return EXIT_FAILED if report.skipped else EXIT_OK
 
 
 # --- running an action against the store ------------------------------------------------------
@@ -174,7 +218,7 @@ def _with_store(config: Config, action: StoreAction) -> int:
     """Open the store, run `action`, close; turn operator-facing failures into one stderr line
     and an exit code."""
     try:
-        _become_data_dir_owner(config.data_dir)
+        _become_data_dir_owner(config)
         return asyncio.run(_run_with_store(config.data_dir, action))
     except InvalidInput as exc:
         _error(str(exc))

@@ -23,13 +23,23 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from mailhouse.config import Config
+from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.message.dkim import DkimKeys, DkimSigner
-from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
+from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener, bind_sockets
 from mailhouse.net.pop3 import Pop3Endpoint
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.privileges import (
+    DATA_DIR_MODE,
+    UMASK,
+    become,
+    check_data_dir_access,
+    check_interpreter,
+    prepare_data_dir,
+    service_account,
+    tighten_data_dir,
+)
 from mailhouse.proto.pop3.server import Pop3ServerConfig
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
@@ -119,6 +129,8 @@ class App:
         # POP3 in worker processes ([pop3] workers > 1): listeners bound here, served there.
         self.pop3_workers: list[ChildSupervisor] = []
         self._pop3_bound: list[Listener] = []
+        # Listening sockets bound as root before the drop, until a Listener serves them.
+        self._bound: dict[str, list[socket.socket]] = {}
 
     def _wake_queue(self) -> None:
         if self.outbound is not None:
@@ -131,14 +143,34 @@ class App:
             return self.config.tls.cert, self.config.tls.key
         return ensure_self_signed(self.config.data_dir / "tls", self.config.hostname)
 
-    async def start(self) -> None:
-        config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    def _load_tls(self) -> tuple[ssl.SSLContext, tuple[bytes, bytes]]:
+        """The server context and the PEM bytes for POP3 workers (pop3_process.py)."""
         cert, key = self.tls_files()
         try:
-            tls = server_context(cert, key)
+            return server_context(cert, key), (cert.read_bytes(), key.read_bytes())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"tls.cert/tls.key: cannot load the certificate: {exc}") from exc
+
+    async def start(self) -> None:
+        """Root's part first, then the drop, then everything that touches data_dir (the
+        privilege model: privileges.py, docs/decisions.md)."""
+        config = self.config
+        account = service_account(config)
+        if account is not None:
+            prepare_data_dir(config.data_dir, account)
+        # As root: a configured key may be readable by root only. The self-signed pair lives
+        # in data_dir, so it is made and read after the drop, as the service user.
+        configured_tls = self._load_tls() if config.tls.cert and config.tls.key else None
+        self._bound = self._bind_listening_sockets()
+        if account is not None:
+            become(account)
+            log.info("event=privileges.dropped user=%s", account.name)
+            check_interpreter(account)
+            check_data_dir_access(config.data_dir, account)
+        else:
+            config.data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
+        tighten_data_dir(config.data_dir)
+        tls, pem = configured_tls or self._load_tls()
         await self.store.open()
         if config.demo:
             await self._ensure_demo()
@@ -169,24 +201,42 @@ class App:
                 log.info("event=listen.skipped service=%s reason=not_built_yet", kind)
         self.tracker.start()
         for listener in self.listeners:
-            try:
-                await listener.start()
-            except OSError as exc:
-                raise ConfigError(f"listen.{listener.name}: cannot listen on "
-                                  f"{listener.endpoints}: {exc.strerror}") from exc
+            listener.sockets = self._bound.pop(listener.name, [])  # serve what root bound
+            await listener.start()
         for listener in self._pop3_bound:
-            try:
-                listener.bind()
-            except OSError as exc:
-                raise ConfigError(f"listen.{listener.name}: cannot listen on "
-                                  f"{listener.endpoints}: {exc.strerror}") from exc
-        pem = (cert.read_bytes(), key.read_bytes()) if self._pop3_bound else None
-        drop_privileges(config)
-        # After the drop: the children run as the same unprivileged user, never as root.
+            listener.sockets = self._bound.pop(listener.name, [])
+            for sock in listener.sockets:
+                host, port = sock.getsockname()[:2]
+                log.info("event=listen service=%s address=%s:%d workers=%d", listener.name, host,
+                         port, config.pop3.workers)
+        # The children run as this (unprivileged) process does; supervisor.py checks that the
+        # interpreter is theirs to run before each spawn.
         if self.queue_process is not None:
             await self.queue_process.start()
         if self._pop3_bound:
             await self._start_pop3_workers(pem)
+
+    def _bind_listening_sockets(self) -> dict[str, list[socket.socket]]:
+        """Every listening socket, bound before the drop (ports below 1024 need root) and
+        served only once the store is open."""
+        bound: dict[str, list[socket.socket]] = {}
+        try:
+            for kind in LISTENER_KINDS:
+                if kind in NOT_BUILT:
+                    continue
+                endpoints = self.config.listen_endpoints(kind)
+                for host, port in endpoints:
+                    try:
+                        bound.setdefault(kind, []).extend(bind_sockets(host, port))
+                    except OSError as exc:
+                        raise ConfigError(f"listen.{kind}: cannot listen on {endpoints}: "
+                                          f"{exc.strerror}") from exc
+        except BaseException:
+            for sockets in bound.values():
+                for sock in sockets:
+                    sock.close()
+            raise
+        return bound
 
     def _add_submission_listeners(self, core: SmtpServerConfig, tls: ssl.SSLContext,
                                   timeouts: SmtpTimeouts) -> None:
@@ -217,7 +267,7 @@ class App:
         lock_dir = pop3_lock_dir(config)
         if not any(config.listen_endpoints(name) for name in POP3_PROTOCOLS):
             return
-        lock_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        lock_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         if config.pop3.workers <= 1:
             self.listeners.extend(pop3_listeners(config, self.store, self.login_guard,
                                                  self.tracker, tls))
@@ -267,6 +317,10 @@ class App:
                                for w in self.pop3_workers))
         for listener in self._pop3_bound:
             listener.close_sockets()
+        for sockets in self._bound.values():  # start-up failed before they were served
+            for sock in sockets:
+                sock.close()
+        self._bound.clear()
         # Deliveries in flight finish or are cancelled; unfinished recipients stay queued.
         if self.outbound is not None:
             await self.outbound.stop(QUEUE_GRACE)
@@ -288,28 +342,6 @@ class App:
         return "\n".join(lines)
 
 
-def drop_privileges(config: Config) -> None:
-    """Started as root (to bind ports below 1024): hand data_dir to the service user and become
-    it. Refuses to go on as root."""
-    if os.geteuid() != 0 or not config.user or config.user == "root":
-        return
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(config.user)
-    except KeyError:
-        raise ConfigError(f"user: no system user {config.user!r}; create it (useradd --system "
-                          f"{config.user}) or set `user` to an existing one") from None
-    for root, dirs, files in os.walk(config.data_dir):
-        for name in [root, *(os.path.join(root, d) for d in dirs),
-                     *(os.path.join(root, f) for f in files)]:
-            os.chown(name, entry.pw_uid, entry.pw_gid)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    log.info("event=privileges.dropped user=%s", config.user)
-
-
 async def run(config: Config) -> None:
     app = App(config)
     stop = asyncio.Event()
@@ -328,6 +360,14 @@ async def run(config: Config) -> None:
 
 def serve(config: Config) -> int:
     """`mailhouse serve`: run in the foreground until SIGTERM/SIGINT."""
+    previous = os.umask(UMASK)  # every file the server and its children create is private
+    try:
+        return _serve(config)
+    finally:
+        os.umask(previous)
+
+
+def _serve(config: Config) -> int:
     configure_logging(config.log.level, "main")
     for warning in config.warnings:
         log.warning("event=config.warning %s", warning)

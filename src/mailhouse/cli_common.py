@@ -1,14 +1,23 @@
 """What every `mailhouse` admin command shares: exit codes, output, and acting as the owner of
-data_dir. Kept apart from __main__ so command modules (cli_dns, cli_queue) can import it without
-importing the command line back."""
+data_dir, the service user (privileges.py). Kept apart from __main__ so command modules
+(cli_dns, cli_queue) can import it without importing the command line back."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final
+
+from mailhouse.config import Config
+from mailhouse.privileges import (
+    become,
+    check_data_dir_access,
+    check_interpreter,
+    owner_of,
+    prepare_data_dir,
+    service_account,
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the operation failed (exists, not found, storage error)
@@ -33,18 +42,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         out("  ".join([*cells, row[-1]]))
 
 
-def become_data_dir_owner(data_dir: Path) -> None:
-    """Run as root on a data_dir the server owns (it chowns it to `user` at start), act as that
-    owner: files we create (SQLite's -wal/-shm, blobs, DKIM keys) must stay writable by the
-    server."""
+def become_data_dir_owner(config: Config) -> None:
+    """Run as root, act as the account that owns data_dir BEFORE touching it, so every file we
+    create (the database and its -wal/-shm, blobs, DKIM keys) is the server's and private.
+
+    The account is the configured `user` (data_dir created 0700 for it when missing; another
+    owner is refused with the fix), or, without `user`, the owner of an existing data_dir that
+    is not root's. `user = "root"`, or no `user` and a missing or root-owned data_dir: root
+    stays root (the umask still makes every file private). Raises ConfigError."""
     if os.geteuid() != 0:
         return
-    try:
-        st = data_dir.stat()
-    except OSError:
+    account = service_account(config) or owner_of(config.data_dir)
+    if account is None:
         return
-    if st.st_uid == 0:
-        return
-    os.setgroups([])
-    os.setgid(st.st_gid)
-    os.setuid(st.st_uid)
+    prepare_data_dir(config.data_dir, account)
+    become(account)
+    check_interpreter(account)
+    check_data_dir_access(config.data_dir, account)

@@ -77,7 +77,7 @@ def dns_records_command(args: argparse.Namespace, config: Config) -> int:
         _error(str(exc))
         return EXIT_USAGE
     try:
-        _become_data_dir_owner(config.data_dir)
+        _become_data_dir_owner(config)
         hosted = asyncio.run(_hosted_domains(config.data_dir))
         if domain not in hosted:
             _error(f"{domain} is not one of our domains (add it with "

@@ -75,7 +75,7 @@ def _queue_id(text: str) -> int:
 def run_with_store(config: Config, action: StoreAction) -> int:
     """As the owner of data_dir (cli_common), open the store, run `action`, close."""
     try:
-        become_data_dir_owner(config.data_dir)
+        become_data_dir_owner(config)
         return asyncio.run(_run_with_store(config, action))
     except MailError as exc:
         error(f"storage error: {exc.reply.text}")

@@ -2,8 +2,10 @@
 POP3 workers (pop3_process.py) share this machinery.
 
 A child is a fresh interpreter, `python -m <module>`, started with asyncio's subprocess support
-after privileges were dropped (so it runs as the same unprivileged user). Its standard input is a
-pipe from the parent that carries, in order:
+after privileges were dropped (so it runs as the same unprivileged user). Before every spawn,
+restarts included, the parent checks that it can still run the interpreter and read the
+directories its modules come from; if not, the error names the path (privileges.py). Its
+standard input is a pipe from the parent that carries, in order:
   1. a payload, pickled, behind a 4-byte length: the parent's already validated Config under
      "config", the parent's pid under "parent", and whatever else the child needs;
   2. optional one-byte wake-ups (`wake()`), coalesced: at most one write per loop iteration,
@@ -26,6 +28,7 @@ import ctypes
 import logging
 import os
 import pickle
+import pwd
 import signal
 import struct
 import sys
@@ -35,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from mailhouse.config import Config
+from mailhouse.errors import ConfigError
 from mailhouse.logfmt import SafeFormatter, Trusted
+from mailhouse.privileges import interpreter_error, interpreter_problem
 
 log = logging.getLogger("mailhouse.supervisor")
 
@@ -135,6 +140,11 @@ class ChildSupervisor:
         self._close_wake()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        # After the drop this process may no longer reach its own interpreter (a Python under
+        # /root): say so, with the path, instead of failing inside exec.
+        problem = interpreter_problem(self._python)
+        if problem is not None:
+            raise interpreter_error(_current_user(), problem)
         read_fd, write_fd = os.pipe()  # both close-on-exec; the read end becomes fd 0
         try:
             payload = pickle.dumps({**self._payload, "config": self._config,
@@ -188,6 +198,10 @@ class ChildSupervisor:
                 except OSError:
                     log.exception("event=%s.process_spawn_failed%s", self._name, self._label)
                     continue
+                except ConfigError as exc:
+                    log.error("event=%s.process_spawn_failed%s reason=%s", self._name,
+                              self._label, exc)
+                    continue
                 self.restarts += 1
                 break
 
@@ -195,6 +209,13 @@ class ChildSupervisor:
         fd, self._wake_fd = self._wake_fd, None
         if fd is not None:
             os.close(fd)
+
+
+def _current_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
 
 
 def _write_all(fd: int, data: bytes) -> None:

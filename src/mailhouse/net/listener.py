@@ -134,6 +134,16 @@ class Listener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._factory is not None
+        if self.sockets and self._load is None:  # bound by root before the drop (App.start)
+            for sock in self.sockets:
+                server = await loop.create_server(
+                    self._factory, sock=sock, ssl=self._ssl, backlog=1024,
+                    ssl_handshake_timeout=30 if self._ssl else None)
+                self._servers.append(server)
+                host, port = sock.getsockname()[:2]
+                log.info("event=listen service=%s address=%s:%d tls=%s", self.name, host, port,
+                         "implicit" if self._ssl else "starttls")
+            return
         if self.sockets:  # a worker: the sockets are shared with its siblings
             for sock in self.sockets:
                 sock.setblocking(False)

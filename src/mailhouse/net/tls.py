@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -18,7 +19,9 @@ from cryptography.x509.oid import NameOID
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
-    """Return (cert, key) under `directory`, creating them the first time (key mode 0600)."""
+    """Return (cert, key) under `directory`, creating them the first time (both mode 0600,
+    directory 0700). Called after privileges were dropped: the pair belongs to the service
+    user."""
     cert_path, key_path = directory / "selfsigned-cert.pem", directory / "selfsigned-key.pem"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
@@ -44,17 +47,28 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     key_bytes = key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-    tmp_key = key_path.with_suffix(".tmp")
-    fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key_bytes)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp_cert = cert_path.with_suffix(".tmp")
-    tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    os.replace(tmp_key, key_path)
-    os.replace(tmp_cert, cert_path)
+    # Each file replaced whole; the pair counts as made once both exist.
+    _write_private(directory, key_path, key_bytes)
+    _write_private(directory, cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
+
+
+def _write_private(directory: Path, target: Path, data: bytes) -> None:
+    """Write `data` to `target` through a fresh, unique temporary file in `directory`
+    (mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600), fsynced, then renamed over `target`:
+    never through a name someone could have planted (a symbolic link) beforehand."""
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # mkstemp's mode, whatever the umask
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

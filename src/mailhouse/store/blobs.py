@@ -88,7 +88,7 @@ class BlobFiles:
 
     def prepare(self) -> None:
         """Create `blobs/` and make sure its own entry is durable before anything goes in it."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         sync_dir(self.root.parent)
         sync_dir(self.root)
 

@@ -72,6 +72,8 @@ T = TypeVar("T")
 
 DB_NAME = "mailhouse.db"
 LOCK_NAME = "store.lock"
+PRIVATE_DIR_MODE = 0o700  # data_dir holds password hashes and mail: its owner only
+PRIVATE_FILE_MODE = 0o600
 
 
 class SqliteStore:
@@ -119,9 +121,13 @@ class SqliteStore:
         await asyncio.to_thread(self._open_sync)
 
     def _open_sync(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
         self._files.prepare()
-        lock_fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Made 0600 before SQLite sees it: SQLite gives the -wal and -shm files the database
+        # file's mode, so the password hashes stay private whatever the umask.
+        os.close(os.open(self._db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+        lock_fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                          PRIVATE_FILE_MODE)
         conn: sqlite3.Connection | None = None
         try:
             try:
