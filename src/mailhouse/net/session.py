@@ -57,6 +57,8 @@ class Core(Protocol):
     def timeout(self) -> None: ...
     def shutdown(self) -> bool: ...
     def tls_established(self) -> None: ...
+    @property
+    def buffered(self) -> int: ...
 
 
 class CoreProtocol(asyncio.Protocol, abc.ABC):
@@ -238,7 +240,8 @@ class CoreProtocol(asyncio.Protocol, abc.ABC):
         if self._opening() and now - self.started > self.deadlines.opening:
             self._timeout("opening")
         elif (self._line_started is not None and self._in_lines()
-              and now - self._line_started > self.deadlines.command_line):
+              and now - self._line_started > self.deadlines.command_line
+              and (self._inbox or core.buffered)):  # not, e.g., after a binary BDAT chunk
             self._timeout("line")
         elif now - self.last_activity > self._idle_limit():
             self._timeout("idle")
