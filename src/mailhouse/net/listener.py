@@ -206,6 +206,7 @@ class Listener:
         self._readers: list[int] = []
         self._pool = pool  # admission at accept (TLS ports)
         self._handshake_timeout = handshake_timeout
+        self._bound_here = False  # sockets start() bound itself: closed by stop_accepting()
         assert ssl_context is None or factory is None or pool is not None
 
     async def start(self) -> None:
@@ -213,6 +214,7 @@ class Listener:
         assert self._factory is not None
         if self._ssl is not None and not self.sockets:
             self.bind(workers=False)  # an implicit-TLS port: accepted here
+            self._bound_here = True
         if self.sockets:
             for sock in self.sockets:
                 sock.setblocking(False)
@@ -237,8 +239,9 @@ class Listener:
                 if not self._accept_one(sock):
                     break
             return
-        # Sessions (TLS handshakes included), and accepted sockets not yet handed to a session.
-        load = self._load() + len(self._accepting)
+        # Sessions, and accepted sockets not yet handed to one (on a TLS port those hold a slot
+        # already: counted in the pool).
+        load = self._load() + (0 if self._ssl else len(self._accepting))
         if load <= 0:
             self._accept_one(sock)
             return
@@ -316,6 +319,8 @@ class Listener:
             for fd in self._readers:
                 loop.remove_reader(fd)  # harmless while backing off (no reader then)
             self._readers.clear()
+        if self._bound_here:
+            self.close_sockets()
 
     def close_sockets(self) -> None:
         for sock in self.sockets:
