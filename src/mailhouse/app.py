@@ -26,8 +26,15 @@ from pathlib import Path
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.message.dkim import DkimKeys, DkimSigner
-from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener, bind_sockets
+from mailhouse.net.listener import (
+    ConnectionLimits,
+    ConnectionPool,
+    ConnectionTracker,
+    Listener,
+    bind_sockets,
+)
 from mailhouse.net.pop3 import Pop3Endpoint
+from mailhouse.net.session import Deadlines
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
 from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.privileges import (
@@ -63,6 +70,37 @@ SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 NOT_BUILT = ("imap", "imaps")
 POP3_PROTOCOLS = ("pop3", "pop3s")
 CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 worker closes its store
+# Connections are capped per service (net/listener.py ConnectionPool): its listeners, and its
+# weight in the split of limits.max_connections when the config sets no total for it.
+SERVICES = {"smtp": ("smtp",), "submission": ("submission", "submissions"),
+            "pop3": ("pop3", "pop3s")}
+SERVICE_WEIGHTS = {"smtp": 2, "submission": 1, "pop3": 1}
+
+
+def service_limits(config: Config, service: str) -> ConnectionLimits:
+    """One service's caps: `limits.<service>_max_connections[_per_ip]`, else its weighted share
+    of `limits.max_connections` among the enabled services and `max_connections_per_ip`."""
+    limits = config.limits
+    total, per_ip = {
+        "smtp": (limits.smtp_max_connections, limits.smtp_max_connections_per_ip),
+        "submission": (limits.submission_max_connections,
+                       limits.submission_max_connections_per_ip),
+        "pop3": (limits.pop3_max_connections, limits.pop3_max_connections_per_ip),
+    }[service]
+    if total is None:
+        enabled = [name for name, kinds in SERVICES.items()
+                   if any(config.listen_endpoints(kind) for kind in kinds)]
+        weights = sum(SERVICE_WEIGHTS[name] for name in enabled) or 1
+        total = max(1, limits.max_connections * SERVICE_WEIGHTS[service] // weights)
+    return ConnectionLimits(total, per_ip or limits.max_connections_per_ip)
+
+
+def deadlines(config: Config, opening: float) -> Deadlines:
+    """The session deadlines; `opening`: limits.helo_timeout or limits.login_timeout."""
+    limits = config.limits
+    return Deadlines(write_stall=limits.write_stall_timeout,
+                     command_line=limits.command_line_timeout, opening=opening,
+                     tls_handshake=limits.tls_handshake_timeout)
 
 
 def pop3_lock_dir(config: Config) -> Path:
@@ -71,7 +109,7 @@ def pop3_lock_dir(config: Config) -> Path:
 
 
 def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
-                   tracker: ConnectionTracker, tls: ssl.SSLContext,
+                   pool: ConnectionPool, tls: ssl.SSLContext,
                    sockets: dict[str, list[socket.socket]] | None = None) -> list[Listener]:
     """`pop3` (110: STLS, then USER/PASS or AUTH) and `pop3s` (995: implicit TLS). `sockets`:
     already bound listening sockets by listener name (a worker process), else bind here."""
@@ -86,12 +124,14 @@ def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
     out: list[Listener] = []
     for name, endpoints, implicit_tls in (("pop3", plain, False), ("pop3s", implicit, True)):
         if endpoints:
-            endpoint = Pop3Endpoint(core, service, tracker, tls, config.pop3.idle_timeout,
-                                    config.limits.session_lifetime, implicit_tls)
+            endpoint = Pop3Endpoint(core, service, pool, tls, config.pop3.idle_timeout,
+                                    config.limits.session_lifetime, implicit_tls,
+                                    deadlines(config, config.limits.login_timeout))
             out.append(Listener(name, endpoints, endpoint.factory,
                                 ssl_context=tls if implicit_tls else None,
                                 sockets=(sockets or {}).get(name),
-                                load=(lambda: tracker.total) if sockets else None))
+                                load=(lambda: pool.total) if sockets else None, pool=pool,
+                                handshake_timeout=config.limits.tls_handshake_timeout))
     return out
 
 
@@ -105,8 +145,7 @@ class App:
         self.config = config
         self.store: Store = open_store(config.data_dir)
         self.directory = DirectoryCache(self.store)
-        self.tracker = ConnectionTracker(ConnectionLimits(
-            config.limits.max_connections, config.limits.max_connections_per_ip))
+        self.tracker = ConnectionTracker(config.limits.max_connections)
         self.listeners: list[Listener] = []
         self.demo_password: str | None = None
         self.passwords = passwords or Passwords()
@@ -191,7 +230,8 @@ class App:
                                  InboundPolicy(config.hostname, config.smtp.plus_separator))
         timeouts = SmtpTimeouts(limits.idle_timeout, limits.data_timeout,
                                 limits.session_lifetime)
-        mx = SmtpEndpoint(core, inbound, self.tracker, tls, timeouts)
+        mx = SmtpEndpoint(core, inbound, self.tracker.pool("smtp", service_limits(config, "smtp")),
+                          tls, timeouts, deadlines=deadlines(config, limits.helo_timeout))
         if config.listen_endpoints("smtp"):
             self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), mx.factory))
         self._add_submission_listeners(core, tls, timeouts)
@@ -252,14 +292,17 @@ class App:
                                     SubmissionPolicy.from_config(config),
                                     signer=self.signer, on_queued=self.on_queued)
         core = replace(core, auth_mechanisms=MECHANISMS, require_auth=True)
+        pool = self.tracker.pool("submission", service_limits(config, "submission"))
+        opening = deadlines(config, config.limits.helo_timeout)
         if plain:
-            endpoint = SmtpEndpoint(core, service, self.tracker, tls, timeouts)
+            endpoint = SmtpEndpoint(core, service, pool, tls, timeouts, deadlines=opening)
             self.listeners.append(Listener("submission", plain, endpoint.factory))
         if implicit:
-            endpoint = SmtpEndpoint(core, service, self.tracker, tls, timeouts,
-                                    implicit_tls=True)
+            endpoint = SmtpEndpoint(core, service, pool, tls, timeouts, implicit_tls=True,
+                                    deadlines=opening)
             self.listeners.append(Listener("submissions", implicit, endpoint.factory,
-                                           ssl_context=tls))
+                                           ssl_context=tls, pool=pool,
+                                           handshake_timeout=config.limits.tls_handshake_timeout))
 
     def _add_pop3_listeners(self, tls: ssl.SSLContext) -> None:
         """POP3 on this loop (`[pop3] workers = 1`), or sockets bound here for the workers."""
@@ -269,8 +312,9 @@ class App:
             return
         lock_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         if config.pop3.workers <= 1:
-            self.listeners.extend(pop3_listeners(config, self.store, self.login_guard,
-                                                 self.tracker, tls))
+            pool = self.tracker.pool("pop3", service_limits(config, "pop3"))
+            self.listeners.extend(pop3_listeners(config, self.store, self.login_guard, pool,
+                                                 tls))
             return
         for name in POP3_PROTOCOLS:
             if config.listen_endpoints(name):

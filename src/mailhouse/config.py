@@ -333,6 +333,28 @@ class LimitsConfig:
     data_timeout: float = field(default=180.0, metadata=checked(_seconds))
     session_lifetime: float = field(default=3600.0, metadata=checked(_seconds))
     max_errors: int = field(default=20, metadata=checked(_integer(1)))
+    # A transport no peer can pin (docs/decisions.md). Writes paused this long (the peer does
+    # not read): the connection is aborted. Also ends a stuck download and frees its maildrop.
+    write_stall_timeout: float = field(default=60.0, metadata=checked(_seconds))
+    # Implicit TLS (465, 995) and STARTTLS/STLS handshakes.
+    tls_handshake_timeout: float = field(default=10.0, metadata=checked(_seconds))
+    # From the first byte of a command line to its LF (a trickle of bytes keeps no session).
+    command_line_timeout: float = field(default=60.0, metadata=checked(_seconds))
+    # From the connection to EHLO/HELO (SMTP) and to a successful login (POP3).
+    helo_timeout: float = field(default=60.0, metadata=checked(_seconds))
+    login_timeout: float = field(default=120.0, metadata=checked(_seconds))
+    # Per service (MX = smtp; submission = submission + submissions; pop3 = pop3 + pop3s).
+    # Unset: a service's total is its share of max_connections among the enabled services
+    # (MX 2, submission 1, POP3 1), its per-address cap is max_connections_per_ip.
+    smtp_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
+    smtp_max_connections_per_ip: int | None = field(default=None,
+                                                    metadata=checked(_integer(1)))
+    submission_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
+    submission_max_connections_per_ip: int | None = field(default=None,
+                                                          metadata=checked(_integer(1)))
+    pop3_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
+    pop3_max_connections_per_ip: int | None = field(default=None,
+                                                    metadata=checked(_integer(1)))
 
 
 @dataclass(frozen=True, slots=True)

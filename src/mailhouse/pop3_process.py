@@ -8,9 +8,11 @@ TLS context and connection caps:
 
 - **TLS**: the certificate and key arrive through the pipe as PEM bytes (the parent read them
   before dropping privileges: a root-only key file still works) and are loaded from a memfd.
-- **Connection caps**: each child admits `limits.max_connections // N` sessions (and
-  `max_connections_per_ip // N` per address), at least 1: all POP3 sessions together stay
-  within the caps, though one busy child may refuse while another has room.
+- **Connection caps**: each child admits 1/N of the POP3 service's caps (app.service_limits:
+  `limits.pop3_max_connections`, else POP3's share of `limits.max_connections`; and
+  `pop3_max_connections_per_ip`, else `max_connections_per_ip`, per address or IPv6 /64), at
+  least 1: all POP3 sessions together stay within the caps, though one busy child may refuse
+  while another has room.
 - **Login throttle**: per process. Failed-login counts are not shared between the children nor
   with submission in the main process, so a guesser spread over N connections gets up to N
   times the per-process allowance (the constant failure delay still applies to every guess).
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mailhouse import supervisor
-from mailhouse.app import SHUTDOWN_GRACE, pop3_listeners
+from mailhouse.app import SHUTDOWN_GRACE, pop3_listeners, service_limits
 from mailhouse.config import Config
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
 from mailhouse.net.tls import ensure_self_signed, server_context
@@ -45,8 +47,8 @@ log = logging.getLogger("mailhouse.pop3.process")
 
 
 def worker_limits(config: Config, workers: int) -> ConnectionLimits:
-    """One worker's share of the connection caps."""
-    limits = config.limits
+    """One worker's share of the POP3 connection caps."""
+    limits = service_limits(config, "pop3")
     return ConnectionLimits(max(1, limits.max_connections // workers),
                             max(1, limits.max_connections_per_ip // workers))
 
@@ -74,13 +76,15 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
                for name, fds in payload["sockets"].items()}
     store = open_store(config.data_dir)
     await store.open()
-    tracker = ConnectionTracker(worker_limits(config, workers))
+    limits = worker_limits(config, workers)
+    tracker = ConnectionTracker(limits.max_connections)
     guard = LoginGuard(Accounts(store, Passwords()), LoginThrottle.from_config(config.submission),
                        config.submission.auth_failure_delay)
     listeners: list[Listener] = []
     orphaned = False
     try:
-        listeners = pop3_listeners(config, store, guard, tracker, tls, sockets)
+        listeners = pop3_listeners(config, store, guard, tracker.pool("pop3", limits), tls,
+                                   sockets)
         tracker.start()
         for listener in listeners:
             await listener.start()

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailhouse.errors import MailError
-from mailhouse.net.listener import ConnectionTracker
-from mailhouse.net.session import CoreProtocol
+from mailhouse.net.listener import ConnectionPool, Slot
+from mailhouse.net.session import CoreProtocol, Deadlines
 from mailhouse.proto.pop3 import events as ev
-from mailhouse.proto.pop3.server import LoginResult, Pop3Server, Pop3ServerConfig
+from mailhouse.proto.pop3.server import LoginResult, Pop3Server, Pop3ServerConfig, State
 from mailhouse.service.pop3 import Maildrop, Pop3Service
 
 log = logging.getLogger("mailhouse.pop3")
 
 BUSY = b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 LIFETIME = b"-ERR Session too long, closing connection\r\n"
+# Not logged in yet: bounded by the opening deadline (limits.login_timeout).
+PRE_LOGIN = frozenset({State.AUTHORIZATION, State.SASL, State.LOGIN, State.TLS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +29,15 @@ class Pop3Endpoint:
 
     core: Pop3ServerConfig
     service: Pop3Service
-    tracker: ConnectionTracker
+    pool: ConnectionPool  # pop3 and pop3s share one
     tls: ssl.SSLContext | None
     idle_timeout: float  # RFC 1939 §3: at least 10 minutes
     lifetime: float
     implicit_tls: bool = False
+    deadlines: Deadlines = field(default_factory=Deadlines)  # opening: to a successful login
 
-    def factory(self) -> Pop3Protocol:
-        return Pop3Protocol(self)
+    def factory(self, slot: Slot | None = None) -> Pop3Protocol:
+        return Pop3Protocol(self, slot)
 
 
 class Pop3Protocol(CoreProtocol):
@@ -42,9 +45,10 @@ class Pop3Protocol(CoreProtocol):
     busy_reply = BUSY
     lifetime_reply = LIFETIME
 
-    def __init__(self, endpoint: Pop3Endpoint) -> None:
-        super().__init__(endpoint.tracker, endpoint.tls, idle_timeout=endpoint.idle_timeout,
-                         lifetime=endpoint.lifetime, implicit_tls=endpoint.implicit_tls)
+    def __init__(self, endpoint: Pop3Endpoint, slot: Slot | None = None) -> None:
+        super().__init__(endpoint.pool, endpoint.tls, idle_timeout=endpoint.idle_timeout,
+                         lifetime=endpoint.lifetime, implicit_tls=endpoint.implicit_tls,
+                         deadlines=endpoint.deadlines, slot=slot)
         self.endpoint = endpoint
         self.pop3: Pop3Server | None = None
         self.maildrop: Maildrop | None = None
@@ -52,6 +56,9 @@ class Pop3Protocol(CoreProtocol):
     def _new_core(self) -> Pop3Server:
         self.pop3 = Pop3Server(self.endpoint.core, tls_active=self.implicit_tls)
         return self.pop3
+
+    def _opening(self) -> bool:
+        return self.pop3 is not None and self.pop3.state in PRE_LOGIN
 
     def _lost(self) -> None:
         # A dropped connection never reaches the UPDATE state: nothing is deleted (RFC 1939 §6).
@@ -67,7 +74,8 @@ class Pop3Protocol(CoreProtocol):
             event = core.next_event()
             kind = type(event)
             if kind is ev.NeedData:
-                self._need_data()
+                if self._need_data():
+                    continue
                 return
             if kind is ev.Retrieve:
                 self._flush()
@@ -123,7 +131,8 @@ class Pop3Protocol(CoreProtocol):
                     return
                 if not wanted:
                     break
-                await self._drain()
+                if not await self._drain():
+                    return  # closing or gone (write stall, lifetime): the lock goes in _lost()
         except (MailError, KeyError, OSError):
             log.exception("event=pop3.retrieve_failed peer=%s index=%d", self.peer, event.index)
             if sent:

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from mailhouse.errors import Reply
-from mailhouse.net.listener import ConnectionTracker
-from mailhouse.net.session import CoreProtocol
+from mailhouse.net.listener import ConnectionPool, Slot
+from mailhouse.net.session import FEED_CONTENT, FEED_SLICE, CoreProtocol, Deadlines
 from mailhouse.net.tls import describe
 from mailhouse.proto.smtp import events as ev
-from mailhouse.proto.smtp.server import SmtpServer, SmtpServerConfig
+from mailhouse.proto.smtp.server import SmtpServer, SmtpServerConfig, State
 
 log = logging.getLogger("mailhouse.smtp")
 
@@ -75,13 +75,14 @@ class SmtpEndpoint:
 
     core: SmtpServerConfig
     service: SmtpService
-    tracker: ConnectionTracker
+    pool: ConnectionPool  # MX or submission (submission and submissions share one)
     tls: ssl.SSLContext | None
     timeouts: SmtpTimeouts
     implicit_tls: bool = False
+    deadlines: Deadlines = field(default_factory=Deadlines)  # opening: greeting to EHLO
 
-    def factory(self) -> SmtpProtocol:
-        return SmtpProtocol(self)
+    def factory(self, slot: Slot | None = None) -> SmtpProtocol:
+        return SmtpProtocol(self, slot)
 
 
 class SmtpProtocol(CoreProtocol):
@@ -89,10 +90,11 @@ class SmtpProtocol(CoreProtocol):
     busy_reply = BUSY
     lifetime_reply = LIFETIME
 
-    def __init__(self, endpoint: SmtpEndpoint) -> None:
+    def __init__(self, endpoint: SmtpEndpoint, slot: Slot | None = None) -> None:
         timeouts = endpoint.timeouts
-        super().__init__(endpoint.tracker, endpoint.tls, idle_timeout=timeouts.idle,
-                         lifetime=timeouts.lifetime, implicit_tls=endpoint.implicit_tls)
+        super().__init__(endpoint.pool, endpoint.tls, idle_timeout=timeouts.idle,
+                         lifetime=timeouts.lifetime, implicit_tls=endpoint.implicit_tls,
+                         deadlines=endpoint.deadlines, slot=slot)
         self.endpoint = endpoint
         self.smtp: SmtpServer | None = None
         self.session: SmtpSession | None = None
@@ -105,6 +107,16 @@ class SmtpProtocol(CoreProtocol):
     def _idle_limit(self) -> float:
         assert self.smtp is not None
         return self.endpoint.timeouts.data if self.smtp.in_data else self.idle_timeout
+
+    def _opening(self) -> bool:
+        # Until EHLO/HELO (again after STARTTLS, RFC 3207 §4.2), counted from the connection.
+        return self.smtp is not None and self.smtp.helo_name is None
+
+    def _in_lines(self) -> bool:
+        return self.smtp is None or self.smtp.state is not State.CHUNK  # BDAT: binary octets
+
+    def _feed_size(self) -> int:
+        return FEED_CONTENT if self.smtp is not None and self.smtp.in_data else FEED_SLICE
 
     def _tls_started(self, ssl_object: Any) -> None:
         assert self.session is not None
@@ -128,7 +140,8 @@ class SmtpProtocol(CoreProtocol):
             event = core.next_event()
             kind = type(event)
             if kind is ev.NeedData:
-                self._need_data()
+                if self._need_data():
+                    continue
                 return
             if kind is ev.RcptTo:
                 reply = session.rcpt_to(event)  # type: ignore[arg-type]
