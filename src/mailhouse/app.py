@@ -40,6 +40,7 @@ from mailhouse.service.inbound import InboundPolicy, InboundService
 from mailhouse.service.pop3 import Pop3Service
 from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
+from mailhouse.service.throttle_channel import ThrottleServer
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.supervisor import ChildSupervisor, configure_logging
@@ -101,7 +102,7 @@ class App:
         self.demo_password: str | None = None
         self.passwords = passwords or Passwords()
         # One throttle for every protocol that takes passwords, so guesses spread over
-        # submission, IMAP and POP3 add up.
+        # submission, IMAP and POP3 add up; POP3 workers reach it through `throttle_server`.
         self.login_throttle = LoginThrottle.from_config(config.submission)
         self.login_guard = LoginGuard(Accounts(self.store, self.passwords), self.login_throttle,
                                       config.submission.auth_failure_delay)
@@ -119,6 +120,7 @@ class App:
         # POP3 in worker processes ([pop3] workers > 1): listeners bound here, served there.
         self.pop3_workers: list[ChildSupervisor] = []
         self._pop3_bound: list[Listener] = []
+        self.throttle_server: ThrottleServer | None = None
 
     def _wake_queue(self) -> None:
         if self.outbound is not None:
@@ -232,11 +234,14 @@ class App:
                    for listener in self._pop3_bound}
         fds = [fd for group in sockets.values() for fd in group]
         count = self.config.pop3.workers
+        # Each worker (each spawn) gets its own channel to this process's login throttle.
+        server = self.throttle_server = ThrottleServer(
+            self.login_throttle, max_pending=self.config.limits.max_connections)
         for index in range(1, count + 1):
             worker = ChildSupervisor(
                 self.config, "mailhouse.pop3_process", name="pop3", label=f"worker={index}",
                 payload={"index": index, "workers": count, "sockets": sockets, "pem": pem},
-                pass_fds=fds)
+                pass_fds=fds, channels=lambda: [server.open_channel()])
             await worker.start()
             self.pop3_workers.append(worker)
 
@@ -267,6 +272,8 @@ class App:
                                for w in self.pop3_workers))
         for listener in self._pop3_bound:
             listener.close_sockets()
+        if self.throttle_server is not None:  # after the workers: they log in until they exit
+            await self.throttle_server.close()
         # Deliveries in flight finish or are cancelled; unfinished recipients stay queued.
         if self.outbound is not None:
             await self.outbound.stop(QUEUE_GRACE)
