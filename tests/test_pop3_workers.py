@@ -5,13 +5,19 @@ processes (service/pop3.py: an flock per account) and dies with its holder."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import poplib
 import signal
+import smtplib
+import ssl
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -218,3 +224,97 @@ def test_workers_die_with_a_killed_parent(server: MailhouseServer) -> None:
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait(10)
     assert wait_until(lambda: not any(is_worker(p) for p in pids), timeout=10, interval=0.05)
+
+
+# --- one login throttle for every worker (issue 7, finding 4) ---------------------------------
+
+LIMIT = 3  # auth_failure_limit for the throttle tests
+
+
+def pass_in_parallel(server: MailhouseServer, passwords: list[str],
+                     late: str | None = None) -> tuple[list[str], str]:
+    """USER alice on one connection per password, then every PASS at once; `late` is sent on
+    another connection just after them, while they are being checked. Returns the replies."""
+    count = len(passwords) + (late is not None)
+    barrier = threading.Barrier(count)
+
+    def attempt(password: str, delay: float) -> str:
+        client = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=15)
+        try:
+            client.user(ALICE)
+            barrier.wait(timeout=15)
+            time.sleep(delay)
+            try:
+                return client.pass_(password).decode()
+            except poplib.error_proto as exc:
+                return str(exc)
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(attempt, p, 0.0) for p in passwords]
+        last = pool.submit(attempt, late, 0.05) if late is not None else None
+        replies = [f.result() for f in futures]
+        return replies, (last.result() if last is not None else "")
+
+
+def auth_in_parallel(server: MailhouseServer, count: int, password: str) -> list[int]:
+    """`count` submission sessions: STARTTLS, then every AUTH PLAIN at once. The reply codes."""
+    barrier = threading.Barrier(count)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    token = base64.b64encode(f"\0{ALICE}\0{password}".encode()).decode()
+
+    def attempt() -> int:
+        with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=15) as client:
+            client.starttls(context=context)
+            client.ehlo()
+            barrier.wait(timeout=15)
+            return client.docmd("AUTH", "PLAIN " + token)[0]
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda _: attempt(), range(count)))
+
+
+@pytest.fixture
+def throttled_server(tmp_path: Path) -> Iterator[MailhouseServer]:
+    instance = start_mailhouse(
+        tmp_path / "mh", users={ALICE: PASSWORD}, domains=("example.test",),
+        protocols=("submission", "pop3"),
+        extra_toml=(f"[pop3]\nallow_plaintext_auth = true\nworkers = 4\n\n"
+                    f"[submission]\nauth_failure_limit = {LIMIT}\nauth_failure_delay = 0.2\n"))
+    try:
+        yield instance
+    finally:
+        instance.close()
+
+
+def test_guesses_spread_over_workers_get_one_allowance(throttled_server: MailhouseServer) -> None:
+    # Before: each worker had its own throttle, and checks in flight did not count until a
+    # failure landed, so every one of these guesses was checked and the right password got in.
+    server = throttled_server
+    workers(server, count=4, ready=4)
+    # A client opening many connections at once with the right password is never throttled,
+    # whatever the limit: on POP3 one gets the maildrop, the others [IN-USE] (the password was
+    # checked and right); on submission every AUTH succeeds.
+    replies, _ = pass_in_parallel(server, [PASSWORD] * 12)
+    assert not [r for r in replies if "[AUTH]" in r], replies
+    assert any(r.startswith("+OK") for r in replies), replies
+    assert auth_in_parallel(server, 20, PASSWORD) == [235] * 20
+    # Now 16 parallel guesses from the same address, spread over the four workers, and the
+    # right password while they are being checked, then once more after them.
+    replies, late = pass_in_parallel(server, [f"guess {i}" for i in range(16)], late=PASSWORD)
+    assert all("[AUTH]" in r for r in replies), replies
+    assert "[AUTH]" in late
+    again, _ = pass_in_parallel(server, [PASSWORD])
+    assert "[AUTH]" in again[0]
+    # One count for every process and protocol: submission is locked too.
+    assert auth_in_parallel(server, 1, PASSWORD) == [454]
+    log = server.log_path.read_text()
+    checked = [line for line in log.splitlines() if "event=auth.failed " in line]
+    assert len(checked) == LIMIT, "\n".join(checked)
+    refused = [line for line in log.splitlines() if "event=auth.throttled " in line]
+    assert len(refused) == 16 - LIMIT + 3
+    roles = {line.split("role=", 1)[1].split()[0] for line in checked + refused}
+    assert len(roles - {"main"}) >= 2, roles  # the guesses did reach several workers

@@ -57,6 +57,7 @@ from mailhouse.service.inbound import InboundPolicy, InboundService
 from mailhouse.service.pop3 import Pop3Service
 from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
+from mailhouse.service.throttle_channel import ThrottleServer
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.supervisor import ChildSupervisor, configure_logging
@@ -150,7 +151,7 @@ class App:
         self.demo_password: str | None = None
         self.passwords = passwords or Passwords()
         # One throttle for every protocol that takes passwords, so guesses spread over
-        # submission, IMAP and POP3 add up.
+        # submission, IMAP and POP3 add up; POP3 workers reach it through `throttle_server`.
         self.login_throttle = LoginThrottle.from_config(config.submission)
         self.login_guard = LoginGuard(Accounts(self.store, self.passwords), self.login_throttle,
                                       config.submission.auth_failure_delay)
@@ -170,6 +171,7 @@ class App:
         self._pop3_bound: list[Listener] = []
         # Listening sockets bound as root before the drop, until a Listener serves them.
         self._bound: dict[str, list[socket.socket]] = {}
+        self.throttle_server: ThrottleServer | None = None
 
     def _wake_queue(self) -> None:
         if self.outbound is not None:
@@ -326,11 +328,14 @@ class App:
                    for listener in self._pop3_bound}
         fds = [fd for group in sockets.values() for fd in group]
         count = self.config.pop3.workers
+        # Each worker (each spawn) gets its own channel to this process's login throttle.
+        server = self.throttle_server = ThrottleServer(
+            self.login_throttle, max_pending=self.config.limits.max_connections)
         for index in range(1, count + 1):
             worker = ChildSupervisor(
                 self.config, "mailhouse.pop3_process", name="pop3", label=f"worker={index}",
                 payload={"index": index, "workers": count, "sockets": sockets, "pem": pem},
-                pass_fds=fds)
+                pass_fds=fds, channels=lambda: [server.open_channel()])
             await worker.start()
             self.pop3_workers.append(worker)
 
@@ -365,6 +370,8 @@ class App:
             for sock in sockets:
                 sock.close()
         self._bound.clear()
+        if self.throttle_server is not None:  # after the workers: they log in until they exit
+            await self.throttle_server.close()
         # Deliveries in flight finish or are cancelled; unfinished recipients stay queued.
         if self.outbound is not None:
             await self.outbound.stop(QUEUE_GRACE)

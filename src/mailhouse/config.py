@@ -391,6 +391,9 @@ class SubmissionConfig:
     auth_failure_window: float = field(default=900.0, metadata=checked(_seconds))
     # Each failed attempt is answered only after this many seconds (slows guessing).
     auth_failure_delay: float = field(default=1.0, metadata=checked(_seconds))
+    # A key has (limit - recent failures) password checks in flight at most; a login that finds
+    # no free slot waits this long for one (first come, first served), then is refused.
+    auth_queue_timeout: float = field(default=10.0, metadata=checked(_seconds))
     senders: dict[str, tuple[str, ...]] = field(default_factory=dict,
                                                  metadata=checked(_sender_grants))
 

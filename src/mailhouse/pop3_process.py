@@ -4,7 +4,7 @@ The main process binds the pop3/pop3s listening sockets (before dropping privile
 N children with `ChildSupervisor` (supervisor.py: the queue process's machinery), handing them
 the sockets with `pass_fds`: each child serves the same sockets, so the kernel spreads the
 accepts over them. Each child has its own uvloop loop, store instance, Pop3Service, LoginGuard,
-TLS context and connection caps:
+TLS context and connection caps, but not its own login throttle:
 
 - **TLS**: the certificate and key arrive through the pipe as PEM bytes (the parent read them
   before dropping privileges: a root-only key file still works) and are loaded from a memfd.
@@ -13,9 +13,12 @@ TLS context and connection caps:
   `pop3_max_connections_per_ip`, else `max_connections_per_ip`, per address or IPv6 /64), at
   least 1: all POP3 sessions together stay within the caps, though one busy child may refuse
   while another has room.
-- **Login throttle**: per process. Failed-login counts are not shared between the children nor
-  with submission in the main process, so a guesser spread over N connections gets up to N
-  times the per-process allowance (the constant failure delay still applies to every guess).
+- **Login throttle**: one for the server, in the main process. Each child's LoginGuard asks it
+  through a private channel (service/throttle_channel.py: a socketpair end made for this spawn,
+  its fd under "channels" in the payload), one round trip per login, so failures and checks in
+  flight are counted once across the children, submission and all. When the channel breaks the
+  child refuses logins (fails closed) and stops, so the supervisor restarts it with a new one;
+  when a child dies, the main process releases its checks in flight.
 - **The maildrop lock** holds across processes: service/pop3.py flocks
   `data_dir/locks/pop3/<account id>` for the session.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -39,7 +43,8 @@ from mailhouse.config import Config
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
 from mailhouse.net.tls import ensure_self_signed, server_context
 from mailhouse.service.accounts import Accounts, Passwords
-from mailhouse.service.throttle import LoginGuard, LoginThrottle
+from mailhouse.service.throttle import LoginGuard
+from mailhouse.service.throttle_channel import REPLY_MARGIN, RemoteThrottle
 from mailhouse.store import open_store
 from mailhouse.supervisor import serve_until_stopped
 
@@ -69,6 +74,22 @@ def tls_context(config: Config, pem: tuple[bytes, bytes] | None) -> ssl.SSLConte
             os.close(fd)
 
 
+def remote_throttle(config: Config, payload: dict[str, Any]) -> RemoteThrottle:
+    """The main process's login throttle, through this spawn's channel."""
+    (channel,) = payload["channels"]
+    parent = int(payload["parent"])
+
+    def lost() -> None:
+        # Logins are refused from now on; restart (SIGTERM: finish the sessions, exit, get a
+        # new channel from the supervisor). A parent that is gone stops us through the pipe.
+        if os.getppid() == parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return RemoteThrottle(socket.socket(fileno=channel),
+                          timeout=config.submission.auth_queue_timeout + REPLY_MARGIN,
+                          on_lost=lost)
+
+
 async def _run_child(config: Config, payload: dict[str, Any], control: int) -> None:
     workers = int(payload["workers"])
     tls = tls_context(config, payload.get("pem"))
@@ -78,11 +99,13 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
     await store.open()
     limits = worker_limits(config, workers)
     tracker = ConnectionTracker(limits.max_connections)
-    guard = LoginGuard(Accounts(store, Passwords()), LoginThrottle.from_config(config.submission),
+    throttle = remote_throttle(config, payload)
+    guard = LoginGuard(Accounts(store, Passwords()), throttle,
                        config.submission.auth_failure_delay)
     listeners: list[Listener] = []
     orphaned = False
     try:
+        await throttle.start()
         listeners = pop3_listeners(config, store, guard, tracker.pool("pop3", limits), tls,
                                    sockets)
         tracker.start()
@@ -95,6 +118,7 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
         for listener in listeners:
             await listener.stop_accepting()
         await tracker.shutdown(0.0 if orphaned else SHUTDOWN_GRACE)
+        await throttle.close()
         await store.close()
 
 

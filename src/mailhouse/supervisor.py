@@ -11,7 +11,9 @@ standard input is a pipe from the parent that carries, in order:
   2. optional one-byte wake-ups (`wake()`), coalesced: at most one write per loop iteration,
      none while the pipe is full;
   3. end of file when the parent is gone: the child stops.
-Listening sockets are handed over with `pass_fds` (same fd numbers in the child).
+Listening sockets are handed over with `pass_fds` (same fd numbers in the child). `channels`, when
+given, makes descriptors for one spawn only (e.g. a socketpair end): passed to that child, listed
+in the payload under "channels", and closed in the parent once it is spawned.
 On Linux the child also asks for SIGKILL when its parent dies (PR_SET_PDEATHSIG), which ends it
 even while its loop is busy.
 
@@ -71,7 +73,8 @@ class ChildSupervisor:
 
     def __init__(self, config: Config, module: str, *, name: str, label: str = "",
                  payload: dict[str, Any] | None = None, pass_fds: Sequence[int] = (),
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable,
+                 channels: Callable[[], Sequence[int]] | None = None) -> None:
         self._config = config
         self._module = module
         self._name = name
@@ -79,6 +82,7 @@ class ChildSupervisor:
         self._payload = dict(payload or {})
         self._pass_fds = tuple(pass_fds)
         self._python = python
+        self._channels = channels
         self._process: asyncio.subprocess.Process | None = None
         self._wake_fd: int | None = None
         self._wake_pending = False
@@ -146,9 +150,11 @@ class ChildSupervisor:
         if problem is not None:
             raise interpreter_error(_current_user(), problem)
         read_fd, write_fd = os.pipe()  # both close-on-exec; the read end becomes fd 0
+        extra: tuple[int, ...] = ()
         try:
+            extra = tuple(self._channels()) if self._channels is not None else ()
             payload = pickle.dumps({**self._payload, "config": self._config,
-                                    "parent": os.getpid()})
+                                    "parent": os.getpid(), "channels": list(extra)})
             env = dict(os.environ)
             # The child runs the parent's copy of mailhouse, wherever it was imported from.
             package_root = str(Path(__file__).resolve().parents[1])
@@ -156,11 +162,15 @@ class ChildSupervisor:
                 p for p in (package_root, env.get("PYTHONPATH", "")) if p)
             process = await asyncio.create_subprocess_exec(
                 self._python, "-m", self._module,
-                stdin=read_fd, stdout=None, stderr=None, env=env, pass_fds=self._pass_fds)
+                stdin=read_fd, stdout=None, stderr=None, env=env,
+                pass_fds=(*self._pass_fds, *extra))
         except BaseException:
             os.close(read_fd)
             os.close(write_fd)
             raise
+        finally:
+            for fd in extra:
+                os.close(fd)
         os.close(read_fd)
         # The payload first, blocking (the child reads it at once), then wake-ups, non-blocking.
         try:
