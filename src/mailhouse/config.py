@@ -333,6 +333,9 @@ class LimitsConfig:
     data_timeout: float = field(default=180.0, metadata=checked(_seconds))
     session_lifetime: float = field(default=3600.0, metadata=checked(_seconds))
     max_errors: int = field(default=20, metadata=checked(_integer(1)))
+    # NOOP, RSET, EHLO… (SMTP) and CAPA, NOOP, STAT… (POP3) before each further one counts
+    # toward max_errors too (Postfix's smtpd_junk_command_limit); forgiven after real work.
+    junk_command_limit: int = field(default=100, metadata=checked(_integer(0)))
 
 
 @dataclass(frozen=True, slots=True)
