@@ -29,6 +29,7 @@ from mailhouse.proto.smtp import events as ev
 from mailhouse.proto.smtp.data import BodyScanner, DotReader
 from mailhouse.proto.smtp.grammar import (
     ParseError,
+    is_number,
     parse_auth,
     parse_bdat,
     parse_path,
@@ -434,7 +435,7 @@ class SmtpServer:
         body_8bit = False
         for key, value in params.items():
             if key == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 18:
+                if value is None or not is_number(value) or len(value) > 18:
                     self._error(Reply(501, "5.5.4", "Bad SIZE parameter"))
                     return
                 size = int(value)
