@@ -86,8 +86,6 @@ class Address:
         if at <= 0:
             raise AddressError("address needs local@domain")
         local, domain = text[:at], text[at + 1 :]
-        if domain.startswith("[") and not _ADDRESS_LITERAL.match(domain):
-            raise AddressError("invalid address literal")
         if len(local.encode("utf-8")) > MAX_LOCAL_PART:
             raise AddressError("local part longer than 64 octets")
         if local.startswith('"'):
@@ -98,7 +96,10 @@ class Address:
             pattern = _DOT_STRING_UTF8 if utf8 else _DOT_STRING_ASCII
             if not pattern.match(local):
                 raise AddressError("invalid local part")
-        return cls(unicodedata.normalize("NFC", local), normalize_domain(domain))
+        domain = normalize_domain(domain)
+        if domain.startswith("[") and not _ADDRESS_LITERAL.match(domain):
+            raise AddressError("invalid address literal")
+        return cls(unicodedata.normalize("NFC", local), domain)
 
     def __str__(self) -> str:
         return f"{self.local}@{self.domain}"

@@ -131,6 +131,7 @@ def run_smtp(config: SmtpServerConfig, pieces: Iterator[bytes] | Sequence[bytes]
     core = SmtpServer(config, tls_active=tls_active)
     t = SmtpTranscript()
     spool: list[bytes] | None = None
+    aborted = False
     out = [core.data_to_send()]
     for piece in pieces:
         core.receive_data(piece)
@@ -142,10 +143,17 @@ def run_smtp(config: SmtpServerConfig, pieces: Iterator[bytes] | Sequence[bytes]
                 assert spool is not None, "content outside a message"
                 spool.append(event.data)
                 continue
-            t.events.append(event)
+            if isinstance(event, ev.DataAborted):
+                # Why a message is refused may depend on what had arrived when (too big before
+                # the bare LF came in): the reply says it, the event only has to happen once.
+                assert not aborted, "two DataAborted for one message"
+                aborted = True
+                t.events.append("DataAborted")
+            else:
+                t.events.append(event)
             if isinstance(event, ev.DataStart):
                 assert spool is None, "DataStart inside a message"
-                spool = []
+                spool, aborted = [], False
             elif isinstance(event, ev.DataAborted | ev.TransactionReset):
                 spool = None
             elif isinstance(event, ev.DataComplete):

@@ -42,6 +42,13 @@ class BodyScanner:
             elif head[:9].lower() == b"received:":
                 self.received += 1
 
+    def end(self) -> None:
+        """The content is complete: a CR still waiting for its LF is a bare CR (BDAT content
+        may end anywhere; DATA content always ends with the CRLF before the dot)."""
+        if self._pending_cr:
+            self._pending_cr = False
+            self.bare_newline = True
+
     def feed(self, data: bytes) -> None:
         if not data:
             return

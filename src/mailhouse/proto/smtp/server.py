@@ -328,7 +328,7 @@ class SmtpServer:
     def _bare_newline(self) -> bool:
         # As Postfix's smtpd_forbid_bare_newline = yes: refuse and hang up, so a message can
         # never be cut where another server would not cut it (SMTP smuggling).
-        if self._scanner is not None:
+        if self._scanner is not None and self._aborted is None:  # one notice per message
             self._emit(ev.DataAborted(BARE_NEWLINE))
         self._reply(BARE_NEWLINE)
         self._close()
@@ -514,6 +514,10 @@ class SmtpServer:
     def _finish_content(self) -> None:
         scanner = self._scanner
         assert scanner is not None
+        scanner.end()
+        if scanner.bare_newline:  # BDAT LAST content ending in a bare CR
+            self._bare_newline()
+            return
         refusal = self._aborted
         if refusal is None and scanner.long_line:
             refusal = LONG_TEXT_LINE
