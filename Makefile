@@ -3,10 +3,16 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 # Benchmark options, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
+# `make fuzz FUZZ_TARGET=smtp_server FUZZ_TIME=600`: one fuzz target (or `all`, each in turn)
+# for FUZZ_TIME seconds; FUZZ_ARGS passes more libFuzzer options. docs/fuzzing.md.
+FUZZ_TARGET ?= all
+FUZZ_TIME ?= 600
+FUZZ_ARGS ?=
 # `make serve CONFIG=path/to/mailhouse.toml` (default: the server's try-it-now defaults).
 CONFIG ?=
 
-.PHONY: install install-runtime install-deps test lint typecheck imports pytest serve bench
+.PHONY: install install-runtime install-deps test lint typecheck imports pytest serve bench \
+	install-fuzz fuzz
 export PIP_ROOT_USER_ACTION := ignore
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -29,7 +35,7 @@ lint:
 
 typecheck:
 	$(PYTHON) -m mypy
-	$(PYTHON) -m mypy --explicit-package-bases tests/helpers tests/interop bench
+	$(PYTHON) -m mypy --explicit-package-bases tests/helpers tests/interop bench fuzz
 
 imports:
 	lint-imports
@@ -44,3 +50,9 @@ serve: install-runtime
 
 bench:
 	$(PYTHON) -m bench.smtp_ingest $(BENCH_ARGS)
+
+install-fuzz:
+	$(PYTHON) -m pip install -q -e '.[fuzz]'
+
+fuzz: install-fuzz
+	$(PYTHON) -m fuzz $(FUZZ_TARGET) -max_total_time=$(FUZZ_TIME) $(FUZZ_ARGS)

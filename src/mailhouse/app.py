@@ -121,7 +121,8 @@ def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
     service = Pop3Service(store, guard, pop3_lock_dir(config))
     core = Pop3ServerConfig(hostname=config.hostname,
                             allow_plaintext_auth=config.pop3.allow_plaintext_auth,
-                            max_errors=config.limits.max_errors)
+                            max_errors=config.limits.max_errors,
+                            junk_command_limit=config.limits.junk_command_limit)
     out: list[Listener] = []
     for name, endpoints, implicit_tls in (("pop3", plain, False), ("pop3s", implicit, True)):
         if endpoints:
@@ -227,6 +228,7 @@ class App:
             max_text_line=limits.max_text_line,
             max_errors=limits.max_errors,
             max_received_headers=config.smtp.max_received_headers,
+            junk_command_limit=limits.junk_command_limit,
         )
         inbound = InboundService(self.store, self.directory,
                                  InboundPolicy(config.hostname, config.smtp.plus_separator))

@@ -355,6 +355,9 @@ class LimitsConfig:
     pop3_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
     pop3_max_connections_per_ip: int | None = field(default=None,
                                                     metadata=checked(_integer(1)))
+    # NOOP, RSET, EHLO… (SMTP) and CAPA, NOOP, STAT… (POP3) before each further one counts
+    # toward max_errors too (Postfix's smtpd_junk_command_limit); forgiven after real work.
+    junk_command_limit: int = field(default=100, metadata=checked(_integer(0)))
 
 
 @dataclass(frozen=True, slots=True)

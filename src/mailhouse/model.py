@@ -21,6 +21,14 @@ _DOT_STRING_ASCII = re.compile(rf"[{_ATEXT}]+(\.[{_ATEXT}]+)*\Z")
 # RFC 6531 §3.3: with SMTPUTF8 any UTF-8 non-ASCII character is atext too.
 _DOT_STRING_UTF8 = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
 _LDH_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# RFC 5321 §4.1.3 address literals, by syntax (whether an IPv4 literal's numbers are in range is
+# the resolver's question): IPv4, "IPv6:…", or a General-address-literal (tag ":" dcontent).
+_ADDRESS_LITERAL = re.compile(
+    r"\[(\d{1,3}(\.\d{1,3}){3}|[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+)\]\Z")
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: never part of an
+# address (RFC 6531's UTF-8 atext is meant for letters), and each can break a log line or a
+# header apart.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class AddressError(ValueError):
@@ -70,7 +78,7 @@ class Address:
         session without SMTPUTF8 must (RFC 6531 §3.4)."""
         if not utf8 and not text.isascii():
             raise AddressError("non-ASCII address without SMTPUTF8")
-        if any(c in text for c in "\r\n\0"):
+        if _CONTROL.search(text):
             raise AddressError("control character in address")
         if len(text.encode("utf-8")) > MAX_PATH:
             raise AddressError("path longer than 256 octets")
@@ -88,7 +96,10 @@ class Address:
             pattern = _DOT_STRING_UTF8 if utf8 else _DOT_STRING_ASCII
             if not pattern.match(local):
                 raise AddressError("invalid local part")
-        return cls(unicodedata.normalize("NFC", local), normalize_domain(domain))
+        domain = normalize_domain(domain)
+        if domain.startswith("[") and not _ADDRESS_LITERAL.match(domain):
+            raise AddressError("invalid address literal")
+        return cls(unicodedata.normalize("NFC", local), domain)
 
     def __str__(self) -> str:
         return f"{self.local}@{self.domain}"

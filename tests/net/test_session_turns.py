@@ -64,7 +64,9 @@ class NoService:
 
 def protocol() -> tuple[SmtpProtocol, FakeTransport]:
     pool = ConnectionTracker(10).pool("smtp", ConnectionLimits(10, 10))
-    endpoint = SmtpEndpoint(SmtpServerConfig(hostname="mx.example.test"), NoService(),  # type: ignore[arg-type]
+    # No junk-command limit here: these tests count how NOOPs are served, not when they stop.
+    core = SmtpServerConfig(hostname="mx.example.test", junk_command_limit=10**9)
+    endpoint = SmtpEndpoint(core, NoService(),  # type: ignore[arg-type]
                             pool, None, SmtpTimeouts(), deadlines=Deadlines())
     proto = endpoint.factory()
     transport = FakeTransport()

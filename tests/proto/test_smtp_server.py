@@ -121,7 +121,7 @@ def test_overlong_command_line_and_huge_line() -> None:
     out = d.feed(b"x" * 1_000_000)
     assert out.startswith(b"421 ")
     assert d.closed
-    assert len(d.core._buf) == 0
+    assert d.core.buffered == 0
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 
 from mailhouse.proto import sasl
+from mailhouse.proto.input_buffer import InputBuffer
 from mailhouse.proto.pop3 import events as ev
 from mailhouse.proto.pop3.events import LoginResult, MaildropEntry
 from mailhouse.proto.pop3.stuffing import MessageStuffer
@@ -70,6 +71,9 @@ class Pop3ServerConfig:
     max_line: int = 255  # RFC 2449 §4: a command line, CRLF included
     max_auth_line: int = 12288  # RFC 5034 §4: SASL responses are as long as the mechanism needs
     max_errors: int = 20  # client mistakes before "-ERR too many errors" and close
+    # Commands that fetch and delete nothing (see JUNK) before each further one counts as an
+    # error too; forgiven whenever a message is retrieved or deleted.
+    junk_command_limit: int = 100
 
     def __post_init__(self) -> None:
         # Both go on the wire verbatim: no CR, LF or other control characters.
@@ -77,6 +81,8 @@ class Pop3ServerConfig:
             raise ValueError("hostname and implementation must be short printable text")
         if not 16 <= self.max_line <= self.max_auth_line or self.max_errors < 1:
             raise ValueError("need 16 <= max_line <= max_auth_line and max_errors >= 1")
+        if self.junk_command_limit < 0:
+            raise ValueError("need junk_command_limit >= 0")
 
 
 class State(Enum):
@@ -130,6 +136,13 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 _PARSING = frozenset({State.AUTHORIZATION, State.SASL, State.TRANSACTION})
 
+# Commands a client can repeat forever without fetching or deleting anything: counted against
+# `junk_command_limit`, as SMTP counts NOOP and RSET (Postfix's smtpd_junk_command_limit). LIST,
+# UIDL and AUTH count only without an argument (the whole listing, mechanism discovery): clients
+# ask `LIST n`, `UIDL n` or `TOP n 0` once per message, and a maildrop may hold thousands.
+JUNK = frozenset({"CAPA", "NOOP", "RSET", "STAT"})
+_JUNK_WITHOUT_ARGS = frozenset({"LIST", "UIDL", "AUTH"})
+
 # Responses. One text for every failed login, whatever failed (security checklist 11); [AUTH]
 # (RFC 3206 §5) only where credentials were judged: some clients forget the saved password on it.
 AUTH_FAILED = "-ERR [AUTH] Authentication failed"
@@ -169,8 +182,9 @@ class Pop3Server:
         self.config = config
         self.tls_active = tls_active
         self.errors = 0
+        self.junk_commands = 0  # JUNK commands since the session began or a message was fetched
         self._state = State.AUTHORIZATION
-        self._buf = bytearray()
+        self._in = InputBuffer()  # received, not yet parsed: an offset, never a copy per line
         self._out: list[bytes] = []
         self._events: deque[ev.Event] = deque()
         self._discarding = 0  # octets of an overlong line thrown away so far
@@ -192,12 +206,12 @@ class Pop3Server:
     @property
     def buffered(self) -> int:
         """Octets received and not yet parsed (the transport pauses reading when this grows)."""
-        return len(self._buf)
+        return len(self._in)
 
     def receive_data(self, data: bytes) -> None:
         # In TLS the bytes belong to the handshake, never to us; once closed, to nobody.
         if self._state is not State.CLOSED and self._state is not State.TLS:
-            self._buf += data
+            self._in.feed(data)
 
     def data_to_send(self) -> bytes:
         out, self._out = b"".join(self._out), []
@@ -249,6 +263,7 @@ class Pop3Server:
             return
         self._out.append(self._begin_answer().finish())
         self._end_retrieve()
+        self.junk_commands = 0  # a message went out: the client is doing real work
 
     def message_failed(self) -> None:
         """The store could not read the message. Before any data: "-ERR [SYS/TEMP]" and the
@@ -278,7 +293,7 @@ class Pop3Server:
             raise RuntimeError("tls_established() without STLS")
         self.tls_active = True
         self._user, self._sasl = None, None
-        self._buf.clear()
+        self._in.clear()
         self._enter(State.AUTHORIZATION)
 
     def timeout(self) -> None:
@@ -326,7 +341,7 @@ class Pop3Server:
 
     def _close(self) -> None:
         self._state = State.CLOSED
-        self._buf.clear()
+        self._in.clear()
         self._user = self._sasl = self._stuffer = self._retrieve = None
 
     def _count_error(self) -> None:
@@ -342,16 +357,15 @@ class Pop3Server:
 
     def _step(self) -> bool:
         """Make progress on the buffer; False when more bytes are needed."""
-        buf = self._buf
-        nl = buf.find(b"\n")
+        nl = self._in.find_lf()
         limit = self._limit()
         if self._discarding or nl < 0:
             return self._step_overlong(nl, limit)
-        line = bytes(buf[:nl])
-        del buf[: nl + 1]
         if nl + 1 > limit:
+            self._in.skip(nl + 1)
             self._line_too_long()
             return True
+        line = self._in.take(nl + 1)[:-1]
         if line.endswith(b"\r"):
             line = line[:-1]
         if self._state is State.SASL:
@@ -362,19 +376,19 @@ class Pop3Server:
 
     def _limit(self) -> int:
         if self._state is State.SASL or (self._state is State.AUTHORIZATION
-                                         and bytes(self._buf[:5]).upper() == b"AUTH "):
+                                         and self._in.peek(5).upper() == b"AUTH "):
             return self.config.max_auth_line
         return self.config.max_line
 
     def _step_overlong(self, nl: int, limit: int) -> bool:
         if nl >= 0:  # the end of a line we have been throwing away
-            del self._buf[: nl + 1]
+            self._in.skip(nl + 1)
             self._discarding = 0
             self._line_too_long()
             return True
-        if len(self._buf) > limit:
-            self._discarding += len(self._buf)
-            self._buf.clear()
+        if len(self._in) > limit:
+            self._discarding += len(self._in)
+            self._in.clear()
             if self._discarding > DISCARD_LIMIT:
                 self._line(LINE_TOO_LONG + ", closing connection")
                 self._close()
@@ -408,6 +422,17 @@ class Pop3Server:
             self._error(f"-ERR {verb} not valid {after} login")
         else:
             _HANDLERS[verb](self, rest)
+            if verb in JUNK or (verb in _JUNK_WITHOUT_ARGS and not self._args(rest)):
+                self._count_junk()
+
+    def _count_junk(self) -> None:
+        """Past `junk_command_limit`, each junk command is also an error: a client looping on
+        NOOP or CAPA is closed at `max_errors`. Real sessions (fetchmail, getmail, Thunderbird:
+        CAPA, STLS, CAPA, login, STAT, UIDL, LIST, then per-message commands) send a handful."""
+        self.junk_commands += 1
+        if (self.junk_commands > self.config.junk_command_limit
+                and self._state is not State.CLOSED):
+            self._count_error()
 
     @staticmethod
     def _args(rest: str) -> list[str]:
@@ -540,7 +565,7 @@ class Pop3Server:
         self._line("+OK Begin TLS negotiation")
         # RFC 2595 §4 and CVE-2011-0411 (security checklist 4): anything pipelined after STLS
         # was sent in cleartext and is discarded, never run inside TLS.
-        self._buf.clear()
+        self._in.clear()
         self._user = None
         self._enter(State.TLS)
         self._events.append(ev.StartTls())
@@ -643,6 +668,7 @@ class Pop3Server:
             self._deleted.add(index)
             self._live_size -= self._maildrop[index].size
             self._line(f"+OK Message {index + 1} deleted")
+            self.junk_commands = 0
 
     def _cmd_noop(self, rest: str) -> None:
         if self._no_args(rest, "NOOP"):

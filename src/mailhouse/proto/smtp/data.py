@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailhouse.proto.input_buffer import InputBuffer
+
 _HEAD = 16  # how much of a line's start we keep to recognise header names
 
 
@@ -39,6 +41,13 @@ class BodyScanner:
                 self.in_headers = False
             elif head[:9].lower() == b"received:":
                 self.received += 1
+
+    def end(self) -> None:
+        """The content is complete: a CR still waiting for its LF is a bare CR (BDAT content
+        may end anywhere; DATA content always ends with the CRLF before the dot)."""
+        if self._pending_cr:
+            self._pending_cr = False
+            self.bare_newline = True
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -92,7 +101,11 @@ class DataChunkResult:
 
 class DotReader:
     """Turns the DATA byte stream into message content: finds the terminator and removes the
-    transparency dots (RFC 5321 §4.5.2). Bounded: a line with no LF is passed on in pieces."""
+    transparency dots (RFC 5321 §4.5.2). Bounded: a line with no LF is passed on in pieces.
+
+    Linear in the bytes it is given: the terminator search stops at the first terminator, and
+    `read()` looks at an input buffer in place, so a message followed by megabytes of pipelined
+    commands (or by more messages) costs only its own length, not the buffer's."""
 
     __slots__ = ("_at_line_start", "_max_pending")
 
@@ -100,26 +113,38 @@ class DotReader:
         self._at_line_start = True
         self._max_pending = max_pending
 
-    def take(self, buf: bytes) -> DataChunkResult:
-        last_lf = buf.rfind(b"\n")
-        if last_lf < 0:
-            if len(buf) < self._max_pending:
-                return DataChunkResult(b"", 0, False)
-            # A very long line: pass it on (keeping a trailing CR that may start a CRLF).
-            cut = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
-            seg, full_lines = buf[:cut], False
-        else:
-            seg, full_lines = buf[: last_lf + 1], True
+    def read(self, source: InputBuffer) -> DataChunkResult:
+        """Take what can be decided from `source` (consumed octets are removed from it)."""
+        if len(source) < self._max_pending and not source.has_lf():
+            return DataChunkResult(b"", 0, False)  # without searching the same octets again
+        data, start = source.window()
+        result = self.take(data, start)
+        source.skip(result.consumed)
+        return result
+
+    def take(self, buf: bytes | bytearray, start: int = 0) -> DataChunkResult:
+        """The same on `buf[start:]`; `consumed` counts from `start`."""
         at_start = self._at_line_start
-        if at_start and seg.startswith(b".\r\n"):
+        if at_start and buf.startswith(b".\r\n", start):
             return DataChunkResult(b"", 3, True)
-        end = seg.find(b"\r\n.\r\n")
+        # A terminator ends with LF, so it lies before the last LF: searching for it first finds
+        # exactly what searching the complete lines would, without scanning past it.
+        end = buf.find(b"\r\n.\r\n", start)
         if end >= 0:
-            content, consumed, finished = seg[: end + 2], end + 5, True
+            stop, consumed_to, finished, full_lines = end + 2, end + 5, True, True
         else:
-            content, consumed, finished = seg, len(seg), False
-        if at_start and content.startswith(b"."):
-            content = content[1:]
+            finished = False
+            last_lf = buf.rfind(b"\n", start)
+            if last_lf >= 0:
+                stop, full_lines = last_lf + 1, True
+            elif len(buf) - start < self._max_pending:
+                return DataChunkResult(b"", 0, False)
+            else:
+                # A very long line: pass it on (keeping a trailing CR that may start a CRLF).
+                stop, full_lines = len(buf) - 1 if buf.endswith(b"\r") else len(buf), False
+            consumed_to = stop
+        with memoryview(buf) as view:
+            content = bytes(view[start + (at_start and buf.startswith(b".", start)) : stop])
         content = content.replace(b"\r\n.", b"\r\n")
-        self._at_line_start = full_lines or finished
-        return DataChunkResult(content, consumed, finished)
+        self._at_line_start = full_lines
+        return DataChunkResult(content, consumed_to - start, finished)

@@ -135,10 +135,16 @@ def parse_auth(args: str) -> tuple[str, bytes | None]:
     return parts[0].upper(), None
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only (RFC 5321 and 3030 numbers): str.isdigit() alone also accepts "²" and
+    other Unicode digits, which int() then refuses with an exception."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_bdat(args: str) -> tuple[int, bool]:
     """`BDAT chunk-size [LAST]` (RFC 3030 §2)."""
     parts = args.split()
-    if not parts or len(parts) > 2 or not parts[0].isdigit() or len(parts[0]) > 18:
+    if not parts or len(parts) > 2 or not is_number(parts[0]) or len(parts[0]) > 18:
         raise ParseError(Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"))
     if len(parts) == 2 and parts[1].upper() != "LAST":
         raise ParseError(Reply(501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"))

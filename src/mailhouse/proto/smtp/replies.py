@@ -176,4 +176,5 @@ class Capabilities:
         if value is None:
             return None
         value = value.split(" ")[0]
-        return int(value) if value.isdigit() and len(value) <= 18 else 0
+        # isascii(): "²" is a str digit that int() refuses (a remote server chooses this text).
+        return int(value) if value.isascii() and value.isdigit() and len(value) <= 18 else 0

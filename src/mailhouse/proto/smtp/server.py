@@ -24,10 +24,12 @@ from enum import Enum, auto
 
 from mailhouse.errors import Reply
 from mailhouse.proto import sasl
+from mailhouse.proto.input_buffer import InputBuffer
 from mailhouse.proto.smtp import events as ev
 from mailhouse.proto.smtp.data import BodyScanner, DotReader
 from mailhouse.proto.smtp.grammar import (
     ParseError,
+    is_number,
     parse_auth,
     parse_bdat,
     parse_path,
@@ -52,6 +54,9 @@ class SmtpServerConfig:
     # Submission (RFC 6409 §4.3, RFC 4954 §6): MAIL before a successful AUTH gets 530 5.7.0.
     require_auth: bool = False
     max_auth_line: int = 12288  # RFC 4954 §4: a SASL response line may be this long
+    # Commands that move no mail (see JUNK) a client may send before each further one counts as
+    # an error, as Postfix's smtpd_junk_command_limit; forgiven when a message is delivered.
+    junk_command_limit: int = 100
 
 
 class State(Enum):
@@ -89,6 +94,11 @@ ALLOWED: dict[str, frozenset[State]] = {
     # RFC 4954 §4: after EHLO, never during a mail transaction.
     "AUTH": frozenset({State.READY}),
 }
+
+# Commands that can be repeated forever without moving any mail, as Postfix flags them
+# (SMTPD_CMD_FLAG_LIMIT: HELO, EHLO, RSET, NOOP, VRFY, ETRN); HELP is ours. EXPN is always
+# refused, so it already counts as an error every time.
+JUNK = frozenset({"HELO", "EHLO", "RSET", "NOOP", "VRFY", "HELP"})
 
 OK = Reply(250, "2.0.0", "Ok")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
@@ -131,8 +141,9 @@ class SmtpServer:
         self.authenticated = False
         self.recipients = 0
         self.errors = 0
+        self.junk_commands = 0  # JUNK commands since the session began or a message was accepted
         self._sasl: sasl.Mechanism | None = None
-        self._buf = b""
+        self._in = InputBuffer()  # received, not yet parsed: an offset, never a copy per line
         self._out: list[bytes] = []
         self._events: deque[ev.Event] = deque()
         self._pending: ev.Event | None = None
@@ -149,7 +160,7 @@ class SmtpServer:
     # --- transport-facing API ----------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
         if self.state is not State.CLOSED and self.state is not State.TLS:
-            self._buf += data
+            self._in.feed(data)
 
     def data_to_send(self) -> bytes:
         out, self._out = b"".join(self._out), []
@@ -185,6 +196,10 @@ class SmtpServer:
         else:  # DataComplete: the transaction is over whatever the answer
             self._reset_transaction(notify=False)
             self.state = State.READY
+            if accepted:
+                # As Postfix: a client that delivers is doing real work, so the RSETs and NOOPs
+                # of a long multi-message session never add up to a disconnection.
+                self.junk_commands = 0
         self._reply(reply)
         if reply.code == 421:
             self._close()
@@ -196,7 +211,7 @@ class SmtpServer:
         self.tls_active = True
         self.helo_name, self.esmtp = None, False
         self.authenticated, self._sasl = False, None  # never set before TLS; forget anyway
-        self._buf = b""
+        self._in.clear()
         self.state = State.INIT
 
     def timeout(self) -> None:
@@ -217,7 +232,7 @@ class SmtpServer:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet parsed (the transport pauses reading when this grows)."""
-        return len(self._buf)
+        return len(self._in)
 
     @property
     def in_data(self) -> bool:
@@ -234,7 +249,7 @@ class SmtpServer:
 
     def _close(self) -> None:
         self.state = State.CLOSED
-        self._buf = b""
+        self._in.clear()
 
     def _emit(self, event: ev.Event) -> None:
         self._events.append(event)
@@ -272,13 +287,14 @@ class SmtpServer:
             return self._step_chunk()
         in_auth = self.state is State.AUTH
         limit = self.config.max_auth_line if in_auth else self.config.max_command_line
-        nl = self._buf.find(b"\n")
+        nl = self._in.find_lf()
         if self._discarding or nl < 0:
             return self._step_overlong(nl, limit)
-        line, self._buf = self._buf[: nl + 1], self._buf[nl + 1 :]
-        if len(line) > limit:
+        if nl + 1 > limit:
+            self._in.skip(nl + 1)
             self._line_too_long()
             return True
+        line = self._in.take(nl + 1)
         if not line.endswith(b"\r\n"):
             return self._bare_newline()
         if in_auth:
@@ -296,13 +312,13 @@ class SmtpServer:
 
     def _step_overlong(self, nl: int, limit: int) -> bool:
         if nl >= 0:  # the end of a line we have been throwing away
-            self._buf = self._buf[nl + 1 :]
+            self._in.skip(nl + 1)
             self._discarding = 0
             self._line_too_long()
             return True
-        if len(self._buf) > limit:
-            self._discarding += len(self._buf)
-            self._buf = b""
+        if len(self._in) > limit:
+            self._discarding += len(self._in)
+            self._in.clear()
             if self._discarding > _DISCARD_LIMIT:
                 self._reply(Reply(421, "4.7.0", "Line too long, closing connection"))
                 self._close()
@@ -312,7 +328,7 @@ class SmtpServer:
     def _bare_newline(self) -> bool:
         # As Postfix's smtpd_forbid_bare_newline = yes: refuse and hang up, so a message can
         # never be cut where another server would not cut it (SMTP smuggling).
-        if self._scanner is not None:
+        if self._scanner is not None and self._aborted is None:  # one notice per message
             self._emit(ev.DataAborted(BARE_NEWLINE))
         self._reply(BARE_NEWLINE)
         self._close()
@@ -335,6 +351,15 @@ class SmtpServer:
             return
         handler = _HANDLERS[verb]
         handler(self, args)
+        if verb in JUNK:
+            self._count_junk()
+
+    def _count_junk(self) -> None:
+        """Past `junk_command_limit`, every junk command is also an error, so a client looping
+        on NOOP (or RSET, EHLO…) is closed at `max_errors` like one sending garbage."""
+        self.junk_commands += 1
+        if self.junk_commands > self.config.junk_command_limit and self.state is not State.CLOSED:
+            self._count_error()
 
     def _out_of_sequence(self, verb: str) -> None:
         if self.state is State.INIT and verb in ("MAIL", "RCPT", "DATA"):
@@ -410,7 +435,7 @@ class SmtpServer:
         body_8bit = False
         for key, value in params.items():
             if key == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 18:
+                if value is None or not is_number(value) or len(value) > 18:
                     self._error(Reply(501, "5.5.4", "Bad SIZE parameter"))
                     return
                 size = int(value)
@@ -463,10 +488,9 @@ class SmtpServer:
 
     def _step_data(self) -> bool:
         assert self._dot is not None and self._scanner is not None
-        result = self._dot.take(self._buf)
+        result = self._dot.read(self._in)
         if not result.consumed:
             return False
-        self._buf = self._buf[result.consumed :]
         if not self._content(result.content):
             return True
         if result.finished:
@@ -490,6 +514,10 @@ class SmtpServer:
     def _finish_content(self) -> None:
         scanner = self._scanner
         assert scanner is not None
+        scanner.end()
+        if scanner.bare_newline:  # BDAT LAST content ending in a bare CR
+            self._bare_newline()
+            return
         refusal = self._aborted
         if refusal is None and scanner.long_line:
             refusal = LONG_TEXT_LINE
@@ -524,13 +552,17 @@ class SmtpServer:
 
     def _step_chunk(self) -> bool:
         if self._chunk_left:
-            if not self._buf:
+            if not self._in:
                 return False
-            piece = self._buf[: self._chunk_left]
-            self._buf = self._buf[len(piece) :]
-            self._chunk_left -= len(piece)
-            if self._chunk_error is None and not self._content(piece):
-                return True
+            if self._chunk_error is None:
+                piece = self._in.take(self._chunk_left)
+                self._chunk_left -= len(piece)
+                if not self._content(piece):
+                    return True
+            else:  # octets to consume and refuse: not even copied
+                size = min(self._chunk_left, len(self._in))
+                self._in.skip(size)
+                self._chunk_left -= size
             if self._chunk_left:
                 return True
         error = self._chunk_error or self._aborted
@@ -644,7 +676,7 @@ class SmtpServer:
             return
         self._reply(Reply(220, "2.0.0", "Ready to start TLS"))
         # RFC 3207 §4.2 and CVE-2011-0411: whatever was pipelined after STARTTLS is discarded.
-        self._buf = b""
+        self._in.clear()
         self.state = State.TLS
         self._emit(ev.StartTls())
 
