@@ -207,13 +207,6 @@ def mailhouse_toml(params: Params, sink: SmtpSink, dns: str, cert: Path, key: Pa
             "[dkim]",
             f"enabled = {'true' if params.dkim else 'false'}",
             "",
-            # The login throttle counts logins still being checked as failures of their IP, so
-            # more than auth_failure_limit (default 10) parallel logins from one address are
-            # refused with 454 even when every password is right. Postfix has no such limit
-            # by default (smtpd_client_auth_rate_limit = 0); lift it above the sessions used.
-            "[submission]",
-            f"auth_failure_limit = {max(1000, 10 * params.sessions)}",
-            "",
         ]
     )
 
