@@ -1,4 +1,4 @@
-"""SMTP ingest, mailhouse vs Postfix, side by side in one run (shared/reference/performance.md).
+"""SMTP ingest, mailhouse vs Postfix, side by side in one run (bench/README.md).
 
 Both servers run on this machine at the same time, each idle while the other is measured:
 

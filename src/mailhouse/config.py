@@ -320,7 +320,7 @@ class DnsConfig:
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Resource bounds. Slow clients are bounded by connection caps and `session_lifetime`, not
-    by short timeouts (RFC 5321 §4.5.3.2 timeouts are minimums; shared/reference/security.md)."""
+    by short timeouts (RFC 5321 §4.5.3.2 timeouts are minimums; docs/decisions.md, issue 7)."""
 
     # Bytes, advertised as EHLO SIZE (RFC 1870).
     max_message_size: int = field(default=52_428_800, metadata=checked(_integer(1)))

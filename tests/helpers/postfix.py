@@ -24,7 +24,7 @@ Optional extras (keyword arguments; off by default, so existing users are unaffe
   may use only its own address as the envelope sender (``reject_sender_login_mismatch``). The
   certificate is the given PEM pair, or a self-signed RSA one made with openssl.
 
-Gotchas this handles (see shared/reference/performance.md §3):
+Gotchas this handles (Postfix 3.7 as Debian 12 ships it):
 - `maillog_file_prefixes` must contain the log directory, or postlogd refuses to open it.
 - data_directory must belong to the postfix user; virtual(8)'s static uid must be able to reach
   and write virtual_mailbox_base, so BASE is world-searchable (0755) and vmail belongs to it.
