@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
+from mailhouse.fdlimit import ensure_fd_limit
 from mailhouse.message.dkim import DkimKeys, DkimSigner
 from mailhouse.net.listener import (
     ConnectionLimits,
@@ -197,6 +198,8 @@ class App:
         """Root's part first, then the drop, then everything that touches data_dir (the
         privilege model: privileges.py, docs/decisions.md)."""
         config = self.config
+        ensure_fd_limit(config.limits.max_connections)  # inherited by the children
+        self._warn_about_caps()
         account = service_account(config)
         if account is not None:
             prepare_data_dir(config.data_dir, account)
@@ -259,6 +262,17 @@ class App:
             await self.queue_process.start()
         if self._pop3_bound:
             await self._start_pop3_workers(pem)
+
+    def _warn_about_caps(self) -> None:
+        """Per-service caps set above the process total cannot all be reached: the total
+        refuses first (net/listener.py). Legal, but rarely what was meant."""
+        limits = self.config.limits
+        enabled = [name for name, kinds in SERVICES.items()
+                   if any(self.config.listen_endpoints(kind) for kind in kinds)]
+        total = sum(service_limits(self.config, name).max_connections for name in enabled)
+        if total > limits.max_connections:
+            log.warning("event=limits.caps_exceed_total services=%d max_connections=%d",
+                        total, limits.max_connections)
 
     def _bind_listening_sockets(self) -> dict[str, list[socket.socket]]:
         """Every listening socket, bound before the drop (ports below 1024 need root) and
