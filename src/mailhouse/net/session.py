@@ -33,7 +33,7 @@ from mailhouse.net.listener import ConnectionPool, Slot, peer_of
 log = logging.getLogger("mailhouse.net")
 
 MAX_UNPARSED = 256 * 1024  # bytes received and not yet handed to the core before reading pauses
-FEED_SLICE = 4096  # bytes of command input handed to the core at a time
+FEED_SLICE = 1024  # bytes of command input handed to the core at a time (~170 NOOPs)
 FEED_CONTENT = 64 * 1024  # ... of message content (SMTP DATA/BDAT): cheap per byte
 TURN_FEEDS = 4  # slices one connection is served per event-loop turn before others get theirs
 CLOSE_GRACE = 3.0  # s a session closed for a timeout has to take its last reply; then abort()
