@@ -213,6 +213,13 @@ class CoreProtocol(asyncio.Protocol, abc.ABC):
                 and self.core.shutdown()):
             self._flush_and_close()
 
+    def wake(self) -> None:
+        """Something besides the peer's input gave the core something to say or do (IMAP IDLE,
+        another session's change): serve a turn soon. Not in the middle of a task (its end
+        serves a turn) nor once closing; several wakes before the turn make one."""
+        if self.core is not None and self._closed_at is None:
+            self._schedule()
+
     def check_timers(self, now: float) -> None:
         core = self.core
         if core is None or self.transport is None:
