@@ -293,7 +293,7 @@ class Side:
         out = RESULTS.path(report.stamp(), f"-{self.name}-r{repeat}")
         argv = [
             "py-spy", "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
-            "--threads", "--output", f"{out}.folded", "--nonblocking",
+            "--threads", "--subprocesses", "--output", f"{out}.folded", "--nonblocking",
         ]  # fmt: skip
         try:
             profiler = subprocess.Popen(
