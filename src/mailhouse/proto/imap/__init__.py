@@ -1,0 +1,1 @@
+"""IMAP4rev2/rev1 protocol pieces (sans-I/O): the command parser and what the server writes."""
