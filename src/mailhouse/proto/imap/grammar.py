@@ -15,7 +15,7 @@ from mailhouse.proto.imap.search import SearchKey, SearchParser
 from mailhouse.proto.imap.sequence import SequenceSet
 
 _SASL_MECHANISM = re.compile(rb"[A-Za-z0-9_-]{1,20}")  # RFC 4422 §3.1
-_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|=")
+_BASE64 = re.compile(rb"=|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _COMMAND = re.compile(rb"[A-Za-z]+")
 STATUS_ITEMS = frozenset({"MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE",
                           "RECENT", "HIGHESTMODSEQ", "APPENDLIMIT"})
@@ -88,8 +88,9 @@ class _Grammar:
 
     # -- shared pieces -------------------------------------------------------------------------
 
-    def mailbox(self) -> str:
-        return mailbox.mailbox(self.r.astring(), utf8=self.utf8, delimiter=self.config.delimiter)
+    def mailbox(self, *, create: bool = False) -> str:
+        return mailbox.mailbox(self.r.astring(), utf8=self.utf8, delimiter=self.config.delimiter,
+                               create=create)
 
     def pattern(self, wire: bytes) -> str:
         return mailbox.decode_name(wire, utf8=self.utf8)
@@ -216,7 +217,7 @@ class _Grammar:
     def create(self, _name: str) -> c.Arguments:
         r = self.r
         r.sp()
-        box = self.mailbox()
+        box = self.mailbox(create=True)
         use: list[str] = []
         if r.skip(b" ("):
             r.expect(b"USE")

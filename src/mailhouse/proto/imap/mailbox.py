@@ -55,8 +55,12 @@ def check_name(name: str, delimiter: str = "/") -> None:
             raise PolicyError("Empty, '.' or '..' component in a mailbox name", "CANNOT")
 
 
-def mailbox(wire: bytes, *, utf8: bool, delimiter: str = "/") -> str:
-    """A mailbox argument: decoded, INBOX normalised, checked."""
-    name = normalise_inbox(decode_name(wire, utf8=utf8), delimiter)
+def mailbox(wire: bytes, *, utf8: bool, delimiter: str = "/", create: bool = False) -> str:
+    """A mailbox argument: decoded, INBOX normalised, checked. `create`: CREATE's name, whose
+    one trailing delimiter only declares that children will follow (RFC 9051 §6.3.4)."""
+    name = decode_name(wire, utf8=utf8)
+    if create and len(name) > 1 and name.endswith(delimiter):
+        name = name[:-1]
+    name = normalise_inbox(name, delimiter)
     check_name(name, delimiter)
     return name

@@ -51,7 +51,7 @@ from mailhouse.proto.imap.lexer import (
 from mailhouse.proto.input_buffer import InputBuffer
 
 _LITERAL_HEADER = re.compile(rb"(~?)\{([0-9]+)(\+?)\}\Z")
-_TAG_PREFIX = re.compile(rb'([^(){ \x00-\x1f\x7f-\xff%*"\\+]+) ')
+_TAG_PREFIX = re.compile(rb'([^(){ \x00-\x1f\x7f-\xff%*"\\+]+)(?: |\Z)')
 _TAIL = 32  # octets of a skipped overlong line kept to see whether it ends in a literal header
 
 

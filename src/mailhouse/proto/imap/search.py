@@ -113,6 +113,8 @@ _TEXT_KEYS = frozenset({"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"})
 _DATE_KEYS = {"BEFORE": ("BEFORE", False), "ON": ("ON", False), "SINCE": ("SINCE", False),
               "SENTBEFORE": ("BEFORE", True), "SENTON": ("ON", True),
               "SENTSINCE": ("SINCE", True)}
+_ARGUMENT_KEYS = _TEXT_KEYS | _DATE_KEYS.keys() | {
+    "KEYWORD", "UNKEYWORD", "HEADER", "LARGER", "SMALLER", "OLDER", "YOUNGER", "UID", "MODSEQ"}
 _ENTRY = re.compile(r"/flags/\\?[^\x00-\x20\x7f-\U0010ffff(){%*\"\\\]]+\Z")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+\Z")  # RFC 5322 ftext
 
@@ -160,6 +162,8 @@ class SearchParser:
             left = self.key(depth + 1)
             r.sp()
             return Or(left, self.key(depth + 1))
+        if name not in _ARGUMENT_KEYS:
+            raise ParseError(f"Unknown search key {name}")
         r.sp()
         return self._with_argument(name)
 
@@ -186,9 +190,7 @@ class SearchParser:
             return AgeKey(name == "OLDER", r.number(nonzero=True))
         if name == "UID":
             return UidKey(values.sequence_set(r, self.max_items))
-        if name == "MODSEQ":
-            return self._modseq()
-        raise ParseError(f"Unknown search key {name}")
+        return self._modseq()  # MODSEQ
 
     def _modseq(self) -> ModSeqKey:
         r = self.reader
