@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mailhouse.proto.imap.commands import Login
 from mailhouse.proto.imap.events import Bad, Command, ContinuationNeeded, No
 from tests.proto.imap.driver import drive
 
@@ -82,6 +83,8 @@ BAD = [
     (b"a APPEND INBOX\r\n", "a", "SP"),
     (b"a APPEND INBOX \"1-Jan-2020 00:00:00 +0000\" {1+}\r\nx\r\n", "a", "date-time"),
     (b"a APPEND INBOX \"01-Jan-2020 00:00:00 +0099\" {1+}\r\nx\r\n", "a", "zone"),
+    (b"a APPEND INBOX \"01-Jan-2020 00:00:00 +9900\" {1+}\r\nx\r\n", "a", "zone"),
+    (b"a APPEND INBOX \"01-Jan-2020 25:00:00 +0000\" {1+}\r\nx\r\n", "a", "date-time"),
     (b"a SELECT &Jjo\r\n", "a", "modified UTF-7"),
     (b"a SELECT &AGE-\r\n", "a", "modified UTF-7"),
     (b"a SELECT \"caf\xc3\xa9\"\r\n", "a", "modified UTF-7"),
@@ -152,3 +155,8 @@ def test_control_characters_in_utf8_names_are_refused_by_policy() -> None:
     events = parser.feed(b"a CREATE {3+}\r\na\x01b\r\nb CREATE \"a\xe2\x80\xa8\"\r\n"
                          b"c CREATE \"\xff\"\r\n")
     assert [type(e).__name__ for e in events] == ["No", "No", "Bad"]
+
+
+def test_literal_sizes_with_leading_zeros() -> None:
+    events = drive([b"a LOGIN x {" + b"0" * 40 + b"3+}\r\nabc\r\n"])
+    assert isinstance(events[0], Command) and events[0].args == Login("x", "abc")

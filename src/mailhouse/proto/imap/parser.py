@@ -212,6 +212,7 @@ class CommandParser:
 
     def _line(self, line: bytes, out: list[Event], *, overlong: bool) -> None:
         if self._mode is not Mode.COMMANDS:
+            overlong = overlong or len(line) > self.config.max_line_length
             self._mode_line(line, out, overlong=overlong)
             return
         if not self._parts and not line and not overlong:
@@ -221,7 +222,7 @@ class CommandParser:
             self._tag = _tag_of(line)
         if overlong or self._text_total > self.config.max_line_length:
             self._doom(Bad(self._tag, "Command line too long", "TOOBIG"))
-        header = _LITERAL_HEADER.search(line)
+        header = _literal_header(line)
         if header is None:
             self._parts.append(line)
             self._finish(out)
@@ -247,7 +248,7 @@ class CommandParser:
     def _literal_header(self, header: re.Match[bytes], out: list[Event]) -> None:
         binary = header.group(1) == b"~"
         digits = header.group(2)
-        size = int(digits) if len(digits) <= 20 else 1 << 70
+        size = int(digits) if len(digits.lstrip(b"0")) <= 20 else 1 << 70  # no bignum work
         sync = header.group(3) != b"+"
         config = self.config
         message = False
@@ -316,6 +317,17 @@ class CommandParser:
                     self._wait = _Wait.MODE
         self._state = _State.LINE
         self._reset()
+
+
+def _literal_header(line: bytes) -> re.Match[bytes] | None:
+    """The "{n}" / "{n+}" / "~{n}" ending `line`, found from its last "{" (linear in the line,
+    however many braces and digits it holds)."""
+    if not line.endswith(b"}"):
+        return None
+    at = line.rfind(b"{")
+    if at < 0:
+        return None
+    return _LITERAL_HEADER.match(line, at - 1 if at and line[at - 1] == 0x7E else at)
 
 
 def _tag_of(line: bytes) -> str | None:

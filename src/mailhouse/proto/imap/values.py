@@ -70,7 +70,7 @@ def date_time(reader: Reader) -> datetime:
     if not m or month is None:
         raise ParseError("Bad date-time")
     hours, minutes = int(m.group(8)), int(m.group(9))
-    if minutes > 59:
+    if minutes > 59 or hours > 23:
         raise ParseError("Bad date-time zone")
     offset = timedelta(hours=hours, minutes=minutes) * (-1 if m.group(7) == b"-" else 1)
     try:
