@@ -62,7 +62,7 @@ class Bad:
 @dataclass(frozen=True, slots=True)
 class No:
     """Notice: a well-formed command the parser refuses by policy (tagged NO): an APPEND message
-    over max_append_size ([TOOBIG], RFC 7889 §4), a mailbox name outside the naming rules."""
+    over max_append_size ([TOOBIG], RFC 9051 §7.1), a mailbox name outside the naming rules."""
 
     tag: str
     text: str

@@ -8,7 +8,7 @@ literal header "{n}" / "{n+}" / "~{n}" arrives (RFC 9051 §4.3, RFC 7888, RFC 35
 - the tag and command name must already be valid, and an APPEND must be valid up to its message
   literal, so a broken or refused command is answered before the client sends the octets;
 - the size is checked against the limits (config.py): a synchronising literal over a limit is
-  refused at once (tagged BAD [TOOBIG], or NO [TOOBIG] for an APPEND message, RFC 7889) and the
+  refused at once (tagged BAD [TOOBIG], or NO [TOOBIG] for an APPEND message) and the
   client never sends it; a non-synchronising one is read and dropped (no octet kept) and the
   command answered at its end, or, beyond max_append_size, ends the session (Fatal): the
   client will send the octets whatever we answer, and skipping gigabytes is not worth it;
