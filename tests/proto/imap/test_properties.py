@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -226,3 +226,93 @@ def test_generated_mailbox_names_round_trip(name: str, literal: bool) -> None:
     expected = "INBOX" + name[5:] if name[:5].upper() == "INBOX" and name[5:6] in ("", "/") \
         else name
     assert events == [Command("t", "CREATE", c.Create(expected))]
+
+
+# -- grammar-shaped garbage: reaches deep into every command's grammar ----------------------------
+
+TOKENS = [
+    "FETCH", "UID", "SEARCH", "STORE", "COPY", "MOVE", "SELECT", "EXAMINE", "CREATE", "LIST",
+    "LSUB", "STATUS", "APPEND", "ENABLE", "ID", "SORT", "THREAD", "SETQUOTA", "GETQUOTA",
+    "AUTHENTICATE", "LOGIN", "RENAME", "EXPUNGE", "RETURN", "CHARSET", "UTF-8", "OR", "NOT",
+    "ALL", "HEADER", "MODSEQ", "KEYWORD", "SINCE", "SENTON", "LARGER", "BODY", "BODY.PEEK",
+    "BINARY", "BINARY.SIZE", "FLAGS", "+FLAGS.SILENT", "UNCHANGEDSINCE", "CHANGEDSINCE",
+    "VANISHED", "QRESYNC", "CONDSTORE", "USE", "STATUS", "SPECIAL-USE", "PARTIAL", "SAVE",
+    "REVERSE", "SUBJECT", "NIL", "INBOX", "\\Seen", "\\Recent", "$", "*", "1", "0", "1:*",
+    "5,3:2", "-1:-5", "4294967296", "99999999999999999999999", "[", "]", "[1.2.MIME]",
+    "[HEADER.FIELDS", "<0.5>", "<1>", "(", ")", '"', '"x"', '"1-Feb-1994"',
+    '"01-Jan-2020 10:00:00 +0100"', '" 1-Jan-2020 99:99:99 +9999"', "1-Feb-1994", "31-Feb-2020",
+    "&Jjo-", "&-", "a/../b", "{3+}\r\nabc", "~{2+}\r\n\x00\x01", "{0+}\r\n", "\\", "%",
+    "\"/flags/\\\\seen\"", "priv", "=", "AGFsaWNlAHB3",
+]
+
+
+@given(st.lists(st.sampled_from(TOKENS), max_size=14),
+       st.lists(st.sampled_from(["", " ", "  "]), min_size=1, max_size=4),
+       st.sampled_from(range(len(CONFIGS))))
+def test_grammar_shaped_garbage(tokens: list[str], gaps: list[str], config: int) -> None:
+    text = "t"
+    for i, token in enumerate(tokens):
+        text += (gaps[i % len(gaps)] or " ") + token
+    drive([text.encode("utf-8", "surrogateescape") + b"\r\nz NOOP\r\n"], CONFIGS[config])
+
+
+# -- more generated commands: LOGIN, STORE, APPEND ----------------------------------------------
+
+texts = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+                max_size=30)
+flag_sets = st.lists(st.one_of(st.sampled_from(["\\Seen", "\\Answered", "\\Flagged",
+                                                "\\Deleted", "\\Draft"]), atoms),
+                     max_size=4).map(tuple)
+moments = st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1),
+                       timezones=st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59)
+                       .map(lambda m: timezone(timedelta(minutes=m)))).map(
+    lambda d: d.replace(microsecond=0))
+
+
+@given(user=texts, password=texts, literal=st.booleans())
+def test_generated_login_round_trips(user: str, password: str, literal: bool) -> None:
+    def arg(value: str) -> bytes:
+        data = value.encode()
+        return responses.literal(data) if literal else responses.string(data)
+
+    events = [e for e in drive([b"t LOGIN " + arg(user) + b" " + arg(password) + b"\r\n"])
+              if isinstance(e, Command)]
+    assert events == [Command("t", "LOGIN", c.Login(user, password))]
+
+
+@given(seq=sequence_sets, mode=st.sampled_from(["", "+", "-"]), silent=st.booleans(),
+       flags=flag_sets, unchanged=st.one_of(st.none(), st.integers(0, 2**63 - 1)),
+       uid=st.booleans())
+def test_generated_store_round_trips(seq: SequenceSet, mode: str, silent: bool,
+                                     flags: tuple[str, ...], unchanged: int | None,
+                                     uid: bool) -> None:
+    line = ("t " + ("UID " if uid else "") + f"STORE {seq} "
+            + (f"(UNCHANGEDSINCE {unchanged}) " if unchanged is not None else "")
+            + f"{mode}FLAGS{'.SILENT' if silent else ''} ({' '.join(flags)})\r\n").encode()
+    assert drive([line]) == [Command("t", "STORE", c.Store(seq, mode, silent, flags, unchanged),
+                                     uid)]
+
+
+@given(messages=st.lists(st.tuples(flag_sets, st.one_of(st.none(), moments),
+                                   st.binary(max_size=50), st.booleans()),
+                         min_size=1, max_size=3), sizes=sizes)
+def test_generated_append_round_trips(
+        messages: list[tuple[tuple[str, ...], datetime | None, bytes, bool]],
+        sizes: list[int]) -> None:
+    line = b"t APPEND Archive"
+    for flags, moment, body, sync in messages:
+        line += b" "
+        if flags:
+            line += b"(" + " ".join(flags).encode() + b") "
+        if moment is not None:
+            line += moment.strftime('"%d-%b-%Y %H:%M:%S %z"').encode() + b" "
+        line += b"{%d%s}\r\n" % (len(body), b"" if sync else b"+") + body
+    events = drive(_cut(line + b"\r\n", sizes))
+    bodies: dict[int, bytes] = {}
+    for event in events:
+        if isinstance(event, AppendData):
+            bodies[event.index] = bodies.get(event.index, b"") + event.data
+    assert bodies == {i: m[2] for i, m in enumerate(messages)}
+    assert events[-1] == Command("t", "APPEND", c.Append("Archive", tuple(
+        c.AppendMessage(i, len(body), flags, moment)
+        for i, (flags, moment, body, _) in enumerate(messages))))

@@ -19,7 +19,8 @@ class ParserConfig:
     max_literal_size: int = 65_536
     # One APPEND message; the server passes the SMTP max_message_size here (APPENDLIMIT).
     max_append_size: int = 52_428_800
-    # Parentheses and NOT/OR nesting in search keys, fetch lists and other parenthesised lists.
+    # Nesting of search keys: parentheses, NOT and OR together (the only recursive part of the
+    # command grammar; every other list is flat).
     max_depth: int = 64
     # Comma-separated items of one sequence set.
     max_sequence_items: int = 10_000
