@@ -15,7 +15,8 @@ from mailhouse.proto.imap.commands import Arguments
 class Command:
     """A complete command. `name` is upper case (e.g. "FETCH"); `uid` is the UID prefix. When
     `name` is "IDLE" or "AUTHENTICATE" this is a decision: answer `start_idle()` /
-    `start_sasl()` when the server sends its continuation, `resume()` when it refuses."""
+    `start_sasl()` when the server sends its continuation, `resume()` when it refuses the
+    command or completes it at once (AUTHENTICATE with a SASL-IR initial response)."""
 
     tag: str
     name: str
