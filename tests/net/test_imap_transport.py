@@ -140,7 +140,7 @@ def test_login_request_idle_logout(tmp_path: Path) -> None:
 
 def test_starttls_then_login(tmp_path: Path) -> None:
     async def run() -> None:
-        async with serving(tmp_path, plaintext=False) as (port, service, client):
+        async with serving(tmp_path, plaintext=False) as (port, _service, client):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             greeting = await reader.readline()
             assert b"LOGINDISABLED" in greeting and b"STARTTLS" in greeting
