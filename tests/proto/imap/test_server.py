@@ -141,6 +141,16 @@ def test_authenticate_cancelled_and_unknown_mechanism() -> None:
     assert s.out().endswith(b"d OK Capability completed\r\n")
 
 
+def test_an_overlong_sasl_response_ends_the_exchange() -> None:
+    s = Session(ImapServerConfig(hostname="h", parser=ParserConfig(max_line_length=100)))
+    s.send(b"a AUTHENTICATE PLAIN\r\n")
+    s.out()
+    s.send(b"A" * 500 + b"\r\n")
+    assert s.out().startswith(b"a BAD [TOOBIG]")
+    event = s.send(b"b LOGIN alice pw\r\n")  # back to commands
+    assert isinstance(event, ev.Credentials)
+
+
 def test_commands_outside_their_state_are_bad() -> None:
     s = Session()
     s.send(b"a SELECT INBOX\r\n")

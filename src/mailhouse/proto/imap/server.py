@@ -203,6 +203,7 @@ class ImapServer:
         if isinstance(event, ContinuationNeeded):
             return self._continuation(event)
         if isinstance(event, Bad):
+            self._sasl = None  # an overlong SASL response ends the exchange (the parser's too)
             self._count_error()
             self._reply(event.tag, b"BAD", event.text, event.code)
             return self._aborted(event.tag)
