@@ -130,6 +130,7 @@ class StructureParser:
         self._nl = 0  # LFs consumed
         self._mid = False  # the start of the current line was consumed already
         self._mid_cr = False  # ... and its last consumed octet was CR
+        self._mid_len = 0  # ... and how many octets of it were consumed
         self._prev_eol = 0  # terminator length of the last complete line
         self._prev_empty = False  # that line had no content
         self._state = _HEADER
@@ -232,12 +233,14 @@ class StructureParser:
         """The start of a line too long to wait for its end (no delimiter, never blank)."""
         self._mid = True
         self._mid_cr = buf[b - 1] == 13
+        self._mid_len = b - a
         if self._state == _HEADER:
             self._keep_header(buf, a, b)
 
     def _continue_line(self, buf: bytearray, a: int, b: int, complete: bool) -> None:
         if self._state == _HEADER:
             self._keep_header(buf, a, b)
+        self._mid_len += b - a
         if not complete:
             self._mid_cr = buf[b - 1] == 13
             return
@@ -245,7 +248,7 @@ class StructureParser:
         self._mid = False
         self._prev_eol = 2 if (b - a >= 2 and buf[b - 2] == 13) or (
             b - a == 1 and self._mid_cr) else 1
-        self._prev_empty = False
+        self._prev_empty = self._mid_len == self._prev_eol
 
     def _keep_header(self, buf: bytearray, a: int, b: int) -> None:
         room = MAX_HEADER_KEEP - len(self._header)
