@@ -145,6 +145,11 @@ class StructureParser:
         self._open = [_Frame(self._root, 0, True, False)]
         self._result: MessageStructure | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Octets held between calls: the unfinished line and the kept header."""
+        return len(self._buf) + len(self._header)
+
     def feed(self, data: bytes) -> None:
         if self._result is not None or not data:
             return
