@@ -74,8 +74,9 @@ def test_rfc2046_example() -> None:
     assert section(RFC2046_EXAMPLE, s, (2,), "MIME") == (
         b"Content-type: text/plain; charset=us-ascii\r\n\r\n")
     assert section(RFC2046_EXAMPLE, s, (1,), "MIME") == b"\r\n"
-    assert section(RFC2046_EXAMPLE, s, (), "TEXT").startswith(b"This is the preamble.")
-    assert section(RFC2046_EXAMPLE, s, (), "HEADER").endswith(b'"simple boundary"\r\n\r\n')
+    assert (section(RFC2046_EXAMPLE, s, (), "TEXT") or b"").startswith(b"This is the preamble.")
+    assert (section(RFC2046_EXAMPLE, s, (), "HEADER") or b"").endswith(
+        b'"simple boundary"\r\n\r\n')
     assert section(RFC2046_EXAMPLE, s, ()) == RFC2046_EXAMPLE
     env = root.envelope
     assert env is not None

@@ -98,7 +98,8 @@ def type_tree(part: Part) -> tuple[object, ...]:
 
 def stdlib_tree(msg: email.message.Message) -> tuple[object, ...]:
     payload = msg.get_payload()
-    kids = payload if isinstance(payload, list) else []
+    kids = [k for k in payload if isinstance(k, email.message.Message)] \
+        if isinstance(payload, list) else []
     if msg.get_content_type() == "message/rfc822":
         return (msg.get_content_type(), stdlib_tree(kids[0]))
     return (msg.get_content_type(), *[stdlib_tree(k) for k in kids])
