@@ -319,3 +319,25 @@ def test_text_line_count_with_long_lines() -> None:
 def test_walk_visits_every_part_once() -> None:
     parts: list[Part] = parse(RFC9051_SECTIONS).root.walk()
     assert len(parts) == len({id(p) for p in parts}) == 15
+
+
+def test_innermost_multipart_wins_when_a_line_fits_two_boundaries() -> None:
+    # "--b--" closes the outer multipart (boundary "b") but opens a part of the inner one
+    # (boundary "b--"); the inner one is asked first.
+    data = (b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            b'Content-Type: multipart/mixed; boundary="b--"\r\n\r\n--b--\r\n\r\none\r\n'
+            b"--b--\r\n\r\ntwo\r\n--b----\r\n--b--\r\n")
+    s = parse(data)
+    (inner,) = s.root.children
+    assert [data[p.body_start:p.body_end] for p in inner.children] == [b"one", b"two"]
+    assert s.root.body_end == len(data)
+
+
+def test_same_boundary_nested_is_innermost_first() -> None:
+    data = (b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+            b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nin\r\n--b--\r\n'
+            b"--b\r\n\r\nout\r\n--b--\r\n")
+    s = parse(data)
+    inner, second = s.root.children
+    assert [data[p.body_start:p.body_end] for p in inner.children] == [b"in"]
+    assert data[second.body_start:second.body_end] == b"out"

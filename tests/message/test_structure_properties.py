@@ -26,7 +26,11 @@ MIME_WORDS = [
     b"Content-Type: multipart/digest; boundary=c\r\n",
     b"Content-Type: message/rfc822\r\n", b"Content-Type: text/plain; charset=utf-8\r\n",
     b"Subject: =?utf-8?q?caf=C3=A9?=\r\n", b"From: a <b@c>, g: d@e;\r\n", b" folded\r\n",
-    b"\xff\xfe", b"x",
+    b"Date: Fri, 4 Dec 2026 10:00:00 +0100\r\n", b"Date: 31 Feb 99999 99:99 -9999\r\n",
+    b"Content-Disposition: attachment; filename*0*=utf-8''%C3; filename*1*=%A9\r\n",
+    b"Content-Type: text/plain; a*=x-unknown'en'%FF%\r\n", b"=?zlib?b?eJwDAAAAAAE=?=",
+    b"=?utf-8*en?q?x?=", b"=?unicode_escape?q?\\x?=", b"References: <a@b> <c@d\r\n",
+    b"\xff\xfe", b"x", b"\x00", b'"', b"(", b"<", b"@", b":", b";", b",",
 ]
 junk = st.lists(st.one_of(st.sampled_from(MIME_WORDS), st.binary(max_size=16)),
                 max_size=60).map(b"".join)

@@ -136,7 +136,9 @@ class StructureParser:
         self._state = _HEADER
         self._header = bytearray()
         self._scan = True
-        self._active = 0  # open multiparts with a delimiter
+        # Delimiters of open multiparts -> their indexes in _open (innermost last), so a line
+        # is looked up once however deep the nesting.
+        self._delims: dict[bytes, list[int]] = {}
         self._parts = 1
         self._budget = MAX_STORED_CHARS
         self._truncated = False
@@ -183,7 +185,7 @@ class StructureParser:
                 self._continue_line(buf, pos, end, e >= 0)
                 pos = end
                 continue
-            if self._state == _BODY and not (self._scan and self._active):
+            if self._state == _BODY and not (self._scan and self._delims):
                 last = buf.rfind(b"\n", pos)
                 if last >= 0:
                     self._plain(buf, pos, last + 1)
@@ -265,7 +267,7 @@ class StructureParser:
     def _line(self, buf: bytearray, a: int, b: int, eol: int) -> None:
         """One whole line [a, b), `eol` octets of it its terminator (0: the final line)."""
         content = bytes(buf[a:b - eol])
-        if self._scan and self._active and content.startswith(b"--") and self._delimiter(
+        if self._scan and self._delims and content.startswith(b"--") and self._delimiter(
                 content, self._off + a, self._off + b):
             pass
         elif self._state == _HEADER:
@@ -284,42 +286,49 @@ class StructureParser:
     def _delimiter(self, content: bytes, start: int, after: int) -> bool:
         """Act on a delimiter line at [start, after); False if it is no delimiter."""
         line = content.rstrip(b" \t")
-        for idx in range(len(self._open) - 1, -1, -1):
-            delim = self._open[idx].delimiter
-            if delim is None or not line.startswith(delim):
-                continue
-            rest = line[len(delim):]
-            if rest not in (b"", b"--"):
-                continue
-            closing = rest == b"--"
-            if not closing and self._parts >= MAX_PARTS:
-                self._scan = False
-                self._truncated = True
-                return False
+        opening = self._delims.get(line)
+        closing = self._delims.get(line[:-2]) if line.endswith(b"--") else None
+        if opening is None and closing is None:
+            return False
+        if closing is not None and (opening is None or closing[-1] > opening[-1]):
+            idx = closing[-1]
             self._close_below(idx, start)
-            frame = self._open[idx]
-            if closing:
-                frame.delimiter = None
-                self._active -= 1
-                self._state = _BODY
-                return True
-            self._parts += 1
-            child = Part(after)
-            frame.part.children.append(child)
-            self._open.append(_Frame(child, frame.depth + 1, False,
-                                     frame.part.content.subtype == "digest"))
-            self._state = _HEADER
-            self._header.clear()
+            self._forget(self._open[idx])
+            self._state = _BODY
             return True
-        return False
+        assert opening is not None
+        if self._parts >= MAX_PARTS:
+            self._scan = False
+            self._truncated = True
+            return False
+        idx = opening[-1]
+        self._close_below(idx, start)
+        frame = self._open[idx]
+        self._parts += 1
+        child = Part(after)
+        frame.part.children.append(child)
+        self._open.append(_Frame(child, frame.depth + 1, False,
+                                 frame.part.content.subtype == "digest"))
+        self._state = _HEADER
+        self._header.clear()
+        return True
+
+    def _forget(self, frame: _Frame) -> None:
+        """The frame's multipart is closed: its delimiter is no longer recognised."""
+        if frame.delimiter is None:
+            return
+        stack = self._delims[frame.delimiter]
+        stack.pop()
+        if not stack:
+            del self._delims[frame.delimiter]
+        frame.delimiter = None
 
     def _close_below(self, idx: int, start: int) -> None:
         """End every part nested deeper than frame idx at a delimiter line starting at start."""
         while len(self._open) > idx + 1:
             frame = self._open.pop()
             part = frame.part
-            if frame.delimiter is not None:
-                self._active -= 1
+            self._forget(frame)
             if part.body_start < 0:
                 self._parse_header(frame)
                 part.body_start = max(part.header_start, start - self._prev_eol)
@@ -369,7 +378,7 @@ class StructureParser:
                 self._truncated = True
                 return
             frame.delimiter = b"--" + boundary.encode("utf-8", errors="replace")
-            self._active += 1
+            self._delims.setdefault(frame.delimiter, []).append(len(self._open) - 1)
         elif info.type == "message" and info.subtype in ENCAPSULATING \
                 and info.encoding in IDENTITY_ENCODINGS:
             if frame.depth >= MAX_DEPTH or self._parts >= MAX_PARTS:
