@@ -267,10 +267,9 @@ class StructureParser:
     def _line(self, buf: bytearray, a: int, b: int, eol: int) -> None:
         """One whole line [a, b), `eol` octets of it its terminator (0: the final line)."""
         content = bytes(buf[a:b - eol])
-        if self._scan and self._delims and content.startswith(b"--") and self._delimiter(
-                content, self._off + a, self._off + b):
-            pass
-        elif self._state == _HEADER:
+        delimiter = bool(self._scan and self._delims and content.startswith(b"--")
+                         and self._delimiter(content, self._off + a, self._off + b))
+        if not delimiter and self._state == _HEADER:
             if eol and not content:
                 self._nl += 1
                 self._end_header(self._off + b)
