@@ -3,7 +3,7 @@ keys parsed by the real command parser."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,7 +20,6 @@ from mailhouse.service.imap_search import (
     needs_content,
 )
 
-UTC = timezone.utc
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
 

@@ -19,7 +19,7 @@ import email
 import email.policy
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from mailhouse.message.searchfields import SearchFields, decode_words
 from mailhouse.proto.imap import search as sk
@@ -111,7 +111,7 @@ def _members(sequence_set: SequenceSet, maximum: int,
     return member
 
 
-def _compile(key: sk.SearchKey, ctx: Context) -> Predicate:  # noqa: C901 - one case per key
+def _compile(key: sk.SearchKey, ctx: Context) -> Predicate:
     if isinstance(key, sk.All):
         return lambda m, c: True
     if isinstance(key, sk.And):
@@ -187,7 +187,7 @@ def _date_key(key: sk.DateKey) -> Predicate:
         # RFC 9051 §6.4.4: dates compare "disregarding time and timezone". The internal date
         # keeps its own zone; the Date header is stored in UTC, so its day is UTC's.
         if sent and m.fields.sent_date is not None:
-            return datetime.fromtimestamp(m.fields.sent_date, timezone.utc).date()
+            return datetime.fromtimestamp(m.fields.sent_date, UTC).date()
         return m.internal_date.date()
 
     if relation == "BEFORE":
