@@ -29,6 +29,23 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 )
 
 
+class MailboxError(Exception):
+    """A mailbox operation that cannot be done as asked; nothing was changed. The IMAP layer
+    answers NO with the response code each subclass names (RFC 5530)."""
+
+
+class NoSuchMailbox(MailboxError):
+    """No mailbox (or, for RENAME, no subtree) of that name: [NONEXISTENT]."""
+
+
+class MailboxExists(MailboxError):
+    """The name is taken, by a mailbox or by names below it: [ALREADYEXISTS]."""
+
+
+class MailboxNotAllowed(MailboxError):
+    """Deleting INBOX, renaming a mailbox into its own subtree: [CANNOT]."""
+
+
 class Outcome(Enum):
     """Typed result of one recipient's delivery (as maddy's DeliveryTarget, Stalwart's Status)."""
 
@@ -201,6 +218,40 @@ class Store(Protocol):
         spool is consumed. Raises StorageFull / MailError when nothing could be stored."""
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...
+
+    # --- mailboxes (IMAP CREATE, DELETE, RENAME, SUBSCRIBE; docs/decisions.md) ---------------
+    # Names are checked by rules.check_mailbox_name (ValueError); "/" is the hierarchy
+    # delimiter. A name with mailboxes below it but no mailbox of its own is a \Noselect level
+    # (RFC 9051 §7.3.1): nothing is stored for it, it exists while something below it does.
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        """A new empty mailbox with a UIDVALIDITY never used before. Levels above it are not
+        created (they are \\Noselect while it exists). Raises MailboxExists, KeyError for an
+        unknown account, ValueError for a bad name or special-use attribute (RFC 6154)."""
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Remove the mailbox and its messages (each drops its blob reference) in one
+        transaction. Mailboxes below it stay, so its name lives on as a \\Noselect level
+        (RFC 9051 §6.3.5). Subscriptions are untouched. Raises NoSuchMailbox (also for a
+        \\Noselect level) and MailboxNotAllowed for INBOX."""
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Rename `old` and every name below it at once; UIDVALIDITY, UIDs and MODSEQs stay.
+        `old` may be a \\Noselect level. Renaming INBOX (RFC 9051 §6.3.6) creates `new` with a
+        new UIDVALIDITY, moves INBOX's messages there (same UIDs, flags and MODSEQs) and leaves
+        INBOX empty, as if they were expunged (one MODSEQ, in the expunge history); names below
+        INBOX do not move. Raises NoSuchMailbox, MailboxExists (`new` or a name below it
+        exists), MailboxNotAllowed (`new` inside `old`'s subtree)."""
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        """Idempotent. The name need not exist and outlives DELETE (RFC 9051 §6.3.7)."""
+
+    async def unsubscribe(self, account_id: int, name: str) -> bool:
+        """False if the name was not subscribed."""
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        """Subscribed names, sorted (existing or not: LSUB / LIST (SUBSCRIBED) decide)."""
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         """One mailbox by name (INBOX in any case, RFC 9051 §5.1); None if there is none."""

@@ -19,8 +19,11 @@ from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
     DeliveryTarget,
     ExpungedMessage,
+    MailboxExists,
     MailboxInfo,
+    MailboxNotAllowed,
     MessageInfo,
+    NoSuchMailbox,
     Outcome,
     QueuedMessage,
     QueueRecipient,
@@ -32,11 +35,16 @@ from mailhouse.store.base import (
 from mailhouse.store.blobs import READ_CHUNK
 from mailhouse.store.queue_rules import checked_updates, clean_reply, queue_recipients
 from mailhouse.store.rules import (
+    INBOX,
     canonical_mailbox_name,
     check_address_key,
     check_alias_key,
     check_flags,
+    check_mailbox_name,
+    check_rename,
+    check_special_use,
     next_uidvalidity,
+    subtree_bounds,
 )
 
 
@@ -103,6 +111,7 @@ class MemoryStore:
         self._accounts: dict[str, Account] = {}
         self._aliases: dict[str, tuple[str, ...]] = {}
         self._mailboxes: dict[int, _Mailbox] = {}
+        self._subscriptions: dict[int, set[str]] = {}  # account id -> names
         self._blobs: dict[str, _Blob] = {}
         self._queue: dict[int, QueuedMessage] = {}  # by id, ascending (insertion order)
         self._ids = itertools.count(1)  # one sequence for every id: never reused
@@ -161,22 +170,10 @@ class MemoryStore:
             raise KeyError(address)
         account = Account(next(self._ids), address, password_hash)
         self._accounts[address] = account
-        now = time.time()
+        self._subscriptions[account.id] = set()
         for name, special_use in DEFAULT_MAILBOXES:
-            self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity, now)
-            mailbox_id = next(self._ids)
-            info = MailboxInfo(
-                id=mailbox_id,
-                account_id=account.id,
-                name=name,
-                special_use=special_use,
-                uidvalidity=self._last_uidvalidity,
-                uidnext=1,
-                highest_modseq=0,
-                subscribed=True,
-                message_count=0,
-            )
-            self._mailboxes[mailbox_id] = _Mailbox(info)
+            self._new_mailbox(account.id, name, special_use)
+            self._subscriptions[account.id].add(name)
         self._changed()
         return account
 
@@ -199,6 +196,7 @@ class MemoryStore:
         ]:
             for message in self._mailboxes.pop(mailbox_id).messages.values():
                 self._release(message.blob_id)
+        self._subscriptions.pop(account.id, None)
         self._changed()
         return True
 
@@ -311,14 +309,126 @@ class MemoryStore:
         if blob.refcount <= 0:
             del self._blobs[blob_id]
 
+    def _view(self, info: MailboxInfo) -> MailboxInfo:
+        subscribed = info.name in self._subscriptions.get(info.account_id, ())
+        return replace(info, subscribed=subscribed)
+
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
         self._check_open()
-        return [m.info for m in self._mailboxes.values() if m.info.account_id == account_id]
+        return [
+            self._view(m.info) for m in self._mailboxes.values() if m.info.account_id == account_id
+        ]
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         self._check_open()
         mailbox = self._find_mailbox(account_id, name)
-        return None if mailbox is None else mailbox.info
+        return None if mailbox is None else self._view(mailbox.info)
+
+    # --- mailboxes ------------------------------------------------------------------------------
+    def _new_mailbox(self, account_id: int, name: str, special_use: str | None) -> _Mailbox:
+        self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity, time.time())
+        mailbox_id = next(self._ids)
+        info = MailboxInfo(
+            id=mailbox_id,
+            account_id=account_id,
+            name=name,
+            special_use=special_use,
+            uidvalidity=self._last_uidvalidity,
+            uidnext=1,
+            highest_modseq=0,
+            subscribed=False,
+            message_count=0,
+        )
+        mailbox = self._mailboxes[mailbox_id] = _Mailbox(info)
+        return mailbox
+
+    def _subtree(self, account_id: int, name: str) -> list[_Mailbox]:
+        """The mailbox called `name` (if any) and every mailbox below it."""
+        low, high = subtree_bounds(name)
+        return [
+            m
+            for m in self._mailboxes.values()
+            if m.info.account_id == account_id and (m.info.name == name or low < m.info.name < high)
+        ]
+
+    def _check_account(self, account_id: int) -> None:
+        if account_id not in self._subscriptions:
+            raise KeyError(account_id)
+
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        self._check_open()
+        name = check_mailbox_name(name)
+        special_use = check_special_use(special_use)
+        self._check_account(account_id)
+        if self._find_mailbox(account_id, name) is not None:
+            raise MailboxExists(name)
+        return self._view(self._new_mailbox(account_id, name, special_use).info)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        self._check_open()
+        name = check_mailbox_name(name)
+        if name == INBOX:
+            raise MailboxNotAllowed("INBOX cannot be deleted")
+        mailbox = self._find_mailbox(account_id, name)
+        if mailbox is None:
+            raise NoSuchMailbox(name)
+        del self._mailboxes[mailbox.info.id]
+        for message in mailbox.messages.values():
+            self._release(message.blob_id)
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        self._check_open()
+        old, new = check_mailbox_name(old), check_mailbox_name(new)
+        moving = self._subtree(account_id, old)
+        check_rename(old, new, bool(moving), bool(self._subtree(account_id, new)))
+        if old == INBOX:
+            self._rename_inbox(account_id, new)
+            return
+        for mailbox in moving:
+            renamed = new + mailbox.info.name[len(old) :]
+            mailbox.info = replace(mailbox.info, name=renamed)
+
+    def _rename_inbox(self, account_id: int, new: str) -> None:
+        inbox = self._find_mailbox(account_id, INBOX)
+        assert inbox is not None
+        target = self._new_mailbox(account_id, new, None)
+        info = inbox.info
+        target.info = replace(
+            target.info,
+            uidnext=info.uidnext,
+            highest_modseq=info.highest_modseq,
+            message_count=info.message_count,
+        )
+        moved, inbox.messages = inbox.messages, {}
+        target.messages = {
+            uid: replace(m, mailbox_id=target.info.id) for uid, m in moved.items()
+        }
+        if moved:
+            modseq = info.highest_modseq + 1
+            inbox.info = replace(info, highest_modseq=modseq, message_count=0)
+            for uid in moved:
+                inbox.expunged[uid] = modseq
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        self._check_open()
+        name = check_mailbox_name(name)
+        self._check_account(account_id)
+        self._subscriptions[account_id].add(name)
+
+    async def unsubscribe(self, account_id: int, name: str) -> bool:
+        self._check_open()
+        name = check_mailbox_name(name)
+        names = self._subscriptions.get(account_id, set())
+        if name not in names:
+            return False
+        names.discard(name)
+        return True
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        self._check_open()
+        return sorted(self._subscriptions.get(account_id, ()))
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         self._check_open()

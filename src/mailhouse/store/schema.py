@@ -26,6 +26,12 @@ Version 2 adds the outbound queue (issue 3):
 - `queue_recipients_due`: a partial index over PENDING recipients only, by next attempt, with
   the message id in it: the scheduler's two hot queries (what is due, when is the next one) are
   an index range scan and a min(), never a table scan, however many finished rows wait beside.
+
+Version 3 (issue 8, IMAP mailboxes):
+- `subscriptions`: subscribed names per account, apart from mailboxes, because a subscription
+  may name a mailbox that does not exist and outlives DELETE (RFC 9051 §6.3.7). Filled from the
+  old `mailboxes.subscribed` column, which is left in place and no longer read or written
+  (dropping it would rebuild the table for nothing).
 """
 
 from __future__ import annotations
@@ -125,10 +131,20 @@ CREATE INDEX queue_recipients_due ON queue_recipients (next_attempt, queue_id)
     WHERE status = 'pending';
 """
 
+_V3 = """
+CREATE TABLE subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
+INSERT INTO subscriptions (account_id, name)
+    SELECT account_id, name FROM mailboxes WHERE subscribed <> 0;
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3]
 
 
 def latest_version() -> int:

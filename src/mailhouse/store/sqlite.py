@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.model import Account, Directory
-from mailhouse.store import schema, sqlite_expunge, sqlite_queue
+from mailhouse.store import schema, sqlite_expunge, sqlite_mailboxes, sqlite_queue
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
     DeliveryTarget,
@@ -60,9 +60,10 @@ from mailhouse.store.rules import (
     check_address_key,
     check_alias_key,
     check_flags,
+    check_mailbox_name,
+    check_special_use,
     decode_flags,
     encode_flags,
-    next_uidvalidity,
 )
 from mailhouse.store.sqlite_writer import GroupCommitWriter, WriterStats
 
@@ -336,11 +337,56 @@ class SqliteStore:
             log.warning("store.blob_unlink_failed blob=%s", blob_id, exc_info=True)
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
-        return await self._read(partial(_list_mailboxes, account_id=account_id))
+        return await self._read(partial(sqlite_mailboxes.list_all, account_id=account_id))
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         name = canonical_mailbox_name(name)
-        return await self._read(partial(_get_mailbox, account_id=account_id, name=name))
+        return await self._read(partial(sqlite_mailboxes.get, account_id=account_id, name=name))
+
+    # --- mailboxes (sqlite_mailboxes.py) ----------------------------------------------------
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        apply = partial(
+            sqlite_mailboxes.create,
+            account_id=account_id,
+            name=check_mailbox_name(name),
+            special_use=check_special_use(special_use),
+        )
+        return await self._write(apply)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Shielded like expunge: the unlinks must follow a commit the caller cannot stop."""
+        apply = partial(
+            sqlite_mailboxes.delete, account_id=account_id, name=check_mailbox_name(name)
+        )
+        await asyncio.shield(self._write_then_drop(apply))
+
+    async def _write_then_drop(self, apply: Callable[[sqlite3.Connection], list[str]]) -> None:
+        dead = await self._write(apply)
+        if dead:
+            await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        apply = partial(
+            sqlite_mailboxes.rename,
+            account_id=account_id,
+            old=check_mailbox_name(old),
+            new=check_mailbox_name(new),
+        )
+        await self._write(apply)
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        name = check_mailbox_name(name)
+        await self._write(partial(sqlite_mailboxes.subscribe, account_id=account_id, name=name))
+
+    async def unsubscribe(self, account_id: int, name: str) -> bool:
+        name = check_mailbox_name(name)
+        apply = partial(sqlite_mailboxes.unsubscribe, account_id=account_id, name=name)
+        return await self._write(apply)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        return await self._read(partial(sqlite_mailboxes.subscriptions, account_id=account_id))
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         return await self._read(partial(_list_messages, mailbox_id=mailbox_id))
@@ -496,27 +542,6 @@ def _list_aliases(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     return {row[0]: tuple(json.loads(row[1])) for row in conn.execute(query)}
 
 
-_MAILBOX = (
-    "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq,"
-    " subscribed, message_count FROM mailboxes"
-)
-
-
-def _list_mailboxes(conn: sqlite3.Connection, account_id: int) -> list[MailboxInfo]:
-    query = _MAILBOX + " WHERE account_id = ? ORDER BY id"
-    return [_mailbox(row) for row in conn.execute(query, (account_id,))]
-
-
-def _get_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> MailboxInfo | None:
-    query = _MAILBOX + " WHERE account_id = ? AND name = ?"
-    row = conn.execute(query, (account_id, name)).fetchone()
-    return None if row is None else _mailbox(row)
-
-
-def _mailbox(r: tuple[Any, ...]) -> MailboxInfo:
-    return MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
-
-
 def _list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
     query = (
         "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id"
@@ -561,16 +586,9 @@ def _add_account(conn: sqlite3.Connection, address: str, password_hash: str) -> 
         raise KeyError(address) from None
     account_id = cursor.lastrowid
     assert account_id is not None
-    last = int(conn.execute("SELECT value FROM meta WHERE key = 'last_uidvalidity'").fetchone()[0])
-    now = time.time()
     for name, special_use in DEFAULT_MAILBOXES:
-        last = next_uidvalidity(last, now)
-        conn.execute(
-            "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity)"
-            " VALUES (?, ?, ?, ?)",
-            (account_id, name, special_use, last),
-        )
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_uidvalidity'", (last,))
+        sqlite_mailboxes.insert(conn, account_id, name, special_use)
+        sqlite_mailboxes.subscribe(conn, account_id, name)
     _bump_serial(conn)
     return Account(account_id, address, password_hash)
 
