@@ -269,7 +269,7 @@ async def test_renaming_inbox_moves_its_messages(store: Store) -> None:
     assert moved.id != inbox.id
     assert moved.uidvalidity not in {m.uidvalidity for m in await store.list_mailboxes(account.id)
                                      if m.id != moved.id}
-    assert (moved.uidnext, moved.highest_modseq, moved.message_count) == (4, 3, 3)
+    assert (moved.uidnext, moved.highest_modseq, moved.message_count) == (4, 4, 3)
     assert moved.special_use is None
     now = await store.list_messages(moved.id)
     assert [(m.uid, m.flags, m.modseq, m.blob_id) for m in now] == [
@@ -278,10 +278,10 @@ async def test_renaming_inbox_moves_its_messages(store: Store) -> None:
     assert [await read_all(store, m) for m in now] == [await read_all(store, m) for m in messages]
     emptied = await mailbox(store, account.id, "INBOX")
     assert (emptied.id, emptied.uidvalidity, emptied.uidnext) == (inbox.id, inbox.uidvalidity, 4)
-    assert (emptied.message_count, emptied.highest_modseq) == (0, 4)
+    assert (emptied.message_count, emptied.highest_modseq) == (0, 5)
     assert await store.list_messages(inbox.id) == []
     assert [(e.uid, e.modseq) for e in await store.list_expunged(inbox.id)] == [
-        (1, 4), (2, 4), (3, 4)
+        (1, 5), (2, 5), (3, 5)
     ]
     await mailbox(store, account.id, "INBOX/kept")
     await fill(store, account.id, "INBOX", 1)

@@ -85,6 +85,44 @@ class MessageInfo:
     size: int
     modseq: int
     blob_id: str
+    internal_zone: int = 0  # INTERNALDATE's zone, minutes east of UTC (RFC 9051 §2.3.3)
+
+
+class FlagOp(Enum):
+    """STORE's three forms (RFC 9051 §6.4.6): FLAGS, +FLAGS, -FLAGS."""
+
+    SET = "set"
+    ADD = "add"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFlags:
+    """What FETCH FLAGS / MODSEQ need of one message, without the rest of its row."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """The result of one `store_flags` call. `modseq` is the MODSEQ every changed message got
+    (the mailbox's new HIGHESTMODSEQ), 0 when nothing changed; `failed` are the UIDs whose MODSEQ
+    was above UNCHANGEDSINCE, left alone (the MODIFIED response code, RFC 7162 §3.1.3)."""
+
+    modseq: int
+    changed: tuple[MessageFlags, ...]
+    failed: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """COPYUID (RFC 4315 §3): the destination's UIDVALIDITY and (source UID, new UID) pairs in
+    ascending source UID order; UIDs not in the source are not listed."""
+
+    uidvalidity: int
+    uids: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +310,47 @@ class Store(Protocol):
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         """Messages expunged from the mailbox with a MODSEQ above `since_modseq`, by UID."""
+
+    # --- messages for IMAP (APPEND, STORE, COPY, MOVE) -------------------------------------
+    async def append(
+        self,
+        mailbox_id: int,
+        spool: Spool,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+    ) -> tuple[int, int]:
+        """Store one message in the mailbox, durable on return as `deliver`; returns
+        (UIDVALIDITY, UID) for APPENDUID (RFC 4315 §3). `internal_zone` is minutes east of UTC.
+        The spool is consumed. Raises NoSuchMailbox (nothing stored), ValueError for a bad flag,
+        StorageFull / MailError."""
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        op: FlagOp,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """Set, add or remove flags on the messages with these UIDs (others are ignored), in one
+        transaction. Every message whose flags change gets one new MODSEQ shared by the whole
+        call (RFC 7162 §3.1); a message whose flags would not change keeps its MODSEQ. With
+        `unchanged_since`, a message whose MODSEQ is above it is not touched and is listed in
+        `failed` (RFC 7162 §3.1.3). Raises NoSuchMailbox, ValueError for a bad flag."""
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        """Copy these messages (flags, INTERNALDATE, size; the blob is shared, never copied) to
+        the end of `target_id`, a mailbox of the same account, in UID order, under one new MODSEQ
+        of the target. Raises NoSuchMailbox, MailboxNotAllowed (another account's mailbox)."""
+
+    async def move_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        """MOVE (RFC 6851): copy_messages and the expunge of the originals in one transaction;
+        the source records them as expunged under one new MODSEQ (QRESYNC)."""
 
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """The stored bytes, in chunks."""

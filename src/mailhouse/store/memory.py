@@ -17,11 +17,15 @@ from dataclasses import dataclass, field, replace
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
+    CopyResult,
     DeliveryTarget,
     ExpungedMessage,
+    FlagOp,
+    FlagUpdate,
     MailboxExists,
     MailboxInfo,
     MailboxNotAllowed,
+    MessageFlags,
     MessageInfo,
     NoSuchMailbox,
     Outcome,
@@ -36,6 +40,7 @@ from mailhouse.store.blobs import READ_CHUNK
 from mailhouse.store.queue_rules import checked_updates, clean_reply, queue_recipients
 from mailhouse.store.rules import (
     INBOX,
+    apply_flag_op,
     canonical_mailbox_name,
     check_address_key,
     check_alias_key,
@@ -43,6 +48,7 @@ from mailhouse.store.rules import (
     check_mailbox_name,
     check_rename,
     check_special_use,
+    check_zone,
     next_uidvalidity,
     subtree_bounds,
 )
@@ -335,7 +341,7 @@ class MemoryStore:
             special_use=special_use,
             uidvalidity=self._last_uidvalidity,
             uidnext=1,
-            highest_modseq=0,
+            highest_modseq=1,  # RFC 7162 §3.1.2.1: >= 1 from the start
             subscribed=False,
             message_count=0,
         )
@@ -441,6 +447,9 @@ class MemoryStore:
         mailbox = self._mailboxes.get(mailbox_id)
         if mailbox is None:
             return 0
+        return self._expunge(mailbox, uids)
+
+    def _expunge(self, mailbox: _Mailbox, uids: Sequence[int]) -> int:
         gone = [mailbox.messages.pop(uid) for uid in sorted(set(uids)) if uid in mailbox.messages]
         if not gone:
             return 0
@@ -453,6 +462,131 @@ class MemoryStore:
             mailbox.expunged[message.uid] = modseq
             self._release(message.blob_id)
         return len(gone)
+
+    # --- messages for IMAP ----------------------------------------------------------------------
+    async def append(
+        self,
+        mailbox_id: int,
+        spool: Spool,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+    ) -> tuple[int, int]:
+        self._check_open()
+        if not isinstance(spool, MemorySpool) or spool.owner is not self:
+            raise TypeError("spool does not belong to this store")
+        try:
+            checked = check_flags(flags)
+            check_zone(internal_zone)
+        except ValueError:
+            await spool.abort()
+            raise
+        data = spool.take()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            raise NoSuchMailbox(mailbox_id)
+        blob_id = uuid.uuid4().hex
+        self._blobs[blob_id] = _Blob(data, 1)
+        [uid] = self._add_messages(mailbox, [
+            MessageInfo(
+                id=0,
+                mailbox_id=mailbox_id,
+                uid=0,
+                flags=checked,
+                internal_date=time.time() if internal_date is None else internal_date,
+                size=len(data),
+                modseq=0,
+                blob_id=blob_id,
+                internal_zone=internal_zone,
+            )
+        ])
+        return mailbox.info.uidvalidity, uid
+
+    def _add_messages(self, mailbox: _Mailbox, messages: list[MessageInfo]) -> list[int]:
+        """Append copies of `messages` under new UIDs and one new MODSEQ; returns the UIDs."""
+        info = mailbox.info
+        modseq = info.highest_modseq + 1
+        uids = list(range(info.uidnext, info.uidnext + len(messages)))
+        for uid, message in zip(uids, messages, strict=True):
+            mailbox.messages[uid] = replace(
+                message, id=next(self._ids), mailbox_id=info.id, uid=uid, modseq=modseq
+            )
+        mailbox.info = replace(
+            info,
+            uidnext=info.uidnext + len(messages),
+            highest_modseq=modseq,
+            message_count=info.message_count + len(messages),
+        )
+        return uids
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        op: FlagOp,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        self._check_open()
+        checked = check_flags(flags)
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            raise NoSuchMailbox(mailbox_id)
+        failed: list[int] = []
+        changes: list[tuple[int, frozenset[str]]] = []
+        for uid in sorted(set(uids)):
+            message = mailbox.messages.get(uid)
+            if message is None:
+                continue
+            if unchanged_since is not None and message.modseq > unchanged_since:
+                failed.append(uid)
+                continue
+            new = apply_flag_op(message.flags, op, checked)
+            if new != message.flags:
+                changes.append((uid, new))
+        if not changes:
+            return FlagUpdate(0, (), tuple(failed))
+        modseq = mailbox.info.highest_modseq + 1
+        mailbox.info = replace(mailbox.info, highest_modseq=modseq)
+        for uid, new in changes:
+            mailbox.messages[uid] = replace(mailbox.messages[uid], flags=new, modseq=modseq)
+        changed = tuple(MessageFlags(uid, new, modseq) for uid, new in changes)
+        return FlagUpdate(modseq, changed, tuple(failed))
+
+    def _pair(self, source_id: int, target_id: int) -> tuple[_Mailbox, _Mailbox]:
+        source, target = self._mailboxes.get(source_id), self._mailboxes.get(target_id)
+        if source is None or target is None:
+            raise NoSuchMailbox(source_id if source is None else target_id)
+        if source.info.account_id != target.info.account_id:
+            raise MailboxNotAllowed("messages move only between mailboxes of one account")
+        return source, target
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        self._check_open()
+        source, target = self._pair(source_id, target_id)
+        return self._copy(source, uids, target)
+
+    def _copy(self, source: _Mailbox, uids: Sequence[int], target: _Mailbox) -> CopyResult:
+        originals = [source.messages[u] for u in sorted(set(uids)) if u in source.messages]
+        if not originals:
+            return CopyResult(target.info.uidvalidity, ())
+        new = self._add_messages(target, originals)
+        for message in originals:
+            self._blobs[message.blob_id].refcount += 1
+        pairs = tuple((m.uid, uid) for m, uid in zip(originals, new, strict=True))
+        return CopyResult(target.info.uidvalidity, pairs)
+
+    async def move_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        self._check_open()
+        source, target = self._pair(source_id, target_id)
+        result = self._copy(source, uids, target)
+        if result.uids:
+            self._expunge(source, [old for old, _ in result.uids])
+        return result
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         self._check_open()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mailhouse.store.base import MailboxExists, MailboxNotAllowed, NoSuchMailbox
+from mailhouse.store.base import FlagOp, MailboxExists, MailboxNotAllowed, NoSuchMailbox
 
 INBOX = "INBOX"
 HIERARCHY_DELIMITER = "/"  # RFC 9051 §5.1.1; "." would clash with dotted names ("Mr. X")
@@ -89,6 +89,24 @@ def check_flags(flags: Iterable[str]) -> frozenset[str]:
         if not flag or any(c.isspace() or ord(c) < 0x20 or c in '(){%*"]' for c in flag):
             raise ValueError(f"invalid flag {flag!r}")
     return result
+
+
+def apply_flag_op(old: frozenset[str], op: FlagOp, flags: frozenset[str]) -> frozenset[str]:
+    if op is FlagOp.SET:
+        return flags
+    if op is FlagOp.ADD:
+        return old | flags
+    return old - flags
+
+
+MAX_ZONE_MINUTES = 99 * 60 + 59  # RFC 9051 §9 "zone": ("+" / "-") 4DIGIT, hhmm
+
+
+def check_zone(minutes: int) -> int:
+    """INTERNALDATE's zone offset, minutes east of UTC; what the date-time syntax can carry."""
+    if not -MAX_ZONE_MINUTES <= minutes <= MAX_ZONE_MINUTES:
+        raise ValueError(f"zone offset {minutes} minutes is out of range")
+    return minutes
 
 
 def encode_flags(flags: frozenset[str]) -> str:

@@ -32,6 +32,12 @@ Version 3 (issue 8, IMAP mailboxes):
   may name a mailbox that does not exist and outlives DELETE (RFC 9051 §6.3.7). Filled from the
   old `mailboxes.subscribed` column, which is left in place and no longer read or written
   (dropping it would rebuild the table for nothing).
+
+Version 4 (issue 8, IMAP messages):
+- `messages.internal_zone`: INTERNALDATE's zone in minutes east of UTC, so FETCH INTERNALDATE
+  gives back the zone APPEND was given (RFC 9051 §2.3.3); 0 for delivered mail and old rows.
+- HIGHESTMODSEQ is at least 1 from a mailbox's creation (RFC 7162 §3.1.2.1: mod-sequences are
+  positive): empty mailboxes that never changed move from 0 to 1.
 """
 
 from __future__ import annotations
@@ -141,10 +147,15 @@ INSERT INTO subscriptions (account_id, name)
     SELECT account_id, name FROM mailboxes WHERE subscribed <> 0;
 """
 
+_V4 = """
+ALTER TABLE messages ADD COLUMN internal_zone INTEGER NOT NULL DEFAULT 0;
+UPDATE mailboxes SET highest_modseq = 1 WHERE highest_modseq = 0;
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4]
 
 
 def latest_version() -> int:

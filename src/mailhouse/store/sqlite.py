@@ -32,11 +32,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.model import Account, Directory
-from mailhouse.store import schema, sqlite_expunge, sqlite_mailboxes, sqlite_queue
+from mailhouse.store import (
+    schema,
+    sqlite_expunge,
+    sqlite_mailboxes,
+    sqlite_messages,
+    sqlite_queue,
+)
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
+    CopyResult,
     DeliveryTarget,
     ExpungedMessage,
+    FlagOp,
+    FlagUpdate,
     MailboxInfo,
     MessageInfo,
     Outcome,
@@ -50,7 +59,6 @@ from mailhouse.store.blobs import (
     BlobDropper,
     BlobFiles,
     FileSpool,
-    SealedBlob,
     read_chunks,
 )
 from mailhouse.store.failures import storage_error
@@ -62,7 +70,7 @@ from mailhouse.store.rules import (
     check_flags,
     check_mailbox_name,
     check_special_use,
-    decode_flags,
+    check_zone,
     encode_flags,
 )
 from mailhouse.store.sqlite_writer import GroupCommitWriter, WriterStats
@@ -318,7 +326,7 @@ class SqliteStore:
         blob = await spool.seal()
         queued = None if queue is None or recipients is None else (queue, recipients)
         outcomes = await writer.run(
-            partial(_deliver, blob=blob, targets=rows, queued=queued, now=now),
+            partial(sqlite_messages.deliver, blob=blob, targets=rows, queued=queued, now=now),
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
@@ -389,7 +397,7 @@ class SqliteStore:
         return await self._read(partial(sqlite_mailboxes.subscriptions, account_id=account_id))
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
-        return await self._read(partial(_list_messages, mailbox_id=mailbox_id))
+        return await self._read(partial(sqlite_messages.list_all, mailbox_id=mailbox_id))
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
         """See base.Store.expunge. The rows go in one writer job; blobs whose last reference
@@ -408,6 +416,76 @@ class SqliteStore:
         if dead:  # the dropper unlinks drops arriving together as one group
             await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
         return removed
+
+    # --- messages for IMAP (sqlite_messages.py) ----------------------------------------------
+    async def append(
+        self,
+        mailbox_id: int,
+        spool: Spool,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+    ) -> tuple[int, int]:
+        """See base.Store.append: sealed and committed as `deliver` is; if the mailbox is gone
+        the job fails and the writer's on_failure unlinks the file."""
+        if not isinstance(spool, FileSpool) or spool.files is not self._files:
+            raise TypeError("spool does not belong to this store")
+        writer = self._open_writer()
+        try:
+            encoded = encode_flags(check_flags(flags))
+            zone = check_zone(internal_zone)
+        except ValueError:
+            await spool.abort()
+            raise
+        date = time.time() if internal_date is None else internal_date
+        blob = await spool.seal()
+        apply = partial(
+            sqlite_messages.append,
+            mailbox_id=mailbox_id,
+            blob=blob,
+            flags=encoded,
+            internal_date=date,
+            internal_zone=zone,
+        )
+        return await writer.run(
+            apply,
+            sync_days=frozenset({blob.day}),
+            on_failure=partial(self._forget_blob, blob.blob_id),
+        )
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        op: FlagOp,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        apply = partial(
+            sqlite_messages.store_flags,
+            mailbox_id=mailbox_id,
+            uids=sorted(set(uids)),
+            op=op,
+            flags=check_flags(flags),
+            unchanged_since=unchanged_since,
+        )
+        return await self._write(apply)
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        apply = partial(
+            sqlite_messages.copy, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
+        )
+        return await self._write(apply)
+
+    async def move_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        apply = partial(
+            sqlite_messages.move, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
+        )
+        return await self._write(apply)
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         apply = partial(sqlite_expunge.since, mailbox_id=mailbox_id, modseq=since_modseq)
@@ -542,17 +620,6 @@ def _list_aliases(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
     return {row[0]: tuple(json.loads(row[1])) for row in conn.execute(query)}
 
 
-def _list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
-    query = (
-        "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id"
-        " FROM messages WHERE mailbox_id = ? ORDER BY uid"
-    )
-    return [
-        MessageInfo(r[0], r[1], r[2], decode_flags(r[3]), r[4], r[5], r[6], r[7])
-        for r in conn.execute(query, (mailbox_id,))
-    ]
-
-
 def _referenced_in_day(conn: sqlite3.Connection, day: str) -> set[str]:
     # Range scan on the primary key: "/" sorts just before "0", so this is every "<day>/…" id.
     query = "SELECT id FROM blobs WHERE id > ? AND id < ? AND refcount > 0"
@@ -638,50 +705,3 @@ def _forget_blob_rows(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
     conn.executemany(
         "DELETE FROM blobs WHERE id = ? AND refcount <= 0", [(blob_id,) for blob_id in blob_ids]
     )
-
-
-# RFC 9051 §2.3.1.1: UIDs strictly ascend; RFC 7162 §3.1: every change gets a higher MODSEQ.
-# One statement claims both and reads them back, keyed by the (account_id, name) unique index.
-_CLAIM_UID = (
-    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1,"
-    " message_count = message_count + 1 WHERE account_id = ? AND name = ?"
-    " RETURNING id, uidnext - 1, highest_modseq"
-)
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-
-_TargetRow = tuple[int, str, str, float]
-_Queued = tuple[QueueRequest, tuple[str, ...]]
-
-
-def _deliver(
-    conn: sqlite3.Connection,
-    blob: SealedBlob,
-    targets: Sequence[_TargetRow],
-    queued: _Queued | None,
-    now: float,
-) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for account_id, mailbox, flags, internal_date in targets:
-        claimed = conn.execute(_CLAIM_UID, (account_id, mailbox)).fetchall()
-        if not claimed:
-            outcomes.append(Outcome.PERMANENT)
-            continue
-        mailbox_id, uid, modseq = claimed[0]
-        conn.execute(
-            _INSERT_MESSAGE,
-            (mailbox_id, uid, modseq, flags, internal_date, blob.size, blob.blob_id),
-        )
-        outcomes.append(Outcome.DELIVERED)
-    references = outcomes.count(Outcome.DELIVERED)
-    if queued is not None:
-        sqlite_queue.insert(conn, blob, queued[0], queued[1], now)
-        references += 1
-    if references:
-        conn.execute(
-            "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ?)",
-            (blob.blob_id, blob.size, references),
-        )
-    return outcomes

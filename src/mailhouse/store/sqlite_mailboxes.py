@@ -55,12 +55,13 @@ def insert(
     uidvalidity = next_uidvalidity(int(last), time.time())
     conn.execute("UPDATE meta SET value = ? WHERE key = 'last_uidvalidity'", (uidvalidity,))
     cursor = conn.execute(
-        "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity) VALUES (?, ?, ?, ?)",
+        "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity, highest_modseq)"
+        " VALUES (?, ?, ?, ?, 1)",  # RFC 7162 §3.1.2.1: HIGHESTMODSEQ >= 1 from the start
         (account_id, name, special_use, uidvalidity),
     )
     mailbox_id = cursor.lastrowid
     assert mailbox_id is not None
-    return MailboxInfo(mailbox_id, account_id, name, special_use, uidvalidity, 1, 0, False, 0)
+    return MailboxInfo(mailbox_id, account_id, name, special_use, uidvalidity, 1, 1, False, 0)
 
 
 def create(

@@ -1,0 +1,202 @@
+"""Messages for the embedded store: delivery, APPEND, STORE, COPY and MOVE.
+
+Plain functions over a connection, as sqlite_expunge.py: the writes run on the group-commit
+writer thread inside its batch transaction (sqlite_writer.py), so each call is one transaction,
+durable when the caller's future resolves.
+
+One UPDATE of the mailbox row claims UIDs and the MODSEQ of a change and reads them back with
+RETURNING (RFC 9051 §2.3.1.1: UIDs strictly ascend; RFC 7162 §3.1: every change gets a MODSEQ
+above all earlier ones). Copies share the blob and add references; nothing is copied on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Sequence
+
+from mailhouse.store import sqlite_expunge, sqlite_queue
+from mailhouse.store.base import (
+    CopyResult,
+    FlagOp,
+    FlagUpdate,
+    MailboxNotAllowed,
+    MessageFlags,
+    MessageInfo,
+    NoSuchMailbox,
+    Outcome,
+    QueueRequest,
+)
+from mailhouse.store.blobs import SealedBlob
+from mailhouse.store.rules import apply_flag_op, decode_flags, encode_flags
+
+_CLAIM_BY_NAME = (
+    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1,"
+    " message_count = message_count + 1 WHERE account_id = ? AND name = ?"
+    " RETURNING id, uidnext - 1, highest_modseq"
+)
+_CLAIM_BY_ID = (
+    "UPDATE mailboxes SET uidnext = uidnext + ?, highest_modseq = highest_modseq + 1,"
+    " message_count = message_count + ? WHERE id = ?"
+    " RETURNING uidnext - ?, highest_modseq, uidvalidity"
+)
+_INSERT = (
+    "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, internal_zone, size,"
+    " blob_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECTED = "mailbox_id = ? AND uid IN (SELECT value FROM json_each(?))"
+
+TargetRow = tuple[int, str, str, float]
+Queued = tuple[QueueRequest, tuple[str, ...]]
+
+
+def list_all(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
+    query = (
+        "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id, internal_zone"
+        " FROM messages WHERE mailbox_id = ? ORDER BY uid"
+    )
+    return [
+        MessageInfo(r[0], r[1], r[2], decode_flags(r[3]), r[4], r[5], r[6], r[7], r[8])
+        for r in conn.execute(query, (mailbox_id,))
+    ]
+
+
+def deliver(
+    conn: sqlite3.Connection,
+    blob: SealedBlob,
+    targets: Sequence[TargetRow],
+    queued: Queued | None,
+    now: float,
+) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    for account_id, mailbox, flags, internal_date in targets:
+        claimed = conn.execute(_CLAIM_BY_NAME, (account_id, mailbox)).fetchall()
+        if not claimed:
+            outcomes.append(Outcome.PERMANENT)
+            continue
+        mailbox_id, uid, modseq = claimed[0]
+        conn.execute(
+            _INSERT, (mailbox_id, uid, modseq, flags, internal_date, 0, blob.size, blob.blob_id)
+        )
+        outcomes.append(Outcome.DELIVERED)
+    references = outcomes.count(Outcome.DELIVERED)
+    if queued is not None:
+        sqlite_queue.insert(conn, blob, queued[0], queued[1], now)
+        references += 1
+    if references:
+        _new_blob(conn, blob, references)
+    return outcomes
+
+
+def _new_blob(conn: sqlite3.Connection, blob: SealedBlob, references: int) -> None:
+    conn.execute(
+        "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ?)",
+        (blob.blob_id, blob.size, references),
+    )
+
+
+def append(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    blob: SealedBlob,
+    flags: str,
+    internal_date: float,
+    internal_zone: int,
+) -> tuple[int, int]:
+    claimed = conn.execute(_CLAIM_BY_ID, (1, 1, mailbox_id, 1)).fetchone()
+    if claimed is None:
+        raise NoSuchMailbox(mailbox_id)
+    uid, modseq, uidvalidity = claimed
+    conn.execute(
+        _INSERT,
+        (mailbox_id, uid, modseq, flags, internal_date, internal_zone, blob.size, blob.blob_id),
+    )
+    _new_blob(conn, blob, 1)
+    return uidvalidity, uid
+
+
+def store_flags(
+    conn: sqlite3.Connection,
+    mailbox_id: int,
+    uids: list[int],
+    op: FlagOp,
+    flags: frozenset[str],
+    unchanged_since: int | None,
+) -> FlagUpdate:
+    if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone() is None:
+        raise NoSuchMailbox(mailbox_id)
+    rows = conn.execute(
+        "SELECT uid, flags, modseq FROM messages WHERE " + _SELECTED + " ORDER BY uid",
+        (mailbox_id, json.dumps(uids)),
+    ).fetchall()
+    failed: list[int] = []
+    changes: list[tuple[int, frozenset[str]]] = []
+    for uid, text, modseq in rows:
+        if unchanged_since is not None and modseq > unchanged_since:
+            failed.append(uid)
+            continue
+        old = decode_flags(text)
+        new = apply_flag_op(old, op, flags)
+        if new != old:
+            changes.append((uid, new))
+    if not changes:
+        return FlagUpdate(0, (), tuple(failed))
+    (modseq,) = conn.execute(
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?"
+        " RETURNING highest_modseq",
+        (mailbox_id,),
+    ).fetchone()
+    conn.executemany(
+        "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
+        [(encode_flags(new), modseq, mailbox_id, uid) for uid, new in changes],
+    )
+    changed = tuple(MessageFlags(uid, new, modseq) for uid, new in changes)
+    return FlagUpdate(modseq, changed, tuple(failed))
+
+
+def copy(
+    conn: sqlite3.Connection, source_id: int, uids: list[int], target_id: int
+) -> CopyResult:
+    found = dict(
+        conn.execute(
+            "SELECT id, account_id FROM mailboxes WHERE id IN (?, ?)", (source_id, target_id)
+        ).fetchall()
+    )
+    if source_id not in found or target_id not in found:
+        raise NoSuchMailbox(source_id if source_id not in found else target_id)
+    if found[source_id] != found[target_id]:
+        raise MailboxNotAllowed("messages move only between mailboxes of one account")
+    rows = conn.execute(
+        "SELECT uid, flags, internal_date, internal_zone, size, blob_id FROM messages WHERE "
+        + _SELECTED + " ORDER BY uid",
+        (source_id, json.dumps(uids)),
+    ).fetchall()
+    if not rows:
+        (uidvalidity,) = conn.execute(
+            "SELECT uidvalidity FROM mailboxes WHERE id = ?", (target_id,)
+        ).fetchone()
+        return CopyResult(uidvalidity, ())
+    first, modseq, uidvalidity = conn.execute(
+        _CLAIM_BY_ID, (len(rows), len(rows), target_id, len(rows))
+    ).fetchone()
+    conn.executemany(
+        _INSERT,
+        [
+            (target_id, first + i, modseq, flags, date, zone, size, blob_id)
+            for i, (_, flags, date, zone, size, blob_id) in enumerate(rows)
+        ],
+    )
+    for blob_id, count in sorted(Counter(row[5] for row in rows).items()):
+        conn.execute("UPDATE blobs SET refcount = refcount + ? WHERE id = ?", (count, blob_id))
+    return CopyResult(uidvalidity, tuple((row[0], first + i) for i, row in enumerate(rows)))
+
+
+def move(
+    conn: sqlite3.Connection, source_id: int, uids: list[int], target_id: int
+) -> CopyResult:
+    """The copies add their references before the originals drop theirs: no blob is ever at 0."""
+    result = copy(conn, source_id, uids, target_id)
+    if result.uids:
+        sqlite_expunge.expunge(conn, source_id, [source for source, _ in result.uids])
+    return result
