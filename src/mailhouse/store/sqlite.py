@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import sqlite3
@@ -34,13 +33,13 @@ from typing import Any, TypeVar
 from mailhouse.model import Account, Directory
 from mailhouse.store import (
     schema,
+    sqlite_directory,
     sqlite_expunge,
     sqlite_mailboxes,
     sqlite_messages,
     sqlite_queue,
 )
 from mailhouse.store.base import (
-    DEFAULT_MAILBOXES,
     CopyResult,
     DeliveryTarget,
     ExpungedMessage,
@@ -243,38 +242,38 @@ class SqliteStore:
 
     # --- directory ------------------------------------------------------------------------------
     async def directory_serial(self) -> int:
-        return await self._read(_serial)
+        return await self._read(sqlite_directory.serial)
 
     async def directory(self) -> Directory:
-        return await self._read(_directory)
+        return await self._read(sqlite_directory.directory)
 
     async def add_domain(self, name: str) -> None:
-        await self._write(partial(_add_domain, name=name))
+        await self._write(partial(sqlite_directory.add_domain, name=name))
 
     async def remove_domain(self, name: str) -> bool:
-        return await self._write(partial(_remove_domain, name=name))
+        return await self._write(partial(sqlite_directory.remove_domain, name=name))
 
     async def list_domains(self) -> list[str]:
-        return await self._read(_list_domains)
+        return await self._read(sqlite_directory.list_domains)
 
     async def add_account(self, address: str, password_hash: str) -> Account:
         check_address_key(address)
-        apply = partial(_add_account, address=address, password_hash=password_hash)
+        apply = partial(sqlite_directory.add_account, address=address, password_hash=password_hash)
         return await self._write(apply)
 
     async def set_password(self, address: str, password_hash: str) -> bool:
-        apply = partial(_set_password, address=address, password_hash=password_hash)
+        apply = partial(sqlite_directory.set_password, address=address, password_hash=password_hash)
         return await self._write(apply)
 
     async def remove_account(self, address: str) -> bool:
-        apply = partial(_remove_account, address=address)
+        apply = partial(sqlite_directory.remove_account, address=address)
         return await self._write(apply, after_commit=self._garbage_after_commit)
 
     async def get_account(self, address: str) -> Account | None:
-        return await self._read(partial(_get_account, address=address))
+        return await self._read(partial(sqlite_directory.get_account, address=address))
 
     async def list_accounts(self) -> list[Account]:
-        return await self._read(_list_accounts)
+        return await self._read(sqlite_directory.list_accounts)
 
     async def set_alias(self, alias: str, targets: Sequence[str]) -> None:
         check_alias_key(alias)
@@ -282,13 +281,13 @@ class SqliteStore:
             raise ValueError("an alias needs at least one target")
         for target in targets:
             check_address_key(target)
-        await self._write(partial(_set_alias, alias=alias, targets=tuple(targets)))
+        await self._write(partial(sqlite_directory.set_alias, alias=alias, targets=tuple(targets)))
 
     async def remove_alias(self, alias: str) -> bool:
-        return await self._write(partial(_remove_alias, alias=alias))
+        return await self._write(partial(sqlite_directory.remove_alias, alias=alias))
 
     async def list_aliases(self) -> dict[str, tuple[str, ...]]:
-        return await self._read(_list_aliases)
+        return await self._read(sqlite_directory.list_aliases)
 
     # --- messages -------------------------------------------------------------------------------
     def new_spool(self) -> FileSpool:
@@ -581,45 +580,6 @@ class SqliteStore:
 
 
 # --- statements: reads (any read connection) ---------------------------------------------------
-def _serial(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'directory_serial'").fetchone()
-    return int(row[0])
-
-
-def _directory(conn: sqlite3.Connection) -> Directory:
-    conn.execute("BEGIN")  # one snapshot for all four queries
-    try:
-        return Directory(
-            serial=_serial(conn),
-            domains=frozenset(row[0] for row in conn.execute("SELECT name FROM domains")),
-            users={row[0]: row[1] for row in conn.execute("SELECT address, id FROM accounts")},
-            aliases=_list_aliases(conn),
-        )
-    finally:
-        conn.execute("COMMIT")
-
-
-def _list_domains(conn: sqlite3.Connection) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT name FROM domains ORDER BY name")]
-
-
-def _get_account(conn: sqlite3.Connection, address: str) -> Account | None:
-    row = conn.execute(
-        "SELECT id, address, password_hash FROM accounts WHERE address = ?", (address,)
-    ).fetchone()
-    return Account(*row) if row else None
-
-
-def _list_accounts(conn: sqlite3.Connection) -> list[Account]:
-    query = "SELECT id, address, password_hash FROM accounts ORDER BY address"
-    return [Account(*row) for row in conn.execute(query)]
-
-
-def _list_aliases(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
-    query = "SELECT alias, targets FROM aliases ORDER BY alias"
-    return {row[0]: tuple(json.loads(row[1])) for row in conn.execute(query)}
-
-
 def _referenced_in_day(conn: sqlite3.Connection, day: str) -> set[str]:
     # Range scan on the primary key: "/" sorts just before "0", so this is every "<day>/…" id.
     query = "SELECT id FROM blobs WHERE id > ? AND id < ? AND refcount > 0"
@@ -627,80 +587,6 @@ def _referenced_in_day(conn: sqlite3.Connection, day: str) -> set[str]:
 
 
 # --- statements: writes (writer thread, inside the batch transaction) --------------------------
-def _bump_serial(conn: sqlite3.Connection) -> None:
-    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'directory_serial'")
-
-
-def _add_domain(conn: sqlite3.Connection, name: str) -> None:
-    if conn.execute("INSERT OR IGNORE INTO domains (name) VALUES (?)", (name,)).rowcount:
-        _bump_serial(conn)
-
-
-def _remove_domain(conn: sqlite3.Connection, name: str) -> bool:
-    """Only the domain row: its accounts stay (they stop receiving mail until it comes back)."""
-    if conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount:
-        _bump_serial(conn)
-        return True
-    return False
-
-
-def _add_account(conn: sqlite3.Connection, address: str, password_hash: str) -> Account:
-    try:
-        cursor = conn.execute(
-            "INSERT INTO accounts (address, password_hash) VALUES (?, ?)", (address, password_hash)
-        )
-    except sqlite3.IntegrityError:
-        raise KeyError(address) from None
-    account_id = cursor.lastrowid
-    assert account_id is not None
-    for name, special_use in DEFAULT_MAILBOXES:
-        sqlite_mailboxes.insert(conn, account_id, name, special_use)
-        sqlite_mailboxes.subscribe(conn, account_id, name)
-    _bump_serial(conn)
-    return Account(account_id, address, password_hash)
-
-
-def _set_password(conn: sqlite3.Connection, address: str, password_hash: str) -> bool:
-    query = "UPDATE accounts SET password_hash = ? WHERE address = ?"
-    if conn.execute(query, (password_hash, address)).rowcount:
-        _bump_serial(conn)
-        return True
-    return False
-
-
-def _remove_account(conn: sqlite3.Connection, address: str) -> bool:
-    row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
-    if row is None:
-        return False
-    # Each message row holds one reference on its blob; rows reaching 0 are unlinked after commit.
-    conn.execute(
-        "UPDATE blobs SET refcount = refcount - d.n FROM ("
-        " SELECT m.blob_id AS blob_id, count(*) AS n FROM messages AS m"
-        " JOIN mailboxes AS b ON m.mailbox_id = b.id WHERE b.account_id = ?"
-        " GROUP BY m.blob_id) AS d WHERE blobs.id = d.blob_id",
-        (row[0],),
-    )
-    conn.execute("DELETE FROM accounts WHERE id = ?", (row[0],))  # cascades to mailboxes, messages
-    _bump_serial(conn)
-    return True
-
-
-def _set_alias(conn: sqlite3.Connection, alias: str, targets: tuple[str, ...]) -> None:
-    conn.execute(
-        "INSERT INTO aliases (alias, targets) VALUES (?, ?)"
-        " ON CONFLICT (alias) DO UPDATE SET targets = excluded.targets",
-        (alias, json.dumps(list(targets))),
-    )
-    _bump_serial(conn)
-
-
-def _remove_alias(conn: sqlite3.Connection, alias: str) -> bool:
-    if conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,)).rowcount:
-        _bump_serial(conn)
-        return True
-    return False
-
-
 def _forget_blob_rows(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
     conn.executemany(
         "DELETE FROM blobs WHERE id = ? AND refcount <= 0", [(blob_id,) for blob_id in blob_ids]
