@@ -73,6 +73,10 @@ class MailboxInfo:
     highest_modseq: int
     subscribed: bool
     message_count: int
+    # Kept current by every operation so STATUS never scans (RFC 9051 §6.3.11, RFC 8438 SIZE).
+    unseen: int = 0  # messages without \Seen
+    deleted: int = 0  # messages with \Deleted
+    size: int = 0  # sum of the messages' sizes in octets
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +297,9 @@ class Store(Protocol):
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         """One mailbox by name (INBOX in any case, RFC 9051 §5.1); None if there is none."""
+
+    async def status(self, mailbox_id: int) -> MailboxInfo | None:
+        """One mailbox by id with its counters (STATUS, LIST-STATUS): one row, never a scan."""
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         """The mailbox's messages in UID order (ascending); [] for an unknown mailbox."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from mailhouse.model import Account, Directory
@@ -49,6 +49,7 @@ from mailhouse.store.rules import (
     check_rename,
     check_special_use,
     check_zone,
+    flag_counts,
     next_uidvalidity,
     subtree_bounds,
 )
@@ -104,6 +105,22 @@ class _Mailbox:
     info: MailboxInfo
     messages: dict[int, MessageInfo] = field(default_factory=dict)  # uid -> message, ascending
     expunged: dict[int, int] = field(default_factory=dict)  # uid -> modseq of its expunge
+
+
+def _counted(info: MailboxInfo, messages: Iterable[MessageInfo], sign: int) -> MailboxInfo:
+    """`info` with `messages` added (sign 1) to or taken (-1) from its STATUS counters."""
+    count = unseen = deleted = size = 0
+    for message in messages:
+        is_unseen, is_deleted = flag_counts(message.flags)
+        count, unseen, deleted = count + 1, unseen + is_unseen, deleted + is_deleted
+        size += message.size
+    return replace(
+        info,
+        message_count=info.message_count + sign * count,
+        unseen=info.unseen + sign * unseen,
+        deleted=info.deleted + sign * deleted,
+        size=info.size + sign * size,
+    )
 
 
 class MemoryStore(MemoryQueue):
@@ -261,23 +278,9 @@ class MemoryStore(MemoryQueue):
             if mailbox is None:
                 outcomes.append(Outcome.PERMANENT)
                 continue
-            info = mailbox.info
-            uid, modseq = info.uidnext, info.highest_modseq + 1
-            mailbox.info = replace(
-                info,
-                uidnext=uid + 1,
-                highest_modseq=modseq,
-                message_count=info.message_count + 1,
-            )
-            mailbox.messages[uid] = MessageInfo(
-                id=next(self._ids),
-                mailbox_id=info.id,
-                uid=uid,
-                flags=target_flags,
-                internal_date=now if target.internal_date is None else target.internal_date,
-                size=len(data),
-                modseq=modseq,
-                blob_id=blob_id,
+            date = now if target.internal_date is None else target.internal_date
+            self._add_messages(
+                mailbox, [MessageInfo(0, 0, 0, target_flags, date, len(data), 0, blob_id)]
             )
             outcomes.append(Outcome.DELIVERED)
         references = outcomes.count(Outcome.DELIVERED)
@@ -406,6 +409,9 @@ class MemoryStore(MemoryQueue):
             uidnext=info.uidnext,
             highest_modseq=info.highest_modseq,
             message_count=info.message_count,
+            unseen=info.unseen,
+            deleted=info.deleted,
+            size=info.size,
         )
         moved, inbox.messages = inbox.messages, {}
         target.messages = {
@@ -413,7 +419,9 @@ class MemoryStore(MemoryQueue):
         }
         if moved:
             modseq = info.highest_modseq + 1
-            inbox.info = replace(info, highest_modseq=modseq, message_count=0)
+            inbox.info = replace(
+                info, highest_modseq=modseq, message_count=0, unseen=0, deleted=0, size=0
+            )
             for uid in moved:
                 inbox.expunged[uid] = modseq
 
@@ -436,6 +444,11 @@ class MemoryStore(MemoryQueue):
         self._check_open()
         return sorted(self._subscriptions.get(account_id, ()))
 
+    async def status(self, mailbox_id: int) -> MailboxInfo | None:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        return None if mailbox is None else self._view(mailbox.info)
+
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         self._check_open()
         mailbox = self._mailboxes.get(mailbox_id)
@@ -455,9 +468,7 @@ class MemoryStore(MemoryQueue):
             return 0
         info = mailbox.info
         modseq = info.highest_modseq + 1
-        mailbox.info = replace(
-            info, highest_modseq=modseq, message_count=info.message_count - len(gone)
-        )
+        mailbox.info = replace(_counted(info, gone, -1), highest_modseq=modseq)
         for message in gone:
             mailbox.expunged[message.uid] = modseq
             self._release(message.blob_id)
@@ -512,10 +523,7 @@ class MemoryStore(MemoryQueue):
                 message, id=next(self._ids), mailbox_id=info.id, uid=uid, modseq=modseq
             )
         mailbox.info = replace(
-            info,
-            uidnext=info.uidnext + len(messages),
-            highest_modseq=modseq,
-            message_count=info.message_count + len(messages),
+            _counted(info, messages, 1), uidnext=info.uidnext + len(messages), highest_modseq=modseq
         )
         return uids
 
@@ -547,9 +555,11 @@ class MemoryStore(MemoryQueue):
         if not changes:
             return FlagUpdate(0, (), tuple(failed))
         modseq = mailbox.info.highest_modseq + 1
-        mailbox.info = replace(mailbox.info, highest_modseq=modseq)
+        info = _counted(mailbox.info, [mailbox.messages[uid] for uid, _ in changes], -1)
         for uid, new in changes:
             mailbox.messages[uid] = replace(mailbox.messages[uid], flags=new, modseq=modseq)
+        info = _counted(info, [mailbox.messages[uid] for uid, _ in changes], 1)
+        mailbox.info = replace(info, highest_modseq=modseq)
         changed = tuple(MessageFlags(uid, new, modseq) for uid, new in changes)
         return FlagUpdate(modseq, changed, tuple(failed))
 

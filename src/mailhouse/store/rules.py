@@ -109,6 +109,14 @@ def check_zone(minutes: int) -> int:
     return minutes
 
 
+SEEN, DELETED = "\\Seen", "\\Deleted"
+
+
+def flag_counts(flags: frozenset[str]) -> tuple[int, int]:
+    """What one message adds to its mailbox's (unseen, deleted) counters."""
+    return int(SEEN not in flags), int(DELETED in flags)
+
+
 def encode_flags(flags: frozenset[str]) -> str:
     return " ".join(sorted(flags))
 

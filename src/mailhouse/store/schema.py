@@ -38,6 +38,11 @@ Version 4 (issue 8, IMAP messages):
   gives back the zone APPEND was given (RFC 9051 §2.3.3); 0 for delivered mail and old rows.
 - HIGHESTMODSEQ is at least 1 from a mailbox's creation (RFC 7162 §3.1.2.1: mod-sequences are
   positive): empty mailboxes that never changed move from 0 to 1.
+
+Version 5 (issue 8, STATUS without a scan):
+- `mailboxes.unseen`, `deleted`, `total_size`: messages without \\Seen, with \\Deleted, and the
+  sum of their sizes, kept current by every write beside `message_count`, so STATUS (and
+  STATUS=SIZE, RFC 8438) reads one row. Computed once here from the messages.
 """
 
 from __future__ import annotations
@@ -152,10 +157,23 @@ ALTER TABLE messages ADD COLUMN internal_zone INTEGER NOT NULL DEFAULT 0;
 UPDATE mailboxes SET highest_modseq = 1 WHERE highest_modseq = 0;
 """
 
+_V5 = """
+ALTER TABLE mailboxes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailboxes ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailboxes ADD COLUMN total_size INTEGER NOT NULL DEFAULT 0;
+UPDATE mailboxes SET
+    unseen = (SELECT count(*) FROM messages AS m WHERE m.mailbox_id = mailboxes.id
+              AND instr(' ' || m.flags || ' ', ' \\Seen ') = 0),
+    deleted = (SELECT count(*) FROM messages AS m WHERE m.mailbox_id = mailboxes.id
+               AND instr(' ' || m.flags || ' ', ' \\Deleted ') > 0),
+    total_size = (SELECT coalesce(sum(m.size), 0) FROM messages AS m
+                  WHERE m.mailbox_id = mailboxes.id);
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5]
 
 
 def latest_version() -> int:

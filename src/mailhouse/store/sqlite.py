@@ -395,6 +395,9 @@ class SqliteStore:
     async def list_subscriptions(self, account_id: int) -> list[str]:
         return await self._read(partial(sqlite_mailboxes.subscriptions, account_id=account_id))
 
+    async def status(self, mailbox_id: int) -> MailboxInfo | None:
+        return await self._read(partial(sqlite_mailboxes.by_id, mailbox_id=mailbox_id))
+
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         return await self._read(partial(sqlite_messages.list_all, mailbox_id=mailbox_id))
 

@@ -21,7 +21,7 @@ from mailhouse.store.rules import INBOX, check_rename, next_uidvalidity, subtree
 _MAILBOX = (
     "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq,"
     " EXISTS (SELECT 1 FROM subscriptions AS s WHERE s.account_id = mailboxes.account_id"
-    " AND s.name = mailboxes.name), message_count FROM mailboxes"
+    " AND s.name = mailboxes.name), message_count, unseen, deleted, total_size FROM mailboxes"
 )
 
 
@@ -38,7 +38,14 @@ def get(conn: sqlite3.Connection, account_id: int, name: str) -> MailboxInfo | N
 
 
 def _mailbox(r: tuple[Any, ...]) -> MailboxInfo:
-    return MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
+    return MailboxInfo(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9], r[10], r[11]
+    )
+
+
+def by_id(conn: sqlite3.Connection, mailbox_id: int) -> MailboxInfo | None:
+    row = conn.execute(_MAILBOX + " WHERE id = ?", (mailbox_id,)).fetchone()
+    return None if row is None else _mailbox(row)
 
 
 def subscriptions(conn: sqlite3.Connection, account_id: int) -> list[str]:
@@ -128,8 +135,10 @@ def _rename_inbox(conn: sqlite3.Connection, account_id: int, new: str) -> None:
     assert inbox is not None
     target = insert(conn, account_id, new, None)
     conn.execute(
-        "UPDATE mailboxes SET uidnext = ?, highest_modseq = ?, message_count = ? WHERE id = ?",
-        (inbox.uidnext, inbox.highest_modseq, inbox.message_count, target.id),
+        "UPDATE mailboxes SET uidnext = ?, highest_modseq = ?, message_count = ?, unseen = ?,"
+        " deleted = ?, total_size = ? WHERE id = ?",
+        (inbox.uidnext, inbox.highest_modseq, inbox.message_count, inbox.unseen, inbox.deleted,
+         inbox.size, target.id),
     )
     uids = conn.execute(
         "UPDATE messages SET mailbox_id = ? WHERE mailbox_id = ? RETURNING uid",
@@ -138,7 +147,8 @@ def _rename_inbox(conn: sqlite3.Connection, account_id: int, new: str) -> None:
     if not uids:
         return
     (modseq,) = conn.execute(
-        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1, message_count = 0"
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1, message_count = 0,"
+        " unseen = 0, deleted = 0, total_size = 0"
         " WHERE id = ? RETURNING highest_modseq",
         (inbox.id,),
     ).fetchone()

@@ -29,17 +29,20 @@ from mailhouse.store.base import (
     QueueRequest,
 )
 from mailhouse.store.blobs import SealedBlob
-from mailhouse.store.rules import apply_flag_op, decode_flags, encode_flags
+from mailhouse.store.rules import apply_flag_op, decode_flags, encode_flags, flag_counts
 
+# The counters STATUS reads (schema version 5) move in the same statement.
+_COUNT = (
+    " message_count = message_count + ?, unseen = unseen + ?, deleted = deleted + ?,"
+    " total_size = total_size + ?"
+)
 _CLAIM_BY_NAME = (
     "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1,"
-    " message_count = message_count + 1 WHERE account_id = ? AND name = ?"
-    " RETURNING id, uidnext - 1, highest_modseq"
+    + _COUNT + " WHERE account_id = ? AND name = ? RETURNING id, uidnext - 1, highest_modseq"
 )
 _CLAIM_BY_ID = (
     "UPDATE mailboxes SET uidnext = uidnext + ?, highest_modseq = highest_modseq + 1,"
-    " message_count = message_count + ? WHERE id = ?"
-    " RETURNING uidnext - ?, highest_modseq, uidvalidity"
+    + _COUNT + " WHERE id = ? RETURNING uidnext - ?, highest_modseq, uidvalidity"
 )
 _INSERT = (
     "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, internal_zone, size,"
@@ -71,7 +74,9 @@ def deliver(
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for account_id, mailbox, flags, internal_date in targets:
-        claimed = conn.execute(_CLAIM_BY_NAME, (account_id, mailbox)).fetchall()
+        unseen, deleted = flag_counts(decode_flags(flags))
+        counts = (1, unseen, deleted, blob.size)
+        claimed = conn.execute(_CLAIM_BY_NAME, (*counts, account_id, mailbox)).fetchall()
         if not claimed:
             outcomes.append(Outcome.PERMANENT)
             continue
@@ -104,7 +109,9 @@ def append(
     internal_date: float,
     internal_zone: int,
 ) -> tuple[int, int]:
-    claimed = conn.execute(_CLAIM_BY_ID, (1, 1, mailbox_id, 1)).fetchone()
+    unseen, deleted = flag_counts(decode_flags(flags))
+    counts = (1, unseen, deleted, blob.size)
+    claimed = conn.execute(_CLAIM_BY_ID, (1, *counts, mailbox_id, 1)).fetchone()
     if claimed is None:
         raise NoSuchMailbox(mailbox_id)
     uid, modseq, uidvalidity = claimed
@@ -132,6 +139,7 @@ def store_flags(
     ).fetchall()
     failed: list[int] = []
     changes: list[tuple[int, frozenset[str]]] = []
+    unseen = deleted = 0
     for uid, text, modseq in rows:
         if unchanged_since is not None and modseq > unchanged_since:
             failed.append(uid)
@@ -140,12 +148,15 @@ def store_flags(
         new = apply_flag_op(old, op, flags)
         if new != old:
             changes.append((uid, new))
+            (was_unseen, was_deleted), (is_unseen, is_deleted) = map(flag_counts, (old, new))
+            unseen += is_unseen - was_unseen
+            deleted += is_deleted - was_deleted
     if not changes:
         return FlagUpdate(0, (), tuple(failed))
     (modseq,) = conn.execute(
-        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1 WHERE id = ?"
-        " RETURNING highest_modseq",
-        (mailbox_id,),
+        "UPDATE mailboxes SET highest_modseq = highest_modseq + 1, unseen = unseen + ?,"
+        " deleted = deleted + ? WHERE id = ? RETURNING highest_modseq",
+        (unseen, deleted, mailbox_id),
     ).fetchone()
     conn.executemany(
         "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
@@ -177,8 +188,15 @@ def copy(
             "SELECT uidvalidity FROM mailboxes WHERE id = ?", (target_id,)
         ).fetchone()
         return CopyResult(uidvalidity, ())
+    counts = [flag_counts(decode_flags(row[1])) for row in rows]
+    totals = (
+        len(rows),
+        sum(u for u, _ in counts),
+        sum(d for _, d in counts),
+        sum(row[4] for row in rows),
+    )
     first, modseq, uidvalidity = conn.execute(
-        _CLAIM_BY_ID, (len(rows), len(rows), target_id, len(rows))
+        _CLAIM_BY_ID, (len(rows), *totals, target_id, len(rows))
     ).fetchone()
     conn.executemany(
         _INSERT,
