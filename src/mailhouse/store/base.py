@@ -18,6 +18,8 @@ from typing import Protocol
 
 from mailhouse.model import Account, Directory
 
+MAX_UID = 0xFFFFFFFF  # nz-number, 32 bits (RFC 9051 §9, "uniqueid")
+
 # Folders every account gets, with their RFC 6154 special-use attribute.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
     ("INBOX", None),
@@ -118,6 +120,16 @@ class FlagUpdate:
     modseq: int
     changed: tuple[MessageFlags, ...]
     failed: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChanges:
+    """What changed in a mailbox after a MODSEQ (CONDSTORE FETCH CHANGEDSINCE, QRESYNC SELECT,
+    RFC 7162 §3.1.4.1, §3.2.5): messages whose MODSEQ is above it, with their flags, by UID, and
+    the UIDs expunged after it (VANISHED (EARLIER)), ascending."""
+
+    changed: tuple[MessageFlags, ...]
+    expunged: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +315,28 @@ class Store(Protocol):
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         """The mailbox's messages in UID order (ascending); [] for an unknown mailbox."""
+
+    # --- ranged, field-limited reads: a FETCH never loads the whole mailbox -------------------
+    async def list_messages_in(
+        self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
+    ) -> list[MessageInfo]:
+        """Messages with first_uid <= UID <= last_uid, ascending, at most `limit` of them (a
+        range scan of the (mailbox_id, uid) index); [] for an unknown mailbox."""
+
+    async def list_flags(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int = MAX_UID
+    ) -> list[MessageFlags]:
+        """UID, flags and MODSEQ only (FETCH FLAGS, SELECT's bookkeeping), ascending."""
+
+    async def list_uids(self, mailbox_id: int) -> list[int]:
+        """Every UID, ascending: the session's sequence-number map (RFC 9051 §2.3.1.2)."""
+
+    async def uid_bounds(self, mailbox_id: int) -> tuple[int, int] | None:
+        """(lowest UID, highest UID), or None for an empty or unknown mailbox ("*")."""
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        """Messages changed and UIDs expunged after `modseq`, from the (mailbox_id, modseq)
+        indexes, never a scan of the mailbox."""
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
         """Remove these messages from the mailbox; returns how many were removed (UIDs not in

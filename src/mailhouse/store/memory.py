@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, replace
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
+    MAX_UID,
     CopyResult,
     DeliveryTarget,
     ExpungedMessage,
     FlagOp,
     FlagUpdate,
+    MailboxChanges,
     MailboxExists,
     MailboxInfo,
     MailboxNotAllowed,
@@ -448,6 +450,44 @@ class MemoryStore(MemoryQueue):
         self._check_open()
         mailbox = self._mailboxes.get(mailbox_id)
         return None if mailbox is None else self._view(mailbox.info)
+
+    async def list_messages_in(
+        self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
+    ) -> list[MessageInfo]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return []
+        found = [m for uid, m in mailbox.messages.items() if first_uid <= uid <= last_uid]
+        return found if limit is None else found[: max(limit, 0)]
+
+    async def list_flags(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int = MAX_UID
+    ) -> list[MessageFlags]:
+        found = await self.list_messages_in(mailbox_id, first_uid, last_uid)
+        return [MessageFlags(m.uid, m.flags, m.modseq) for m in found]
+
+    async def list_uids(self, mailbox_id: int) -> list[int]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        return [] if mailbox is None else list(mailbox.messages)
+
+    async def uid_bounds(self, mailbox_id: int) -> tuple[int, int] | None:
+        uids = await self.list_uids(mailbox_id)
+        return (uids[0], uids[-1]) if uids else None
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return MailboxChanges((), ())
+        changed = tuple(
+            MessageFlags(m.uid, m.flags, m.modseq)
+            for m in mailbox.messages.values()
+            if m.modseq > modseq
+        )
+        gone = tuple(sorted(uid for uid, seq in mailbox.expunged.items() if seq > modseq))
+        return MailboxChanges(changed, gone)
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         self._check_open()

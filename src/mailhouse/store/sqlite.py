@@ -40,12 +40,15 @@ from mailhouse.store import (
     sqlite_queue,
 )
 from mailhouse.store.base import (
+    MAX_UID,
     CopyResult,
     DeliveryTarget,
     ExpungedMessage,
     FlagOp,
     FlagUpdate,
+    MailboxChanges,
     MailboxInfo,
+    MessageFlags,
     MessageInfo,
     Outcome,
     QueuedMessage,
@@ -397,6 +400,36 @@ class SqliteStore:
 
     async def status(self, mailbox_id: int) -> MailboxInfo | None:
         return await self._read(partial(sqlite_mailboxes.by_id, mailbox_id=mailbox_id))
+
+    async def list_messages_in(
+        self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
+    ) -> list[MessageInfo]:
+        apply = partial(
+            sqlite_messages.list_range,
+            mailbox_id=mailbox_id,
+            first=first_uid,
+            last=last_uid,
+            limit=limit,
+        )
+        return await self._read(apply)
+
+    async def list_flags(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int = MAX_UID
+    ) -> list[MessageFlags]:
+        apply = partial(
+            sqlite_messages.list_flags, mailbox_id=mailbox_id, first=first_uid, last=last_uid
+        )
+        return await self._read(apply)
+
+    async def list_uids(self, mailbox_id: int) -> list[int]:
+        return await self._read(partial(sqlite_messages.list_uids, mailbox_id=mailbox_id))
+
+    async def uid_bounds(self, mailbox_id: int) -> tuple[int, int] | None:
+        return await self._read(partial(sqlite_messages.uid_bounds, mailbox_id=mailbox_id))
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        apply = partial(sqlite_messages.changes_since, mailbox_id=mailbox_id, modseq=modseq)
+        return await self._read(apply)
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         return await self._read(partial(sqlite_messages.list_all, mailbox_id=mailbox_id))

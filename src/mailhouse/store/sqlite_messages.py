@@ -18,9 +18,11 @@ from collections.abc import Sequence
 
 from mailhouse.store import sqlite_expunge, sqlite_queue
 from mailhouse.store.base import (
+    MAX_UID,
     CopyResult,
     FlagOp,
     FlagUpdate,
+    MailboxChanges,
     MailboxNotAllowed,
     MessageFlags,
     MessageInfo,
@@ -54,15 +56,72 @@ TargetRow = tuple[int, str, str, float]
 Queued = tuple[QueueRequest, tuple[str, ...]]
 
 
+# --- reads ----------------------------------------------------------------------------------------
+_MESSAGE = (
+    "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id, internal_zone"
+    " FROM messages"
+)
+
+
 def list_all(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
-    query = (
-        "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id, internal_zone"
-        " FROM messages WHERE mailbox_id = ? ORDER BY uid"
-    )
+    return list_range(conn, mailbox_id, 1, MAX_UID, None)
+
+
+def list_range(
+    conn: sqlite3.Connection, mailbox_id: int, first: int, last: int, limit: int | None
+) -> list[MessageInfo]:
+    query = _MESSAGE + " WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid LIMIT ?"
     return [
         MessageInfo(r[0], r[1], r[2], decode_flags(r[3]), r[4], r[5], r[6], r[7], r[8])
-        for r in conn.execute(query, (mailbox_id,))
+        for r in conn.execute(query, (mailbox_id, first, last, -1 if limit is None else limit))
     ]
+
+
+def list_flags(
+    conn: sqlite3.Connection, mailbox_id: int, first: int, last: int
+) -> list[MessageFlags]:
+    query = (
+        "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ?"
+        " ORDER BY uid"
+    )
+    return [
+        MessageFlags(uid, decode_flags(flags), modseq)
+        for uid, flags, modseq in conn.execute(query, (mailbox_id, first, last))
+    ]
+
+
+def list_uids(conn: sqlite3.Connection, mailbox_id: int) -> list[int]:
+    query = "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid"
+    return [uid for (uid,) in conn.execute(query, (mailbox_id,))]
+
+
+def uid_bounds(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int] | None:
+    """Two index probes (min and max are each one seek on the (mailbox_id, uid) index)."""
+    low = conn.execute("SELECT min(uid) FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+    high = conn.execute("SELECT max(uid) FROM messages WHERE mailbox_id = ?", (mailbox_id,))
+    first, last = low.fetchone()[0], high.fetchone()[0]
+    return None if first is None else (first, last)
+
+
+def changes_since(conn: sqlite3.Connection, mailbox_id: int, modseq: int) -> MailboxChanges:
+    conn.execute("BEGIN")  # one snapshot for both: no change falls between them
+    try:
+        changed = conn.execute(
+            "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = ? AND modseq > ?",
+            (mailbox_id, modseq),
+        ).fetchall()
+        gone = conn.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ?", (mailbox_id, modseq)
+        ).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return MailboxChanges(
+        tuple(MessageFlags(uid, decode_flags(f), m) for uid, f, m in sorted(changed)),
+        tuple(sorted(uid for (uid,) in gone)),
+    )
+
+
+# --- writes (writer thread) -----------------------------------------------------------------------
 
 
 def deliver(
