@@ -369,6 +369,8 @@ async def test_a_version_2_database_upgrades(tmp_path: Path) -> None:
             sum(m.size for m in messages),
         )
         assert (inbox.highest_modseq, sent.highest_modseq) == (1, 1)  # version 4: >= 1
+        quota = await store.get_quota(account.id)  # version 7: no limit, usage from the rows
+        assert quota is not None and (quota.used, quota.limit) == (sent.size, None)
         created = await store.create_mailbox(account.id, "Later")
         assert created.uidvalidity > max(m.uidvalidity for m in await store.list_mailboxes(
             account.id) if m.id != created.id)

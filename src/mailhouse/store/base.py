@@ -48,6 +48,23 @@ class MailboxNotAllowed(MailboxError):
     """Deleting INBOX, renaming a mailbox into its own subtree: [CANNOT]."""
 
 
+class QuotaExceeded(Exception):
+    """The account's storage quota would be exceeded; nothing was stored. IMAP answers NO
+    [OVERQUOTA] (RFC 9208 §4.3.1); a delivery target answers Outcome.TEMPORARY instead."""
+
+    def __init__(self, used: int, limit: int, adding: int) -> None:
+        super().__init__(f"quota exceeded: {used} + {adding} > {limit} octets")
+        self.used, self.limit, self.adding = used, limit, adding
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """STORAGE usage and limit of one account in octets (RFC 9208 §5.1); limit None: none."""
+
+    used: int
+    limit: int | None
+
+
 class Outcome(Enum):
     """Typed result of one recipient's delivery (as maddy's DeliveryTarget, Stalwart's Status)."""
 
@@ -246,6 +263,13 @@ class Store(Protocol):
 
     async def set_password(self, address: str, password_hash: str) -> bool: ...
 
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        """The account's storage limit in octets (None: unlimited, the default); False if there is
+        no such account. Lowering it below the usage refuses new mail, removes nothing."""
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        """Usage (the sum of its mailboxes' sizes, each kept on the mailbox row) and limit."""
+
     async def remove_account(self, address: str) -> bool:
         """Remove the account, its mailboxes and messages (blobs lose a reference)."""
 
@@ -268,7 +292,8 @@ class Store(Protocol):
         """Store one message (one copy of the bytes) into every target mailbox, and into the
         outbound queue when `queue` is given, durably, in one transaction shared with whatever
         else commits at the same moment (group commit). Returns one Outcome per target, in
-        order (the queue entry is all-or-nothing: if it cannot be stored, this raises). The
+        order (the queue entry is all-or-nothing: if it cannot be stored, this raises). A target
+        whose account's quota the message would exceed is TEMPORARY (RFC 3463 4.2.2). The
         spool is consumed. Raises StorageFull / MailError when nothing could be stored."""
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...
@@ -363,8 +388,8 @@ class Store(Protocol):
     ) -> tuple[int, int]:
         """Store one message in the mailbox, durable on return as `deliver`; returns
         (UIDVALIDITY, UID) for APPENDUID (RFC 4315 §3). `internal_zone` is minutes east of UTC.
-        The spool is consumed. Raises NoSuchMailbox (nothing stored), ValueError for a bad flag,
-        StorageFull / MailError."""
+        The spool is consumed. Raises NoSuchMailbox (nothing stored), QuotaExceeded, ValueError
+        for a bad flag, StorageFull / MailError."""
 
     async def store_flags(
         self,
@@ -385,7 +410,8 @@ class Store(Protocol):
     ) -> CopyResult:
         """Copy these messages (flags, INTERNALDATE, size; the blob is shared, never copied) to
         the end of `target_id`, a mailbox of the same account, in UID order, under one new MODSEQ
-        of the target. Raises NoSuchMailbox, MailboxNotAllowed (another account's mailbox)."""
+        of the target. Raises NoSuchMailbox, MailboxNotAllowed (another account's mailbox),
+        QuotaExceeded (MOVE never does: it changes no account's usage)."""
 
     async def move_messages(
         self, source_id: int, uids: Sequence[int], target_id: int

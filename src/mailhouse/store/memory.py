@@ -34,6 +34,8 @@ from mailhouse.store.base import (
     QueuedMessage,
     QueueRecipient,
     QueueRequest,
+    Quota,
+    QuotaExceeded,
     RecipientStatus,
     Spool,
 )
@@ -48,6 +50,7 @@ from mailhouse.store.rules import (
     check_alias_key,
     check_flags,
     check_mailbox_name,
+    check_quota,
     check_rename,
     check_special_use,
     check_zone,
@@ -137,6 +140,7 @@ class MemoryStore(MemoryQueue):
         self._aliases: dict[str, tuple[str, ...]] = {}
         self._mailboxes: dict[int, _Mailbox] = {}
         self._subscriptions: dict[int, set[str]] = {}  # account id -> names
+        self._quotas: dict[int, int | None] = {}  # account id -> limit in octets
         self._blobs: dict[str, _Blob] = {}
         self._queue: dict[int, QueuedMessage] = {}  # by id, ascending (insertion order)
         self._ids = itertools.count(1)  # one sequence for every id: never reused
@@ -211,6 +215,33 @@ class MemoryStore(MemoryQueue):
         self._changed()
         return True
 
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        self._check_open()
+        account = self._accounts.get(address)
+        if account is None:
+            return False
+        self._quotas[account.id] = check_quota(limit)
+        return True
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        self._check_open()
+        if account_id not in self._subscriptions:  # every account has an entry there
+            return None
+        used = sum(m.info.size for m in self._mailboxes.values() if m.info.account_id == account_id)
+        return Quota(used, self._quotas.get(account_id))
+
+    def _quota_allows(self, account_id: int, adding: int) -> bool:
+        used = sum(m.info.size for m in self._mailboxes.values() if m.info.account_id == account_id)
+        limit = self._quotas.get(account_id)
+        return limit is None or used + adding <= limit
+
+    def _check_quota(self, account_id: int, adding: int) -> None:
+        if not self._quota_allows(account_id, adding):
+            used = sum(
+                m.info.size for m in self._mailboxes.values() if m.info.account_id == account_id
+            )
+            raise QuotaExceeded(used, self._quotas.get(account_id) or 0, adding)
+
     async def remove_account(self, address: str) -> bool:
         self._check_open()
         account = self._accounts.pop(address, None)
@@ -279,6 +310,9 @@ class MemoryStore(MemoryQueue):
             mailbox = self._find_mailbox(target.account_id, target.mailbox)
             if mailbox is None:
                 outcomes.append(Outcome.PERMANENT)
+                continue
+            if not self._quota_allows(target.account_id, len(data)):
+                outcomes.append(Outcome.TEMPORARY)  # mailbox full, RFC 3463 4.2.2
                 continue
             date = now if target.internal_date is None else target.internal_date
             self._add_messages(
@@ -536,6 +570,7 @@ class MemoryStore(MemoryQueue):
         mailbox = self._mailboxes.get(mailbox_id)
         if mailbox is None:
             raise NoSuchMailbox(mailbox_id)
+        self._check_quota(mailbox.info.account_id, len(data))
         blob_id = uuid.uuid4().hex
         self._blobs[blob_id] = _Blob(data, 1)
         [uid] = self._add_messages(mailbox, [
@@ -616,6 +651,8 @@ class MemoryStore(MemoryQueue):
     ) -> CopyResult:
         self._check_open()
         source, target = self._pair(source_id, target_id)
+        adding = sum(source.messages[u].size for u in set(uids) if u in source.messages)
+        self._check_quota(target.info.account_id, adding)
         return self._copy(source, uids, target)
 
     def _copy(self, source: _Mailbox, uids: Sequence[int], target: _Mailbox) -> CopyResult:

@@ -65,6 +65,12 @@ def check_rename(old: str, new: str, old_exists: bool, new_taken: bool) -> None:
         raise MailboxExists(new)
 
 
+def check_quota(limit: int | None) -> int | None:
+    if limit is not None and limit < 0:
+        raise ValueError(f"a quota cannot be negative: {limit}")
+    return limit
+
+
 def next_uidvalidity(last: int, now: float) -> int:
     """A UIDVALIDITY never handed out before on this store.
 

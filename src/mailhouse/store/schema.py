@@ -49,6 +49,11 @@ Version 6 (issue 8, the change feed):
   CHANGEDSINCE, QRESYNC) is a range scan, as `expunged_modseq` already makes it for expunges.
   It costs every write one more index entry; a resync of a 100,000-message mailbox no longer
   reads them all.
+
+Version 7 (issue 8, quota):
+- `accounts.quota`: the storage limit in octets, NULL for none (every existing account). Usage
+  is not stored: it is the sum of the account's `mailboxes.total_size` counters, a few rows
+  found by the (account_id, name) index, so it can never drift from them.
 """
 
 from __future__ import annotations
@@ -180,10 +185,14 @@ _V6 = """
 CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
 """
 
+_V7 = """
+ALTER TABLE accounts ADD COLUMN quota INTEGER CHECK (quota IS NULL OR quota >= 0);
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 
 
 def latest_version() -> int:

@@ -53,6 +53,7 @@ from mailhouse.store.base import (
     Outcome,
     QueuedMessage,
     QueueRequest,
+    Quota,
     RecipientUpdate,
     Spool,
 )
@@ -71,6 +72,7 @@ from mailhouse.store.rules import (
     check_alias_key,
     check_flags,
     check_mailbox_name,
+    check_quota,
     check_special_use,
     check_zone,
     encode_flags,
@@ -267,6 +269,13 @@ class SqliteStore:
     async def set_password(self, address: str, password_hash: str) -> bool:
         apply = partial(sqlite_directory.set_password, address=address, password_hash=password_hash)
         return await self._write(apply)
+
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        apply = partial(sqlite_messages.set_quota, address=address, limit=check_quota(limit))
+        return await self._write(apply)
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        return await self._read(partial(sqlite_messages.quota, account_id=account_id))
 
     async def remove_account(self, address: str) -> bool:
         apply = partial(sqlite_directory.remove_account, address=address)

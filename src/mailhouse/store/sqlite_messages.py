@@ -29,6 +29,8 @@ from mailhouse.store.base import (
     NoSuchMailbox,
     Outcome,
     QueueRequest,
+    Quota,
+    QuotaExceeded,
 )
 from mailhouse.store.blobs import SealedBlob
 from mailhouse.store.rules import apply_flag_op, decode_flags, encode_flags, flag_counts
@@ -135,6 +137,12 @@ def deliver(
     for account_id, mailbox, flags, internal_date in targets:
         unseen, deleted = flag_counts(decode_flags(flags))
         counts = (1, unseen, deleted, blob.size)
+        if not quota_allows(conn, account_id, blob.size):  # mailbox full, RFC 3463 4.2.2
+            exists = conn.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, mailbox)
+            ).fetchone()
+            outcomes.append(Outcome.PERMANENT if exists is None else Outcome.TEMPORARY)
+            continue
         claimed = conn.execute(_CLAIM_BY_NAME, (*counts, account_id, mailbox)).fetchall()
         if not claimed:
             outcomes.append(Outcome.PERMANENT)
@@ -168,12 +176,16 @@ def append(
     internal_date: float,
     internal_zone: int,
 ) -> tuple[int, int]:
+    owner = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?", (mailbox_id,))
+    row = owner.fetchone()
+    if row is None:
+        raise NoSuchMailbox(mailbox_id)
+    check_quota(conn, row[0], blob.size)
     unseen, deleted = flag_counts(decode_flags(flags))
     counts = (1, unseen, deleted, blob.size)
-    claimed = conn.execute(_CLAIM_BY_ID, (1, *counts, mailbox_id, 1)).fetchone()
-    if claimed is None:
-        raise NoSuchMailbox(mailbox_id)
-    uid, modseq, uidvalidity = claimed
+    uid, modseq, uidvalidity = conn.execute(
+        _CLAIM_BY_ID, (1, *counts, mailbox_id, 1)
+    ).fetchone()
     conn.execute(
         _INSERT,
         (mailbox_id, uid, modseq, flags, internal_date, internal_zone, blob.size, blob.blob_id),
@@ -226,7 +238,11 @@ def store_flags(
 
 
 def copy(
-    conn: sqlite3.Connection, source_id: int, uids: list[int], target_id: int
+    conn: sqlite3.Connection,
+    source_id: int,
+    uids: list[int],
+    target_id: int,
+    quota_checked: bool = True,
 ) -> CopyResult:
     found = dict(
         conn.execute(
@@ -247,6 +263,8 @@ def copy(
             "SELECT uidvalidity FROM mailboxes WHERE id = ?", (target_id,)
         ).fetchone()
         return CopyResult(uidvalidity, ())
+    if quota_checked:
+        check_quota(conn, found[target_id], sum(row[4] for row in rows))
     counts = [flag_counts(decode_flags(row[1])) for row in rows]
     totals = (
         len(rows),
@@ -269,11 +287,37 @@ def copy(
     return CopyResult(uidvalidity, tuple((row[0], first + i) for i, row in enumerate(rows)))
 
 
+def quota(conn: sqlite3.Connection, account_id: int) -> Quota | None:
+    row = conn.execute(
+        "SELECT quota, (SELECT coalesce(sum(total_size), 0) FROM mailboxes"
+        " WHERE account_id = accounts.id) FROM accounts WHERE id = ?",
+        (account_id,),
+    ).fetchone()
+    return None if row is None else Quota(row[1], row[0])
+
+
+def quota_allows(conn: sqlite3.Connection, account_id: int, adding: int) -> bool:
+    found = quota(conn, account_id)
+    return found is None or found.limit is None or found.used + adding <= found.limit
+
+
+def check_quota(conn: sqlite3.Connection, account_id: int, adding: int) -> None:
+    """Raises QuotaExceeded; the writer rolls the job back to its savepoint."""
+    found = quota(conn, account_id)
+    if found is not None and found.limit is not None and found.used + adding > found.limit:
+        raise QuotaExceeded(found.used, found.limit, adding)
+
+
+def set_quota(conn: sqlite3.Connection, address: str, limit: int | None) -> bool:
+    query = "UPDATE accounts SET quota = ? WHERE address = ?"
+    return bool(conn.execute(query, (limit, address)).rowcount)
+
+
 def move(
     conn: sqlite3.Connection, source_id: int, uids: list[int], target_id: int
 ) -> CopyResult:
     """The copies add their references before the originals drop theirs: no blob is ever at 0."""
-    result = copy(conn, source_id, uids, target_id)
+    result = copy(conn, source_id, uids, target_id, quota_checked=False)  # usage unchanged
     if result.uids:
         sqlite_expunge.expunge(conn, source_id, [source for source, _ in result.uids])
     return result
