@@ -65,7 +65,7 @@ async def test_create_gives_an_empty_mailbox_with_a_new_uidvalidity(store: Store
     assert created.uidvalidity not in before
     # Levels above are not created: "Lists" is a \Noselect level while "Lists/python" exists.
     assert await store.get_mailbox(account.id, "Lists") is None
-    assert await fill(store, account.id, "Lists/python", 1) is None
+    await fill(store, account.id, "Lists/python", 1)
 
 
 async def test_create_with_special_use(store: Store) -> None:
@@ -146,7 +146,7 @@ async def test_delete_removes_the_mailbox_and_its_messages(store: Store) -> None
     account = await alice(store)
     work = await store.create_mailbox(account.id, "Work")
     await fill(store, account.id, "Work", 3)
-    assert await store.delete_mailbox(account.id, "Work") is None
+    await store.delete_mailbox(account.id, "Work")
     assert await store.get_mailbox(account.id, "Work") is None
     assert await store.list_messages(work.id) == []
     assert await store.list_expunged(work.id) == []

@@ -50,7 +50,7 @@ async def append(
 ) -> tuple[int, int]:
     spool = store.new_spool()
     await spool.write(data)
-    return await store.append(mailbox_id, spool, flags, **kw)  # type: ignore[arg-type]
+    return await store.append(mailbox_id, spool, flags, **kw)
 
 
 async def flags_of(store: Store, mailbox_id: int) -> dict[int, frozenset[str]]:
