@@ -11,6 +11,7 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -49,11 +50,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.fixturenames.insert(0, "runner")
 
 
-@pytest.fixture(params=STORE_KINDS)
+class TwoProcesses:
+    """Two embedded stores on one data directory, as the server and a worker process (or the
+    CLI) open it: every write goes through the first, every read through the second, so each
+    contract test also checks that one instance sees what the other committed, at once.
+
+    The spool and the bytes belong to the writer (a spool is one instance's file); reading
+    message bytes goes through the reader, which shares only the directory."""
+
+    READS = frozenset({
+        "directory_serial", "directory", "list_domains", "get_account", "list_accounts",
+        "list_aliases", "list_mailboxes", "get_mailbox", "list_messages", "list_expunged",
+        "read_message", "read_blob", "queue_due", "queue_next_attempt", "queue_get",
+        "queue_list", "list_subscriptions",
+    })
+
+    def __init__(self, data_dir: Path) -> None:
+        self.writer = open_store(data_dir, "sqlite")
+        self.reader = open_store(data_dir, "sqlite")
+
+    async def open(self) -> None:
+        await self.writer.open()
+        await self.reader.open()
+
+    async def close(self) -> None:
+        await self.reader.close()
+        await self.writer.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.reader if name in self.READS else self.writer, name)
+
+
+@pytest.fixture(params=[*STORE_KINDS, "sqlite-two"])
 def store(
     request: pytest.FixtureRequest, runner: asyncio.Runner, tmp_path: Path
 ) -> Iterator[Store]:
-    opened = open_store(tmp_path / "data", request.param)
+    opened: Store
+    if request.param == "sqlite-two":
+        opened = cast(Store, TwoProcesses(tmp_path / "data"))
+    else:
+        opened = open_store(tmp_path / "data", request.param)
     runner.run(opened.open())
     try:
         yield opened

@@ -105,7 +105,7 @@ async def test_add_account_creates_default_mailboxes(store: Store) -> None:
         assert mailbox.account_id == account.id
         assert 0 < mailbox.uidvalidity < 2**32
         assert mailbox.uidnext == 1
-        assert mailbox.highest_modseq == 0
+        assert mailbox.highest_modseq == 1  # RFC 7162 §3.1.2.1: >= 1 from the start
         assert mailbox.message_count == 0
         assert mailbox.subscribed
     assert len({m.uidvalidity for m in mailboxes}) == len(mailboxes)
@@ -191,13 +191,13 @@ async def test_deliver_and_read_back(store: Store) -> None:
     inbox = await inbox_of(store, alice.id)
     [message] = await store.list_messages(inbox)
     assert message.mailbox_id == inbox
-    assert (message.uid, message.modseq) == (1, 1)
+    assert (message.uid, message.modseq) == (1, 2)
     assert message.flags == frozenset({"\\Seen", "$Important"})
     assert message.internal_date == 1_700_000_000.5
     assert message.size == len(MESSAGE)
     assert await read_all(store, message) == MESSAGE
     [info] = [m for m in await store.list_mailboxes(alice.id) if m.id == inbox]
-    assert (info.uidnext, info.highest_modseq, info.message_count) == (2, 1, 1)
+    assert (info.uidnext, info.highest_modseq, info.message_count) == (2, 2, 1)
 
 
 async def test_internal_date_defaults_to_now(store: Store) -> None:
@@ -266,7 +266,7 @@ async def test_uids_and_modseqs_ascend_in_order(store: Store) -> None:
         await deliver_bytes(store, b"message %d\r\n" % i, [DeliveryTarget(alice.id)])
     messages = await store.list_messages(await inbox_of(store, alice.id))
     assert [m.uid for m in messages] == [1, 2, 3, 4, 5]
-    assert [m.modseq for m in messages] == [1, 2, 3, 4, 5]
+    assert [m.modseq for m in messages] == [2, 3, 4, 5, 6]
     assert [await read_all(store, m) for m in messages] == [b"message %d\r\n" % i for i in range(5)]
 
 
@@ -285,10 +285,10 @@ async def test_concurrent_deliveries_get_distinct_uids(store: Store) -> None:
         inbox = await inbox_of(store, account.id)
         messages = await store.list_messages(inbox)
         assert [m.uid for m in messages] == list(range(1, 61))
-        assert sorted(m.modseq for m in messages) == list(range(1, 61))
+        assert sorted(m.modseq for m in messages) == list(range(2, 62))
         assert sorted([await read_all(store, m) for m in messages]) == sorted(bodies)
         [info] = [m for m in await store.list_mailboxes(account.id) if m.id == inbox]
-        assert (info.uidnext, info.highest_modseq, info.message_count) == (61, 60, 60)
+        assert (info.uidnext, info.highest_modseq, info.message_count) == (61, 61, 60)
 
 
 async def test_large_message_round_trips_in_chunks(store: Store) -> None:

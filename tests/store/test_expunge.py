@@ -37,7 +37,8 @@ async def inbox(store: Store, account_id: int) -> MailboxInfo:
 
 
 async def filled(store: Store, count: int, address: str = "alice@example.org") -> MailboxInfo:
-    """An account whose INBOX holds `count` messages, UIDs 1..count, MODSEQs 1..count."""
+    """An account whose INBOX holds `count` messages, UIDs 1..count, MODSEQs 2..count + 1 (an
+    empty mailbox is at HIGHESTMODSEQ 1, RFC 7162 §3.1.2.1)."""
     account = await store.add_account(address, "h")
     for i in range(count):
         body = b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i)
@@ -65,7 +66,7 @@ async def test_get_mailbox_by_name(store: Store) -> None:
 async def test_get_mailbox_sees_current_counters(store: Store) -> None:
     box = await filled(store, 2)
     fresh = await inbox(store, box.account_id)
-    assert (fresh.uidnext, fresh.highest_modseq, fresh.message_count) == (3, 2, 2)
+    assert (fresh.uidnext, fresh.highest_modseq, fresh.message_count) == (3, 3, 2)
 
 
 # --- expunge: what changes ------------------------------------------------------------------------
@@ -83,9 +84,9 @@ async def test_expunge_removes_and_spends_one_modseq(store: Store) -> None:
     assert await uids(store, box.id) == [2]
     after = await inbox(store, box.account_id)
     # One change, one MODSEQ above every earlier one; UIDNEXT never goes back (RFC 9051 §2.3.1.1).
-    assert (after.highest_modseq, after.message_count, after.uidnext) == (4, 1, 4)
+    assert (after.highest_modseq, after.message_count, after.uidnext) == (5, 1, 4)
     assert after.uidvalidity == box.uidvalidity
-    assert await store.list_expunged(box.id) == [ExpungedMessage(1, 4), ExpungedMessage(3, 4)]
+    assert await store.list_expunged(box.id) == [ExpungedMessage(1, 5), ExpungedMessage(3, 5)]
 
 
 async def test_each_expunge_gets_its_own_modseq_and_history_filters_by_it(store: Store) -> None:
@@ -93,14 +94,14 @@ async def test_each_expunge_gets_its_own_modseq_and_history_filters_by_it(store:
     assert await store.expunge(box.id, [2]) == 1
     assert await store.expunge(box.id, (4, 1)) == 2
     assert await store.list_expunged(box.id) == [
-        ExpungedMessage(1, 6),
-        ExpungedMessage(2, 5),
-        ExpungedMessage(4, 6),
+        ExpungedMessage(1, 7),
+        ExpungedMessage(2, 6),
+        ExpungedMessage(4, 7),
     ]
-    # VANISHED (EARLIER) for a client that last saw MODSEQ 5 (RFC 7162 §3.2.5.2).
-    assert await store.list_expunged(box.id, 5) == [ExpungedMessage(1, 6), ExpungedMessage(4, 6)]
-    assert await store.list_expunged(box.id, 6) == []
-    assert (await inbox(store, box.account_id)).highest_modseq == 6
+    # VANISHED (EARLIER) for a client that last saw MODSEQ 6 (RFC 7162 §3.2.5.2).
+    assert await store.list_expunged(box.id, 6) == [ExpungedMessage(1, 7), ExpungedMessage(4, 7)]
+    assert await store.list_expunged(box.id, 7) == []
+    assert (await inbox(store, box.account_id)).highest_modseq == 7
 
 
 async def test_later_deliveries_keep_ascending(store: Store) -> None:
@@ -108,7 +109,7 @@ async def test_later_deliveries_keep_ascending(store: Store) -> None:
     await store.expunge(box.id, [1, 2])
     await deliver_bytes(store, MESSAGE, [DeliveryTarget(box.account_id)])
     [message] = await store.list_messages(box.id)
-    assert (message.uid, message.modseq) == (3, 4)
+    assert (message.uid, message.modseq) == (3, 5)
     assert await read_all(store, message) == MESSAGE
 
 
@@ -117,7 +118,7 @@ async def test_only_the_named_mailbox_changes(store: Store) -> None:
     bob = await filled(store, 2, "bob@example.org")
     await store.expunge(alice.id, [1, 2])
     assert await uids(store, bob.id) == [1, 2]
-    assert (await inbox(store, bob.account_id)).highest_modseq == 2
+    assert (await inbox(store, bob.account_id)).highest_modseq == 3
     assert await store.list_expunged(bob.id) == []
 
 
@@ -128,7 +129,7 @@ async def test_unknown_uids_and_mailboxes_are_ignored(store: Store) -> None:
     assert await store.expunge(box.id, [0, 3, 99, 2**32]) == 0
     assert await store.expunge(box.id + 10_000, [1]) == 0
     after = await inbox(store, box.account_id)
-    assert (after.highest_modseq, after.message_count) == (2, 2)  # no change, no MODSEQ spent
+    assert (after.highest_modseq, after.message_count) == (3, 2)  # no change, no MODSEQ spent
     assert await uids(store, box.id) == [1, 2]
     assert await store.list_expunged(box.id) == []
 
@@ -139,8 +140,8 @@ async def test_expunge_is_idempotent(store: Store) -> None:
     assert await store.expunge(box.id, [2]) == 0
     assert await store.expunge(box.id, [2, 3]) == 1  # the known part of a mixed list
     assert await uids(store, box.id) == [1]
-    assert await store.list_expunged(box.id) == [ExpungedMessage(2, 4), ExpungedMessage(3, 5)]
-    assert (await inbox(store, box.account_id)).highest_modseq == 5
+    assert await store.list_expunged(box.id) == [ExpungedMessage(2, 5), ExpungedMessage(3, 6)]
+    assert (await inbox(store, box.account_id)).highest_modseq == 6
 
 
 async def test_racing_expunges_of_one_message_remove_it_once(store: Store) -> None:
@@ -149,7 +150,7 @@ async def test_racing_expunges_of_one_message_remove_it_once(store: Store) -> No
     results = await asyncio.gather(*(store.expunge(box.id, [1]) for _ in range(5)))
     assert sorted(results) == [0, 0, 0, 0, 1]
     after = await inbox(store, box.account_id)
-    assert (after.highest_modseq, after.message_count) == (3, 1)
+    assert (after.highest_modseq, after.message_count) == (4, 1)
 
 
 # --- expunge: the bytes ---------------------------------------------------------------------------
@@ -268,15 +269,15 @@ async def test_expunges_survive_a_reopen(data_dir: Path) -> None:
     try:
         assert await uids(store, box.id) == [3]
         after = await inbox(store, box.account_id)
-        assert (after.highest_modseq, after.message_count, after.uidnext) == (4, 1, 4)
-        assert await store.list_expunged(box.id) == [ExpungedMessage(1, 4), ExpungedMessage(2, 4)]
+        assert (after.highest_modseq, after.message_count, after.uidnext) == (5, 1, 4)
+        assert await store.list_expunged(box.id) == [ExpungedMessage(1, 5), ExpungedMessage(2, 5)]
         assert len(blob_files(data_dir)) == 1
         assert await store.expunge(box.id, [1, 2]) == 0
     finally:
         await store.close()
     assert db_rows(data_dir, "SELECT mailbox_id, uid, modseq FROM expunged ORDER BY uid") == [
-        (box.id, 1, 4),
-        (box.id, 2, 4),
+        (box.id, 1, 5),
+        (box.id, 2, 5),
     ]
 
 

@@ -245,7 +245,7 @@ async def assert_nothing_stored(store: Store, data_dir: Path, account_id: int) -
     messages = await store.list_messages(await inbox(store, account_id))
     assert messages == []
     [info] = [m for m in await store.list_mailboxes(account_id) if m.name == "INBOX"]
-    assert (info.uidnext, info.highest_modseq, info.message_count) == (1, 0, 0)
+    assert (info.uidnext, info.highest_modseq, info.message_count) == (1, 1, 0)
     assert db_rows(data_dir, "SELECT * FROM blobs") == []
     assert blob_files(data_dir) == []
 

@@ -18,6 +18,8 @@ from typing import Protocol
 
 from mailhouse.model import Account, Directory
 
+MAX_UID = 0xFFFFFFFF  # nz-number, 32 bits (RFC 9051 §9, "uniqueid")
+
 # Folders every account gets, with their RFC 6154 special-use attribute.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
     ("INBOX", None),
@@ -27,6 +29,40 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
     ("Junk", "\\Junk"),
     ("Archive", "\\Archive"),
 )
+
+
+class MailboxError(Exception):
+    """A mailbox operation that cannot be done as asked; nothing was changed. The IMAP layer
+    answers NO with the response code each subclass names (RFC 5530)."""
+
+
+class NoSuchMailbox(MailboxError):
+    """No mailbox (or, for RENAME, no subtree) of that name: [NONEXISTENT]."""
+
+
+class MailboxExists(MailboxError):
+    """The name is taken, by a mailbox or by names below it: [ALREADYEXISTS]."""
+
+
+class MailboxNotAllowed(MailboxError):
+    """Deleting INBOX, renaming a mailbox into its own subtree: [CANNOT]."""
+
+
+class QuotaExceeded(Exception):
+    """The account's storage quota would be exceeded; nothing was stored. IMAP answers NO
+    [OVERQUOTA] (RFC 9208 §4.3.1); a delivery target answers Outcome.TEMPORARY instead."""
+
+    def __init__(self, used: int, limit: int, adding: int) -> None:
+        super().__init__(f"quota exceeded: {used} + {adding} > {limit} octets")
+        self.used, self.limit, self.adding = used, limit, adding
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """STORAGE usage and limit of one account in octets (RFC 9208 §5.1); limit None: none."""
+
+    used: int
+    limit: int | None
 
 
 class Outcome(Enum):
@@ -56,6 +92,10 @@ class MailboxInfo:
     highest_modseq: int
     subscribed: bool
     message_count: int
+    # Kept current by every operation so STATUS never scans (RFC 9051 §6.3.11, RFC 8438 SIZE).
+    unseen: int = 0  # messages without \Seen
+    deleted: int = 0  # messages with \Deleted
+    size: int = 0  # sum of the messages' sizes in octets
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +108,54 @@ class MessageInfo:
     size: int
     modseq: int
     blob_id: str
+    internal_zone: int = 0  # INTERNALDATE's zone, minutes east of UTC (RFC 9051 §2.3.3)
+
+
+class FlagOp(Enum):
+    """STORE's three forms (RFC 9051 §6.4.6): FLAGS, +FLAGS, -FLAGS."""
+
+    SET = "set"
+    ADD = "add"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFlags:
+    """What FETCH FLAGS / MODSEQ need of one message, without the rest of its row."""
+
+    uid: int
+    flags: frozenset[str]
+    modseq: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """The result of one `store_flags` call. `modseq` is the MODSEQ every changed message got
+    (the mailbox's new HIGHESTMODSEQ), 0 when nothing changed; `failed` are the UIDs whose MODSEQ
+    was above UNCHANGEDSINCE, left alone (the MODIFIED response code, RFC 7162 §3.1.3)."""
+
+    modseq: int
+    changed: tuple[MessageFlags, ...]
+    failed: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxChanges:
+    """What changed in a mailbox after a MODSEQ (CONDSTORE FETCH CHANGEDSINCE, QRESYNC SELECT,
+    RFC 7162 §3.1.4.1, §3.2.5): messages whose MODSEQ is above it, with their flags, by UID, and
+    the UIDs expunged after it (VANISHED (EARLIER)), ascending."""
+
+    changed: tuple[MessageFlags, ...]
+    expunged: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """COPYUID (RFC 4315 §3): the destination's UIDVALIDITY and (source UID, new UID) pairs in
+    ascending source UID order; UIDs not in the source are not listed."""
+
+    uidvalidity: int
+    uids: tuple[tuple[int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +263,13 @@ class Store(Protocol):
 
     async def set_password(self, address: str, password_hash: str) -> bool: ...
 
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        """The account's storage limit in octets (None: unlimited, the default); False if there is
+        no such account. Lowering it below the usage refuses new mail, removes nothing."""
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        """Usage (the sum of its mailboxes' sizes, each kept on the mailbox row) and limit."""
+
     async def remove_account(self, address: str) -> bool:
         """Remove the account, its mailboxes and messages (blobs lose a reference)."""
 
@@ -197,16 +292,76 @@ class Store(Protocol):
         """Store one message (one copy of the bytes) into every target mailbox, and into the
         outbound queue when `queue` is given, durably, in one transaction shared with whatever
         else commits at the same moment (group commit). Returns one Outcome per target, in
-        order (the queue entry is all-or-nothing: if it cannot be stored, this raises). The
+        order (the queue entry is all-or-nothing: if it cannot be stored, this raises). A target
+        whose account's quota the message would exceed is TEMPORARY (RFC 3463 4.2.2). The
         spool is consumed. Raises StorageFull / MailError when nothing could be stored."""
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...
 
+    # --- mailboxes (IMAP CREATE, DELETE, RENAME, SUBSCRIBE; docs/decisions.md) ---------------
+    # Names are checked by rules.check_mailbox_name (ValueError); "/" is the hierarchy
+    # delimiter. A name with mailboxes below it but no mailbox of its own is a \Noselect level
+    # (RFC 9051 §7.3.1): nothing is stored for it, it exists while something below it does.
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        """A new empty mailbox with a UIDVALIDITY never used before. Levels above it are not
+        created (they are \\Noselect while it exists). Raises MailboxExists, KeyError for an
+        unknown account, ValueError for a bad name or special-use attribute (RFC 6154)."""
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Remove the mailbox and its messages (each drops its blob reference) in one
+        transaction. Mailboxes below it stay, so its name lives on as a \\Noselect level
+        (RFC 9051 §6.3.5). Subscriptions are untouched. Raises NoSuchMailbox (also for a
+        \\Noselect level) and MailboxNotAllowed for INBOX."""
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        """Rename `old` and every name below it at once; UIDVALIDITY, UIDs and MODSEQs stay.
+        `old` may be a \\Noselect level. Renaming INBOX (RFC 9051 §6.3.6) creates `new` with a
+        new UIDVALIDITY, moves INBOX's messages there (same UIDs, flags and MODSEQs) and leaves
+        INBOX empty, as if they were expunged (one MODSEQ, in the expunge history); names below
+        INBOX do not move. Raises NoSuchMailbox, MailboxExists (`new` or a name below it
+        exists), MailboxNotAllowed (`new` inside `old`'s subtree)."""
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        """Idempotent. The name need not exist and outlives DELETE (RFC 9051 §6.3.7)."""
+
+    async def unsubscribe(self, account_id: int, name: str) -> bool:
+        """False if the name was not subscribed."""
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        """Subscribed names, sorted (existing or not: LSUB / LIST (SUBSCRIBED) decide)."""
+
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         """One mailbox by name (INBOX in any case, RFC 9051 §5.1); None if there is none."""
 
+    async def status(self, mailbox_id: int) -> MailboxInfo | None:
+        """One mailbox by id with its counters (STATUS, LIST-STATUS): one row, never a scan."""
+
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         """The mailbox's messages in UID order (ascending); [] for an unknown mailbox."""
+
+    # --- ranged, field-limited reads: a FETCH never loads the whole mailbox -------------------
+    async def list_messages_in(
+        self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
+    ) -> list[MessageInfo]:
+        """Messages with first_uid <= UID <= last_uid, ascending, at most `limit` of them (a
+        range scan of the (mailbox_id, uid) index); [] for an unknown mailbox."""
+
+    async def list_flags(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int = MAX_UID
+    ) -> list[MessageFlags]:
+        """UID, flags and MODSEQ only (FETCH FLAGS, SELECT's bookkeeping), ascending."""
+
+    async def list_uids(self, mailbox_id: int) -> list[int]:
+        """Every UID, ascending: the session's sequence-number map (RFC 9051 §2.3.1.2)."""
+
+    async def uid_bounds(self, mailbox_id: int) -> tuple[int, int] | None:
+        """(lowest UID, highest UID), or None for an empty or unknown mailbox ("*")."""
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        """Messages changed and UIDs expunged after `modseq`, from the (mailbox_id, modseq)
+        indexes, never a scan of the mailbox."""
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
         """Remove these messages from the mailbox; returns how many were removed (UIDs not in
@@ -221,6 +376,48 @@ class Store(Protocol):
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         """Messages expunged from the mailbox with a MODSEQ above `since_modseq`, by UID."""
+
+    # --- messages for IMAP (APPEND, STORE, COPY, MOVE) -------------------------------------
+    async def append(
+        self,
+        mailbox_id: int,
+        spool: Spool,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+    ) -> tuple[int, int]:
+        """Store one message in the mailbox, durable on return as `deliver`; returns
+        (UIDVALIDITY, UID) for APPENDUID (RFC 4315 §3). `internal_zone` is minutes east of UTC.
+        The spool is consumed. Raises NoSuchMailbox (nothing stored), QuotaExceeded, ValueError
+        for a bad flag, StorageFull / MailError."""
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        op: FlagOp,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """Set, add or remove flags on the messages with these UIDs (others are ignored), in one
+        transaction. Every message whose flags change gets one new MODSEQ shared by the whole
+        call (RFC 7162 §3.1); a message whose flags would not change keeps its MODSEQ. With
+        `unchanged_since`, a message whose MODSEQ is above it is not touched and is listed in
+        `failed` (RFC 7162 §3.1.3). Raises NoSuchMailbox, ValueError for a bad flag."""
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        """Copy these messages (flags, INTERNALDATE, size; the blob is shared, never copied) to
+        the end of `target_id`, a mailbox of the same account, in UID order, under one new MODSEQ
+        of the target. Raises NoSuchMailbox, MailboxNotAllowed (another account's mailbox),
+        QuotaExceeded (MOVE never does: it changes no account's usage)."""
+
+    async def move_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        """MOVE (RFC 6851): copy_messages and the expunge of the originals in one transaction;
+        the source records them as expunged under one new MODSEQ (QRESYNC)."""
 
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """The stored bytes, in chunks."""

@@ -11,32 +11,52 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
+    MAX_UID,
+    CopyResult,
     DeliveryTarget,
     ExpungedMessage,
+    FlagOp,
+    FlagUpdate,
+    MailboxChanges,
+    MailboxExists,
     MailboxInfo,
+    MailboxNotAllowed,
+    MessageFlags,
     MessageInfo,
+    NoSuchMailbox,
     Outcome,
     QueuedMessage,
     QueueRecipient,
     QueueRequest,
+    Quota,
+    QuotaExceeded,
     RecipientStatus,
-    RecipientUpdate,
     Spool,
 )
 from mailhouse.store.blobs import READ_CHUNK
-from mailhouse.store.queue_rules import checked_updates, clean_reply, queue_recipients
+from mailhouse.store.memory_queue import MemoryQueue
+from mailhouse.store.queue_rules import queue_recipients
 from mailhouse.store.rules import (
+    INBOX,
+    apply_flag_op,
     canonical_mailbox_name,
     check_address_key,
     check_alias_key,
     check_flags,
+    check_mailbox_name,
+    check_quota,
+    check_rename,
+    check_special_use,
+    check_zone,
+    flag_counts,
     next_uidvalidity,
+    subtree_bounds,
 )
 
 
@@ -92,7 +112,23 @@ class _Mailbox:
     expunged: dict[int, int] = field(default_factory=dict)  # uid -> modseq of its expunge
 
 
-class MemoryStore:
+def _counted(info: MailboxInfo, messages: Iterable[MessageInfo], sign: int) -> MailboxInfo:
+    """`info` with `messages` added (sign 1) to or taken (-1) from its STATUS counters."""
+    count = unseen = deleted = size = 0
+    for message in messages:
+        is_unseen, is_deleted = flag_counts(message.flags)
+        count, unseen, deleted = count + 1, unseen + is_unseen, deleted + is_deleted
+        size += message.size
+    return replace(
+        info,
+        message_count=info.message_count + sign * count,
+        unseen=info.unseen + sign * unseen,
+        deleted=info.deleted + sign * deleted,
+        size=info.size + sign * size,
+    )
+
+
+class MemoryStore(MemoryQueue):
     """Store (base.py) in memory. `open()` and `close()` only mark the lifecycle."""
 
     def __init__(self) -> None:
@@ -103,6 +139,8 @@ class MemoryStore:
         self._accounts: dict[str, Account] = {}
         self._aliases: dict[str, tuple[str, ...]] = {}
         self._mailboxes: dict[int, _Mailbox] = {}
+        self._subscriptions: dict[int, set[str]] = {}  # account id -> names
+        self._quotas: dict[int, int | None] = {}  # account id -> limit in octets
         self._blobs: dict[str, _Blob] = {}
         self._queue: dict[int, QueuedMessage] = {}  # by id, ascending (insertion order)
         self._ids = itertools.count(1)  # one sequence for every id: never reused
@@ -161,22 +199,10 @@ class MemoryStore:
             raise KeyError(address)
         account = Account(next(self._ids), address, password_hash)
         self._accounts[address] = account
-        now = time.time()
+        self._subscriptions[account.id] = set()
         for name, special_use in DEFAULT_MAILBOXES:
-            self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity, now)
-            mailbox_id = next(self._ids)
-            info = MailboxInfo(
-                id=mailbox_id,
-                account_id=account.id,
-                name=name,
-                special_use=special_use,
-                uidvalidity=self._last_uidvalidity,
-                uidnext=1,
-                highest_modseq=0,
-                subscribed=True,
-                message_count=0,
-            )
-            self._mailboxes[mailbox_id] = _Mailbox(info)
+            self._new_mailbox(account.id, name, special_use)
+            self._subscriptions[account.id].add(name)
         self._changed()
         return account
 
@@ -189,6 +215,33 @@ class MemoryStore:
         self._changed()
         return True
 
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        self._check_open()
+        account = self._accounts.get(address)
+        if account is None:
+            return False
+        self._quotas[account.id] = check_quota(limit)
+        return True
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        self._check_open()
+        if account_id not in self._subscriptions:  # every account has an entry there
+            return None
+        used = sum(m.info.size for m in self._mailboxes.values() if m.info.account_id == account_id)
+        return Quota(used, self._quotas.get(account_id))
+
+    def _quota_allows(self, account_id: int, adding: int) -> bool:
+        used = sum(m.info.size for m in self._mailboxes.values() if m.info.account_id == account_id)
+        limit = self._quotas.get(account_id)
+        return limit is None or used + adding <= limit
+
+    def _check_quota(self, account_id: int, adding: int) -> None:
+        if not self._quota_allows(account_id, adding):
+            used = sum(
+                m.info.size for m in self._mailboxes.values() if m.info.account_id == account_id
+            )
+            raise QuotaExceeded(used, self._quotas.get(account_id) or 0, adding)
+
     async def remove_account(self, address: str) -> bool:
         self._check_open()
         account = self._accounts.pop(address, None)
@@ -199,6 +252,7 @@ class MemoryStore:
         ]:
             for message in self._mailboxes.pop(mailbox_id).messages.values():
                 self._release(message.blob_id)
+        self._subscriptions.pop(account.id, None)
         self._changed()
         return True
 
@@ -257,23 +311,12 @@ class MemoryStore:
             if mailbox is None:
                 outcomes.append(Outcome.PERMANENT)
                 continue
-            info = mailbox.info
-            uid, modseq = info.uidnext, info.highest_modseq + 1
-            mailbox.info = replace(
-                info,
-                uidnext=uid + 1,
-                highest_modseq=modseq,
-                message_count=info.message_count + 1,
-            )
-            mailbox.messages[uid] = MessageInfo(
-                id=next(self._ids),
-                mailbox_id=info.id,
-                uid=uid,
-                flags=target_flags,
-                internal_date=now if target.internal_date is None else target.internal_date,
-                size=len(data),
-                modseq=modseq,
-                blob_id=blob_id,
+            if not self._quota_allows(target.account_id, len(data)):
+                outcomes.append(Outcome.TEMPORARY)  # mailbox full, RFC 3463 4.2.2
+                continue
+            date = now if target.internal_date is None else target.internal_date
+            self._add_messages(
+                mailbox, [MessageInfo(0, 0, 0, target_flags, date, len(data), 0, blob_id)]
             )
             outcomes.append(Outcome.DELIVERED)
         references = outcomes.count(Outcome.DELIVERED)
@@ -311,14 +354,174 @@ class MemoryStore:
         if blob.refcount <= 0:
             del self._blobs[blob_id]
 
+    def _view(self, info: MailboxInfo) -> MailboxInfo:
+        subscribed = info.name in self._subscriptions.get(info.account_id, ())
+        return replace(info, subscribed=subscribed)
+
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
         self._check_open()
-        return [m.info for m in self._mailboxes.values() if m.info.account_id == account_id]
+        return [
+            self._view(m.info) for m in self._mailboxes.values() if m.info.account_id == account_id
+        ]
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         self._check_open()
         mailbox = self._find_mailbox(account_id, name)
-        return None if mailbox is None else mailbox.info
+        return None if mailbox is None else self._view(mailbox.info)
+
+    # --- mailboxes ------------------------------------------------------------------------------
+    def _new_mailbox(self, account_id: int, name: str, special_use: str | None) -> _Mailbox:
+        self._last_uidvalidity = next_uidvalidity(self._last_uidvalidity, time.time())
+        mailbox_id = next(self._ids)
+        info = MailboxInfo(
+            id=mailbox_id,
+            account_id=account_id,
+            name=name,
+            special_use=special_use,
+            uidvalidity=self._last_uidvalidity,
+            uidnext=1,
+            highest_modseq=1,  # RFC 7162 §3.1.2.1: >= 1 from the start
+            subscribed=False,
+            message_count=0,
+        )
+        mailbox = self._mailboxes[mailbox_id] = _Mailbox(info)
+        return mailbox
+
+    def _subtree(self, account_id: int, name: str) -> list[_Mailbox]:
+        """The mailbox called `name` (if any) and every mailbox below it."""
+        low, high = subtree_bounds(name)
+        return [
+            m
+            for m in self._mailboxes.values()
+            if m.info.account_id == account_id and (m.info.name == name or low < m.info.name < high)
+        ]
+
+    def _check_account(self, account_id: int) -> None:
+        if account_id not in self._subscriptions:
+            raise KeyError(account_id)
+
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        self._check_open()
+        name = check_mailbox_name(name)
+        special_use = check_special_use(special_use)
+        self._check_account(account_id)
+        if self._find_mailbox(account_id, name) is not None:
+            raise MailboxExists(name)
+        return self._view(self._new_mailbox(account_id, name, special_use).info)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        self._check_open()
+        name = check_mailbox_name(name)
+        if name == INBOX:
+            raise MailboxNotAllowed("INBOX cannot be deleted")
+        mailbox = self._find_mailbox(account_id, name)
+        if mailbox is None:
+            raise NoSuchMailbox(name)
+        del self._mailboxes[mailbox.info.id]
+        for message in mailbox.messages.values():
+            self._release(message.blob_id)
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        self._check_open()
+        old, new = check_mailbox_name(old), check_mailbox_name(new)
+        moving = self._subtree(account_id, old)
+        check_rename(old, new, bool(moving), bool(self._subtree(account_id, new)))
+        if old == INBOX:
+            self._rename_inbox(account_id, new)
+            return
+        for mailbox in moving:
+            renamed = new + mailbox.info.name[len(old) :]
+            mailbox.info = replace(mailbox.info, name=renamed)
+
+    def _rename_inbox(self, account_id: int, new: str) -> None:
+        inbox = self._find_mailbox(account_id, INBOX)
+        assert inbox is not None
+        target = self._new_mailbox(account_id, new, None)
+        info = inbox.info
+        target.info = replace(
+            target.info,
+            uidnext=info.uidnext,
+            highest_modseq=info.highest_modseq,
+            message_count=info.message_count,
+            unseen=info.unseen,
+            deleted=info.deleted,
+            size=info.size,
+        )
+        moved, inbox.messages = inbox.messages, {}
+        target.messages = {
+            uid: replace(m, mailbox_id=target.info.id) for uid, m in moved.items()
+        }
+        if moved:
+            modseq = info.highest_modseq + 1
+            inbox.info = replace(
+                info, highest_modseq=modseq, message_count=0, unseen=0, deleted=0, size=0
+            )
+            for uid in moved:
+                inbox.expunged[uid] = modseq
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        self._check_open()
+        name = check_mailbox_name(name)
+        self._check_account(account_id)
+        self._subscriptions[account_id].add(name)
+
+    async def unsubscribe(self, account_id: int, name: str) -> bool:
+        self._check_open()
+        name = check_mailbox_name(name)
+        names = self._subscriptions.get(account_id, set())
+        if name not in names:
+            return False
+        names.discard(name)
+        return True
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        self._check_open()
+        return sorted(self._subscriptions.get(account_id, ()))
+
+    async def status(self, mailbox_id: int) -> MailboxInfo | None:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        return None if mailbox is None else self._view(mailbox.info)
+
+    async def list_messages_in(
+        self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
+    ) -> list[MessageInfo]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return []
+        found = [m for uid, m in mailbox.messages.items() if first_uid <= uid <= last_uid]
+        return found if limit is None else found[: max(limit, 0)]
+
+    async def list_flags(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int = MAX_UID
+    ) -> list[MessageFlags]:
+        found = await self.list_messages_in(mailbox_id, first_uid, last_uid)
+        return [MessageFlags(m.uid, m.flags, m.modseq) for m in found]
+
+    async def list_uids(self, mailbox_id: int) -> list[int]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        return [] if mailbox is None else list(mailbox.messages)
+
+    async def uid_bounds(self, mailbox_id: int) -> tuple[int, int] | None:
+        uids = await self.list_uids(mailbox_id)
+        return (uids[0], uids[-1]) if uids else None
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return MailboxChanges((), ())
+        changed = tuple(
+            MessageFlags(m.uid, m.flags, m.modseq)
+            for m in mailbox.messages.values()
+            if m.modseq > modseq
+        )
+        gone = tuple(sorted(uid for uid, seq in mailbox.expunged.items() if seq > modseq))
+        return MailboxChanges(changed, gone)
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         self._check_open()
@@ -331,18 +534,146 @@ class MemoryStore:
         mailbox = self._mailboxes.get(mailbox_id)
         if mailbox is None:
             return 0
+        return self._expunge(mailbox, uids)
+
+    def _expunge(self, mailbox: _Mailbox, uids: Sequence[int]) -> int:
         gone = [mailbox.messages.pop(uid) for uid in sorted(set(uids)) if uid in mailbox.messages]
         if not gone:
             return 0
         info = mailbox.info
         modseq = info.highest_modseq + 1
-        mailbox.info = replace(
-            info, highest_modseq=modseq, message_count=info.message_count - len(gone)
-        )
+        mailbox.info = replace(_counted(info, gone, -1), highest_modseq=modseq)
         for message in gone:
             mailbox.expunged[message.uid] = modseq
             self._release(message.blob_id)
         return len(gone)
+
+    # --- messages for IMAP ----------------------------------------------------------------------
+    async def append(
+        self,
+        mailbox_id: int,
+        spool: Spool,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+    ) -> tuple[int, int]:
+        self._check_open()
+        if not isinstance(spool, MemorySpool) or spool.owner is not self:
+            raise TypeError("spool does not belong to this store")
+        try:
+            checked = check_flags(flags)
+            check_zone(internal_zone)
+        except ValueError:
+            await spool.abort()
+            raise
+        data = spool.take()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            raise NoSuchMailbox(mailbox_id)
+        self._check_quota(mailbox.info.account_id, len(data))
+        blob_id = uuid.uuid4().hex
+        self._blobs[blob_id] = _Blob(data, 1)
+        [uid] = self._add_messages(mailbox, [
+            MessageInfo(
+                id=0,
+                mailbox_id=mailbox_id,
+                uid=0,
+                flags=checked,
+                internal_date=time.time() if internal_date is None else internal_date,
+                size=len(data),
+                modseq=0,
+                blob_id=blob_id,
+                internal_zone=internal_zone,
+            )
+        ])
+        return mailbox.info.uidvalidity, uid
+
+    def _add_messages(self, mailbox: _Mailbox, messages: list[MessageInfo]) -> list[int]:
+        """Append copies of `messages` under new UIDs and one new MODSEQ; returns the UIDs."""
+        info = mailbox.info
+        modseq = info.highest_modseq + 1
+        uids = list(range(info.uidnext, info.uidnext + len(messages)))
+        for uid, message in zip(uids, messages, strict=True):
+            mailbox.messages[uid] = replace(
+                message, id=next(self._ids), mailbox_id=info.id, uid=uid, modseq=modseq
+            )
+        mailbox.info = replace(
+            _counted(info, messages, 1), uidnext=info.uidnext + len(messages), highest_modseq=modseq
+        )
+        return uids
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        op: FlagOp,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        self._check_open()
+        checked = check_flags(flags)
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            raise NoSuchMailbox(mailbox_id)
+        failed: list[int] = []
+        changes: list[tuple[int, frozenset[str]]] = []
+        for uid in sorted(set(uids)):
+            message = mailbox.messages.get(uid)
+            if message is None:
+                continue
+            if unchanged_since is not None and message.modseq > unchanged_since:
+                failed.append(uid)
+                continue
+            new = apply_flag_op(message.flags, op, checked)
+            if new != message.flags:
+                changes.append((uid, new))
+        if not changes:
+            return FlagUpdate(0, (), tuple(failed))
+        modseq = mailbox.info.highest_modseq + 1
+        info = _counted(mailbox.info, [mailbox.messages[uid] for uid, _ in changes], -1)
+        for uid, new in changes:
+            mailbox.messages[uid] = replace(mailbox.messages[uid], flags=new, modseq=modseq)
+        info = _counted(info, [mailbox.messages[uid] for uid, _ in changes], 1)
+        mailbox.info = replace(info, highest_modseq=modseq)
+        changed = tuple(MessageFlags(uid, new, modseq) for uid, new in changes)
+        return FlagUpdate(modseq, changed, tuple(failed))
+
+    def _pair(self, source_id: int, target_id: int) -> tuple[_Mailbox, _Mailbox]:
+        source, target = self._mailboxes.get(source_id), self._mailboxes.get(target_id)
+        if source is None or target is None:
+            raise NoSuchMailbox(source_id if source is None else target_id)
+        if source.info.account_id != target.info.account_id:
+            raise MailboxNotAllowed("messages move only between mailboxes of one account")
+        return source, target
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        self._check_open()
+        source, target = self._pair(source_id, target_id)
+        adding = sum(source.messages[u].size for u in set(uids) if u in source.messages)
+        self._check_quota(target.info.account_id, adding)
+        return self._copy(source, uids, target)
+
+    def _copy(self, source: _Mailbox, uids: Sequence[int], target: _Mailbox) -> CopyResult:
+        originals = [source.messages[u] for u in sorted(set(uids)) if u in source.messages]
+        if not originals:
+            return CopyResult(target.info.uidvalidity, ())
+        new = self._add_messages(target, originals)
+        for message in originals:
+            self._blobs[message.blob_id].refcount += 1
+        pairs = tuple((m.uid, uid) for m, uid in zip(originals, new, strict=True))
+        return CopyResult(target.info.uidvalidity, pairs)
+
+    async def move_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        self._check_open()
+        source, target = self._pair(source_id, target_id)
+        result = self._copy(source, uids, target)
+        if result.uids:
+            self._expunge(source, [old for old, _ in result.uids])
+        return result
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         self._check_open()
@@ -369,101 +700,3 @@ class MemoryStore:
         data = blob.data
         for start in range(0, len(data), READ_CHUNK):
             yield data[start : start + READ_CHUNK]
-
-    async def queue_due(self, now: float, limit: int) -> list[QueuedMessage]:
-        self._check_open()
-        due: list[tuple[float, int]] = []
-        for message in self._queue.values():
-            times = [
-                r.next_attempt
-                for r in message.recipients
-                if r.status is RecipientStatus.PENDING and r.next_attempt <= now
-            ]
-            if times:
-                due.append((min(times), message.id))
-        due.sort()
-        return [self._queue[queue_id] for _, queue_id in due[: max(limit, 0)]]
-
-    async def queue_next_attempt(self) -> float | None:
-        self._check_open()
-        times = [
-            r.next_attempt
-            for m in self._queue.values()
-            for r in m.recipients
-            if r.status is RecipientStatus.PENDING
-        ]
-        return min(times, default=None)
-
-    async def queue_get(self, message_id: int) -> QueuedMessage | None:
-        self._check_open()
-        return self._queue.get(message_id)
-
-    async def queue_list(self) -> list[QueuedMessage]:
-        self._check_open()
-        return list(self._queue.values())
-
-    async def queue_update(
-        self,
-        message_id: int,
-        updates: Sequence[RecipientUpdate],
-        *,
-        delay_warned: bool | None = None,
-    ) -> None:
-        self._check_open()
-        updates = checked_updates(updates)
-        message = self._queue.get(message_id)
-        if message is None:
-            return
-        recipients = list(message.recipients)
-        for update in updates:
-            for i, r in enumerate(recipients):
-                if r.address != update.address or r.status is not RecipientStatus.PENDING:
-                    continue
-                next_attempt = (
-                    update.next_attempt
-                    if update.status is RecipientStatus.PENDING
-                    else r.next_attempt
-                )
-                recipients[i] = QueueRecipient(
-                    r.address,
-                    update.status,
-                    r.attempts + 1,
-                    next_attempt,
-                    clean_reply(update.reply),
-                )
-        message = replace(
-            message,
-            recipients=tuple(recipients),
-            delay_warned=message.delay_warned if delay_warned is None else delay_warned,
-        )
-        self._queue[message_id] = message
-        if all(r.status is not RecipientStatus.PENDING for r in recipients):
-            self._dequeue(message_id)
-
-    async def queue_retry(self, message_id: int | None, now: float) -> int:
-        self._check_open()
-        ids = list(self._queue) if message_id is None else [message_id]
-        count = 0
-        for queue_id in ids:
-            message = self._queue.get(queue_id)
-            if message is None:
-                continue
-            recipients = []
-            for r in message.recipients:
-                if r.status is RecipientStatus.PENDING:
-                    r = replace(r, next_attempt=min(r.next_attempt, now))
-                    count += 1
-                recipients.append(r)
-            self._queue[queue_id] = replace(message, recipients=tuple(recipients))
-        return count
-
-    async def queue_delete(self, message_id: int) -> bool:
-        self._check_open()
-        return self._dequeue(message_id)
-
-    def _dequeue(self, message_id: int) -> bool:
-        message = self._queue.pop(message_id, None)
-        if message is None:
-            return False
-        self._release(message.blob_id)
-        return True

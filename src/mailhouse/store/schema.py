@@ -26,6 +26,34 @@ Version 2 adds the outbound queue (issue 3):
 - `queue_recipients_due`: a partial index over PENDING recipients only, by next attempt, with
   the message id in it: the scheduler's two hot queries (what is due, when is the next one) are
   an index range scan and a min(), never a table scan, however many finished rows wait beside.
+
+Version 3 (issue 8, IMAP mailboxes):
+- `subscriptions`: subscribed names per account, apart from mailboxes, because a subscription
+  may name a mailbox that does not exist and outlives DELETE (RFC 9051 §6.3.7). Filled from the
+  old `mailboxes.subscribed` column, which is left in place and no longer read or written
+  (dropping it would rebuild the table for nothing).
+
+Version 4 (issue 8, IMAP messages):
+- `messages.internal_zone`: INTERNALDATE's zone in minutes east of UTC, so FETCH INTERNALDATE
+  gives back the zone APPEND was given (RFC 9051 §2.3.3); 0 for delivered mail and old rows.
+- HIGHESTMODSEQ is at least 1 from a mailbox's creation (RFC 7162 §3.1.2.1: mod-sequences are
+  positive): empty mailboxes that never changed move from 0 to 1.
+
+Version 5 (issue 8, STATUS without a scan):
+- `mailboxes.unseen`, `deleted`, `total_size`: messages without \\Seen, with \\Deleted, and the
+  sum of their sizes, kept current by every write beside `message_count`, so STATUS (and
+  STATUS=SIZE, RFC 8438) reads one row. Computed once here from the messages.
+
+Version 6 (issue 8, the change feed):
+- `messages_modseq` on (mailbox_id, modseq): "what changed since MODSEQ m" (CONDSTORE
+  CHANGEDSINCE, QRESYNC) is a range scan, as `expunged_modseq` already makes it for expunges.
+  It costs every write one more index entry; a resync of a 100,000-message mailbox no longer
+  reads them all.
+
+Version 7 (issue 8, quota):
+- `accounts.quota`: the storage limit in octets, NULL for none (every existing account). Usage
+  is not stored: it is the sum of the account's `mailboxes.total_size` counters, a few rows
+  found by the (account_id, name) index, so it can never drift from them.
 """
 
 from __future__ import annotations
@@ -125,10 +153,46 @@ CREATE INDEX queue_recipients_due ON queue_recipients (next_attempt, queue_id)
     WHERE status = 'pending';
 """
 
+_V3 = """
+CREATE TABLE subscriptions (
+    account_id INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    PRIMARY KEY (account_id, name)
+) WITHOUT ROWID;
+INSERT INTO subscriptions (account_id, name)
+    SELECT account_id, name FROM mailboxes WHERE subscribed <> 0;
+"""
+
+_V4 = """
+ALTER TABLE messages ADD COLUMN internal_zone INTEGER NOT NULL DEFAULT 0;
+UPDATE mailboxes SET highest_modseq = 1 WHERE highest_modseq = 0;
+"""
+
+_V5 = """
+ALTER TABLE mailboxes ADD COLUMN unseen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailboxes ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE mailboxes ADD COLUMN total_size INTEGER NOT NULL DEFAULT 0;
+UPDATE mailboxes SET
+    unseen = (SELECT count(*) FROM messages AS m WHERE m.mailbox_id = mailboxes.id
+              AND instr(' ' || m.flags || ' ', ' \\Seen ') = 0),
+    deleted = (SELECT count(*) FROM messages AS m WHERE m.mailbox_id = mailboxes.id
+               AND instr(' ' || m.flags || ' ', ' \\Deleted ') > 0),
+    total_size = (SELECT coalesce(sum(m.size), 0) FROM messages AS m
+                  WHERE m.mailbox_id = mailboxes.id);
+"""
+
+_V6 = """
+CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+"""
+
+_V7 = """
+ALTER TABLE accounts ADD COLUMN quota INTEGER CHECK (quota IS NULL OR quota >= 0);
+"""
+
 Migration = str | Callable[[sqlite3.Connection], None]
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 
 
 def latest_version() -> int:

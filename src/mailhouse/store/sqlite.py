@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import sqlite3
@@ -32,16 +31,29 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.model import Account, Directory
-from mailhouse.store import schema, sqlite_expunge, sqlite_queue
+from mailhouse.store import (
+    schema,
+    sqlite_directory,
+    sqlite_expunge,
+    sqlite_mailboxes,
+    sqlite_messages,
+    sqlite_queue,
+)
 from mailhouse.store.base import (
-    DEFAULT_MAILBOXES,
+    MAX_UID,
+    CopyResult,
     DeliveryTarget,
     ExpungedMessage,
+    FlagOp,
+    FlagUpdate,
+    MailboxChanges,
     MailboxInfo,
+    MessageFlags,
     MessageInfo,
     Outcome,
     QueuedMessage,
     QueueRequest,
+    Quota,
     RecipientUpdate,
     Spool,
 )
@@ -50,7 +62,6 @@ from mailhouse.store.blobs import (
     BlobDropper,
     BlobFiles,
     FileSpool,
-    SealedBlob,
     read_chunks,
 )
 from mailhouse.store.failures import storage_error
@@ -60,9 +71,11 @@ from mailhouse.store.rules import (
     check_address_key,
     check_alias_key,
     check_flags,
-    decode_flags,
+    check_mailbox_name,
+    check_quota,
+    check_special_use,
+    check_zone,
     encode_flags,
-    next_uidvalidity,
 )
 from mailhouse.store.sqlite_writer import GroupCommitWriter, WriterStats
 
@@ -234,38 +247,45 @@ class SqliteStore:
 
     # --- directory ------------------------------------------------------------------------------
     async def directory_serial(self) -> int:
-        return await self._read(_serial)
+        return await self._read(sqlite_directory.serial)
 
     async def directory(self) -> Directory:
-        return await self._read(_directory)
+        return await self._read(sqlite_directory.directory)
 
     async def add_domain(self, name: str) -> None:
-        await self._write(partial(_add_domain, name=name))
+        await self._write(partial(sqlite_directory.add_domain, name=name))
 
     async def remove_domain(self, name: str) -> bool:
-        return await self._write(partial(_remove_domain, name=name))
+        return await self._write(partial(sqlite_directory.remove_domain, name=name))
 
     async def list_domains(self) -> list[str]:
-        return await self._read(_list_domains)
+        return await self._read(sqlite_directory.list_domains)
 
     async def add_account(self, address: str, password_hash: str) -> Account:
         check_address_key(address)
-        apply = partial(_add_account, address=address, password_hash=password_hash)
+        apply = partial(sqlite_directory.add_account, address=address, password_hash=password_hash)
         return await self._write(apply)
 
     async def set_password(self, address: str, password_hash: str) -> bool:
-        apply = partial(_set_password, address=address, password_hash=password_hash)
+        apply = partial(sqlite_directory.set_password, address=address, password_hash=password_hash)
         return await self._write(apply)
 
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        apply = partial(sqlite_messages.set_quota, address=address, limit=check_quota(limit))
+        return await self._write(apply)
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        return await self._read(partial(sqlite_messages.quota, account_id=account_id))
+
     async def remove_account(self, address: str) -> bool:
-        apply = partial(_remove_account, address=address)
+        apply = partial(sqlite_directory.remove_account, address=address)
         return await self._write(apply, after_commit=self._garbage_after_commit)
 
     async def get_account(self, address: str) -> Account | None:
-        return await self._read(partial(_get_account, address=address))
+        return await self._read(partial(sqlite_directory.get_account, address=address))
 
     async def list_accounts(self) -> list[Account]:
-        return await self._read(_list_accounts)
+        return await self._read(sqlite_directory.list_accounts)
 
     async def set_alias(self, alias: str, targets: Sequence[str]) -> None:
         check_alias_key(alias)
@@ -273,13 +293,13 @@ class SqliteStore:
             raise ValueError("an alias needs at least one target")
         for target in targets:
             check_address_key(target)
-        await self._write(partial(_set_alias, alias=alias, targets=tuple(targets)))
+        await self._write(partial(sqlite_directory.set_alias, alias=alias, targets=tuple(targets)))
 
     async def remove_alias(self, alias: str) -> bool:
-        return await self._write(partial(_remove_alias, alias=alias))
+        return await self._write(partial(sqlite_directory.remove_alias, alias=alias))
 
     async def list_aliases(self) -> dict[str, tuple[str, ...]]:
-        return await self._read(_list_aliases)
+        return await self._read(sqlite_directory.list_aliases)
 
     # --- messages -------------------------------------------------------------------------------
     def new_spool(self) -> FileSpool:
@@ -317,7 +337,7 @@ class SqliteStore:
         blob = await spool.seal()
         queued = None if queue is None or recipients is None else (queue, recipients)
         outcomes = await writer.run(
-            partial(_deliver, blob=blob, targets=rows, queued=queued, now=now),
+            partial(sqlite_messages.deliver, blob=blob, targets=rows, queued=queued, now=now),
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
@@ -336,14 +356,92 @@ class SqliteStore:
             log.warning("store.blob_unlink_failed blob=%s", blob_id, exc_info=True)
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
-        return await self._read(partial(_list_mailboxes, account_id=account_id))
+        return await self._read(partial(sqlite_mailboxes.list_all, account_id=account_id))
 
     async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
         name = canonical_mailbox_name(name)
-        return await self._read(partial(_get_mailbox, account_id=account_id, name=name))
+        return await self._read(partial(sqlite_mailboxes.get, account_id=account_id, name=name))
+
+    # --- mailboxes (sqlite_mailboxes.py) ----------------------------------------------------
+    async def create_mailbox(
+        self, account_id: int, name: str, special_use: str | None = None
+    ) -> MailboxInfo:
+        apply = partial(
+            sqlite_mailboxes.create,
+            account_id=account_id,
+            name=check_mailbox_name(name),
+            special_use=check_special_use(special_use),
+        )
+        return await self._write(apply)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        """Shielded like expunge: the unlinks must follow a commit the caller cannot stop."""
+        apply = partial(
+            sqlite_mailboxes.delete, account_id=account_id, name=check_mailbox_name(name)
+        )
+        await asyncio.shield(self._write_then_drop(apply))
+
+    async def _write_then_drop(self, apply: Callable[[sqlite3.Connection], list[str]]) -> None:
+        dead = await self._write(apply)
+        if dead:
+            await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        apply = partial(
+            sqlite_mailboxes.rename,
+            account_id=account_id,
+            old=check_mailbox_name(old),
+            new=check_mailbox_name(new),
+        )
+        await self._write(apply)
+
+    async def subscribe(self, account_id: int, name: str) -> None:
+        name = check_mailbox_name(name)
+        await self._write(partial(sqlite_mailboxes.subscribe, account_id=account_id, name=name))
+
+    async def unsubscribe(self, account_id: int, name: str) -> bool:
+        name = check_mailbox_name(name)
+        apply = partial(sqlite_mailboxes.unsubscribe, account_id=account_id, name=name)
+        return await self._write(apply)
+
+    async def list_subscriptions(self, account_id: int) -> list[str]:
+        return await self._read(partial(sqlite_mailboxes.subscriptions, account_id=account_id))
+
+    async def status(self, mailbox_id: int) -> MailboxInfo | None:
+        return await self._read(partial(sqlite_mailboxes.by_id, mailbox_id=mailbox_id))
+
+    async def list_messages_in(
+        self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
+    ) -> list[MessageInfo]:
+        apply = partial(
+            sqlite_messages.list_range,
+            mailbox_id=mailbox_id,
+            first=first_uid,
+            last=last_uid,
+            limit=limit,
+        )
+        return await self._read(apply)
+
+    async def list_flags(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int = MAX_UID
+    ) -> list[MessageFlags]:
+        apply = partial(
+            sqlite_messages.list_flags, mailbox_id=mailbox_id, first=first_uid, last=last_uid
+        )
+        return await self._read(apply)
+
+    async def list_uids(self, mailbox_id: int) -> list[int]:
+        return await self._read(partial(sqlite_messages.list_uids, mailbox_id=mailbox_id))
+
+    async def uid_bounds(self, mailbox_id: int) -> tuple[int, int] | None:
+        return await self._read(partial(sqlite_messages.uid_bounds, mailbox_id=mailbox_id))
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> MailboxChanges:
+        apply = partial(sqlite_messages.changes_since, mailbox_id=mailbox_id, modseq=modseq)
+        return await self._read(apply)
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
-        return await self._read(partial(_list_messages, mailbox_id=mailbox_id))
+        return await self._read(partial(sqlite_messages.list_all, mailbox_id=mailbox_id))
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int]) -> int:
         """See base.Store.expunge. The rows go in one writer job; blobs whose last reference
@@ -362,6 +460,76 @@ class SqliteStore:
         if dead:  # the dropper unlinks drops arriving together as one group
             await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
         return removed
+
+    # --- messages for IMAP (sqlite_messages.py) ----------------------------------------------
+    async def append(
+        self,
+        mailbox_id: int,
+        spool: Spool,
+        flags: Sequence[str] = (),
+        internal_date: float | None = None,
+        internal_zone: int = 0,
+    ) -> tuple[int, int]:
+        """See base.Store.append: sealed and committed as `deliver` is; if the mailbox is gone
+        the job fails and the writer's on_failure unlinks the file."""
+        if not isinstance(spool, FileSpool) or spool.files is not self._files:
+            raise TypeError("spool does not belong to this store")
+        writer = self._open_writer()
+        try:
+            encoded = encode_flags(check_flags(flags))
+            zone = check_zone(internal_zone)
+        except ValueError:
+            await spool.abort()
+            raise
+        date = time.time() if internal_date is None else internal_date
+        blob = await spool.seal()
+        apply = partial(
+            sqlite_messages.append,
+            mailbox_id=mailbox_id,
+            blob=blob,
+            flags=encoded,
+            internal_date=date,
+            internal_zone=zone,
+        )
+        return await writer.run(
+            apply,
+            sync_days=frozenset({blob.day}),
+            on_failure=partial(self._forget_blob, blob.blob_id),
+        )
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        op: FlagOp,
+        flags: Sequence[str],
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        apply = partial(
+            sqlite_messages.store_flags,
+            mailbox_id=mailbox_id,
+            uids=sorted(set(uids)),
+            op=op,
+            flags=check_flags(flags),
+            unchanged_since=unchanged_since,
+        )
+        return await self._write(apply)
+
+    async def copy_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        apply = partial(
+            sqlite_messages.copy, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
+        )
+        return await self._write(apply)
+
+    async def move_messages(
+        self, source_id: int, uids: Sequence[int], target_id: int
+    ) -> CopyResult:
+        apply = partial(
+            sqlite_messages.move, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
+        )
+        return await self._write(apply)
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         apply = partial(sqlite_expunge.since, mailbox_id=mailbox_id, modseq=since_modseq)
@@ -457,77 +625,6 @@ class SqliteStore:
 
 
 # --- statements: reads (any read connection) ---------------------------------------------------
-def _serial(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'directory_serial'").fetchone()
-    return int(row[0])
-
-
-def _directory(conn: sqlite3.Connection) -> Directory:
-    conn.execute("BEGIN")  # one snapshot for all four queries
-    try:
-        return Directory(
-            serial=_serial(conn),
-            domains=frozenset(row[0] for row in conn.execute("SELECT name FROM domains")),
-            users={row[0]: row[1] for row in conn.execute("SELECT address, id FROM accounts")},
-            aliases=_list_aliases(conn),
-        )
-    finally:
-        conn.execute("COMMIT")
-
-
-def _list_domains(conn: sqlite3.Connection) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT name FROM domains ORDER BY name")]
-
-
-def _get_account(conn: sqlite3.Connection, address: str) -> Account | None:
-    row = conn.execute(
-        "SELECT id, address, password_hash FROM accounts WHERE address = ?", (address,)
-    ).fetchone()
-    return Account(*row) if row else None
-
-
-def _list_accounts(conn: sqlite3.Connection) -> list[Account]:
-    query = "SELECT id, address, password_hash FROM accounts ORDER BY address"
-    return [Account(*row) for row in conn.execute(query)]
-
-
-def _list_aliases(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
-    query = "SELECT alias, targets FROM aliases ORDER BY alias"
-    return {row[0]: tuple(json.loads(row[1])) for row in conn.execute(query)}
-
-
-_MAILBOX = (
-    "SELECT id, account_id, name, special_use, uidvalidity, uidnext, highest_modseq,"
-    " subscribed, message_count FROM mailboxes"
-)
-
-
-def _list_mailboxes(conn: sqlite3.Connection, account_id: int) -> list[MailboxInfo]:
-    query = _MAILBOX + " WHERE account_id = ? ORDER BY id"
-    return [_mailbox(row) for row in conn.execute(query, (account_id,))]
-
-
-def _get_mailbox(conn: sqlite3.Connection, account_id: int, name: str) -> MailboxInfo | None:
-    query = _MAILBOX + " WHERE account_id = ? AND name = ?"
-    row = conn.execute(query, (account_id, name)).fetchone()
-    return None if row is None else _mailbox(row)
-
-
-def _mailbox(r: tuple[Any, ...]) -> MailboxInfo:
-    return MailboxInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
-
-
-def _list_messages(conn: sqlite3.Connection, mailbox_id: int) -> list[MessageInfo]:
-    query = (
-        "SELECT id, mailbox_id, uid, flags, internal_date, size, modseq, blob_id"
-        " FROM messages WHERE mailbox_id = ? ORDER BY uid"
-    )
-    return [
-        MessageInfo(r[0], r[1], r[2], decode_flags(r[3]), r[4], r[5], r[6], r[7])
-        for r in conn.execute(query, (mailbox_id,))
-    ]
-
-
 def _referenced_in_day(conn: sqlite3.Connection, day: str) -> set[str]:
     # Range scan on the primary key: "/" sorts just before "0", so this is every "<day>/…" id.
     query = "SELECT id FROM blobs WHERE id > ? AND id < ? AND refcount > 0"
@@ -535,135 +632,7 @@ def _referenced_in_day(conn: sqlite3.Connection, day: str) -> set[str]:
 
 
 # --- statements: writes (writer thread, inside the batch transaction) --------------------------
-def _bump_serial(conn: sqlite3.Connection) -> None:
-    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'directory_serial'")
-
-
-def _add_domain(conn: sqlite3.Connection, name: str) -> None:
-    if conn.execute("INSERT OR IGNORE INTO domains (name) VALUES (?)", (name,)).rowcount:
-        _bump_serial(conn)
-
-
-def _remove_domain(conn: sqlite3.Connection, name: str) -> bool:
-    """Only the domain row: its accounts stay (they stop receiving mail until it comes back)."""
-    if conn.execute("DELETE FROM domains WHERE name = ?", (name,)).rowcount:
-        _bump_serial(conn)
-        return True
-    return False
-
-
-def _add_account(conn: sqlite3.Connection, address: str, password_hash: str) -> Account:
-    try:
-        cursor = conn.execute(
-            "INSERT INTO accounts (address, password_hash) VALUES (?, ?)", (address, password_hash)
-        )
-    except sqlite3.IntegrityError:
-        raise KeyError(address) from None
-    account_id = cursor.lastrowid
-    assert account_id is not None
-    last = int(conn.execute("SELECT value FROM meta WHERE key = 'last_uidvalidity'").fetchone()[0])
-    now = time.time()
-    for name, special_use in DEFAULT_MAILBOXES:
-        last = next_uidvalidity(last, now)
-        conn.execute(
-            "INSERT INTO mailboxes (account_id, name, special_use, uidvalidity)"
-            " VALUES (?, ?, ?, ?)",
-            (account_id, name, special_use, last),
-        )
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'last_uidvalidity'", (last,))
-    _bump_serial(conn)
-    return Account(account_id, address, password_hash)
-
-
-def _set_password(conn: sqlite3.Connection, address: str, password_hash: str) -> bool:
-    query = "UPDATE accounts SET password_hash = ? WHERE address = ?"
-    if conn.execute(query, (password_hash, address)).rowcount:
-        _bump_serial(conn)
-        return True
-    return False
-
-
-def _remove_account(conn: sqlite3.Connection, address: str) -> bool:
-    row = conn.execute("SELECT id FROM accounts WHERE address = ?", (address,)).fetchone()
-    if row is None:
-        return False
-    # Each message row holds one reference on its blob; rows reaching 0 are unlinked after commit.
-    conn.execute(
-        "UPDATE blobs SET refcount = refcount - d.n FROM ("
-        " SELECT m.blob_id AS blob_id, count(*) AS n FROM messages AS m"
-        " JOIN mailboxes AS b ON m.mailbox_id = b.id WHERE b.account_id = ?"
-        " GROUP BY m.blob_id) AS d WHERE blobs.id = d.blob_id",
-        (row[0],),
-    )
-    conn.execute("DELETE FROM accounts WHERE id = ?", (row[0],))  # cascades to mailboxes, messages
-    _bump_serial(conn)
-    return True
-
-
-def _set_alias(conn: sqlite3.Connection, alias: str, targets: tuple[str, ...]) -> None:
-    conn.execute(
-        "INSERT INTO aliases (alias, targets) VALUES (?, ?)"
-        " ON CONFLICT (alias) DO UPDATE SET targets = excluded.targets",
-        (alias, json.dumps(list(targets))),
-    )
-    _bump_serial(conn)
-
-
-def _remove_alias(conn: sqlite3.Connection, alias: str) -> bool:
-    if conn.execute("DELETE FROM aliases WHERE alias = ?", (alias,)).rowcount:
-        _bump_serial(conn)
-        return True
-    return False
-
-
 def _forget_blob_rows(conn: sqlite3.Connection, blob_ids: list[str]) -> None:
     conn.executemany(
         "DELETE FROM blobs WHERE id = ? AND refcount <= 0", [(blob_id,) for blob_id in blob_ids]
     )
-
-
-# RFC 9051 §2.3.1.1: UIDs strictly ascend; RFC 7162 §3.1: every change gets a higher MODSEQ.
-# One statement claims both and reads them back, keyed by the (account_id, name) unique index.
-_CLAIM_UID = (
-    "UPDATE mailboxes SET uidnext = uidnext + 1, highest_modseq = highest_modseq + 1,"
-    " message_count = message_count + 1 WHERE account_id = ? AND name = ?"
-    " RETURNING id, uidnext - 1, highest_modseq"
-)
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-
-_TargetRow = tuple[int, str, str, float]
-_Queued = tuple[QueueRequest, tuple[str, ...]]
-
-
-def _deliver(
-    conn: sqlite3.Connection,
-    blob: SealedBlob,
-    targets: Sequence[_TargetRow],
-    queued: _Queued | None,
-    now: float,
-) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for account_id, mailbox, flags, internal_date in targets:
-        claimed = conn.execute(_CLAIM_UID, (account_id, mailbox)).fetchall()
-        if not claimed:
-            outcomes.append(Outcome.PERMANENT)
-            continue
-        mailbox_id, uid, modseq = claimed[0]
-        conn.execute(
-            _INSERT_MESSAGE,
-            (mailbox_id, uid, modseq, flags, internal_date, blob.size, blob.blob_id),
-        )
-        outcomes.append(Outcome.DELIVERED)
-    references = outcomes.count(Outcome.DELIVERED)
-    if queued is not None:
-        sqlite_queue.insert(conn, blob, queued[0], queued[1], now)
-        references += 1
-    if references:
-        conn.execute(
-            "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ?)",
-            (blob.blob_id, blob.size, references),
-        )
-    return outcomes

@@ -18,6 +18,7 @@ import sqlite3
 from collections import Counter
 
 from mailhouse.store.base import ExpungedMessage
+from mailhouse.store.rules import decode_flags, flag_counts
 
 
 def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: list[int]) -> tuple[int, list[str]]:
@@ -27,26 +28,34 @@ def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: list[int]) -> tuple
     parameter (no SQLITE_MAX_VARIABLE_NUMBER to split around)."""
     gone = conn.execute(
         "DELETE FROM messages WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?))"
-        " RETURNING uid, blob_id",
+        " RETURNING uid, blob_id, flags, size",
         (mailbox_id, json.dumps(uids)),
     ).fetchall()
     if not gone:
         return 0, []  # nothing changed: no MODSEQ is spent (RFC 7162 §3.1)
     # RFC 7162 §3.1: the change gets a MODSEQ above every earlier one in the mailbox; all the
     # messages of one operation share it, as for a STORE on several messages.
+    counts = [flag_counts(decode_flags(flags)) for _, _, flags, _ in gone]
     (modseq,) = conn.execute(
         "UPDATE mailboxes SET highest_modseq = highest_modseq + 1,"
-        " message_count = message_count - ? WHERE id = ? RETURNING highest_modseq",
-        (len(gone), mailbox_id),
+        " message_count = message_count - ?, unseen = unseen - ?, deleted = deleted - ?,"
+        " total_size = total_size - ? WHERE id = ? RETURNING highest_modseq",
+        (
+            len(gone),
+            sum(u for u, _ in counts),
+            sum(d for _, d in counts),
+            sum(size for *_, size in gone),
+            mailbox_id,
+        ),
     ).fetchone()
     # UIDs are never reused in a mailbox (RFC 9051 §2.3.1.1), so a conflict cannot happen; if an
     # old row ever survived it, the newest MODSEQ is the one a resynchronising client needs.
     conn.executemany(
         "INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
-        [(mailbox_id, uid, modseq) for uid, _ in gone],
+        [(mailbox_id, uid, modseq) for uid, *_ in gone],
     )
     dead: list[str] = []
-    for blob_id, count in sorted(Counter(blob_id for _, blob_id in gone).items()):
+    for blob_id, count in sorted(Counter(blob_id for _, blob_id, *_ in gone).items()):
         left = conn.execute(
             "UPDATE blobs SET refcount = refcount - ? WHERE id = ? RETURNING refcount",
             (count, blob_id),
