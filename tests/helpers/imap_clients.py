@@ -24,7 +24,8 @@ mbsync (`mbsync_sync`), isync 1.4:
                          so ``A/B`` is WORK/mail/A/B)
   mbsync writes an ``X-TUID:`` header of its own at the end of the header of each message it
   stores locally and of each message it uploads: compare messages without it.
-offlineimap3 (`offlineimap_sync`), one-shot (``-o``), basic UI, one connection:
+offlineimap3 (`offlineimap_sync`), one-shot (``-o``), basic UI, one connection, a hang
+before login over STARTTLS retried (a client race; see the function):
     WORK/offlineimaprc   one account, a Maildir local repository, an IMAP remote one
     WORK/meta/           offlineimap's status (metadata) directory
     WORK/mail/INBOX      local folders, WORK/mail/NAME (offlineimap's local separator is ".",
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,10 @@ from tests.helpers.tools import program
 TlsMode = Literal["starttls", "implicit", "plain"]
 
 RUN_TIMEOUT = 60.0
+# offlineimap: how long a run may show no login before it counts as the STARTTLS hang, and
+# how many runs a sync gets (see offlineimap_sync).
+OFFLINEIMAP_STUCK_AFTER = 3.0
+OFFLINEIMAP_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -229,22 +235,84 @@ def offlineimap_config(account: ImapAccount, mail: Path, meta: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _offlineimap_attempt(
+    argv: list[str], work: Path, timeout: float, stuck_after: float
+) -> tuple[int, str, bool, bool]:
+    """One offlineimap run, its output in WORK/offlineimap.log: (status, log, timed out,
+    stuck), where stuck means killed because the log still ended at "Establishing
+    connection" (no login yet) `stuck_after` seconds after the start."""
+    log_path = work / "offlineimap.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_private_env(work),
+            cwd=work,
+        )
+        started = time.monotonic()
+        stuck = timed_out = False
+        while process.poll() is None:
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout:
+                timed_out = True
+                break
+            if elapsed >= stuck_after:
+                lines = log_path.read_bytes().decode(errors="replace").strip().splitlines()
+                if lines and lines[-1].startswith("Establishing connection"):
+                    stuck = True
+                    break
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+        status = process.wait()
+    return status, log_path.read_bytes().decode(errors="replace"), timed_out, stuck
+
+
 def offlineimap_sync(
-    account: ImapAccount, work: Path, *, timeout: float = RUN_TIMEOUT
+    account: ImapAccount,
+    work: Path,
+    *,
+    debug: bool = False,
+    timeout: float = RUN_TIMEOUT,
+    attempts: int = OFFLINEIMAP_ATTEMPTS,
+    stuck_after: float = OFFLINEIMAP_STUCK_AFTER,
 ) -> ClientRun:
     """``offlineimap -c WORK/offlineimaprc -o -u basic``: one full sync, both directions.
 
     offlineimap3 may exit 0 after an error in one folder: ``extra["errors"]`` holds the log
-    lines that say ERROR, so a caller can require there are none."""
+    lines that say ERROR, so a caller can require there are none.
+
+    With STARTTLS, imaplib2 (offlineimap3's IMAP library) hangs about one run in ten before
+    logging in: it stops and restarts its reader thread around the TLS handshake, and the
+    handshake sometimes fails (the server logs a client TLS alert, and no login) or never
+    ends. Implicit TLS never did (0 in 60 runs; STARTTLS 1 in ~10, and 0 in 60 with
+    ``-d imap``, which slows its threads down). So a run whose log still ends at
+    "Establishing connection" after `stuck_after` seconds (a login takes ~50 ms here) is
+    killed and run again, up to `attempts` runs; ``extra["retries"]`` counts them. Any other
+    failure is returned as it is; a run that makes progress has the whole `timeout`."""
     mail = work / "mail"
     meta = work / "meta"
     for directory in (mail, meta):
         directory.mkdir(parents=True, exist_ok=True)
     rc = _write_private(work / "offlineimaprc", offlineimap_config(account, mail, meta))
     argv = [program("offlineimap"), "-c", str(rc), "-o", "-u", "basic"]
-    status, _out, log, timed_out = _run(argv, work, timeout)
+    if debug:  # the IMAP conversation in the log (password included: test accounts only)
+        argv += ["-d", "imap"]
+    logs: list[str] = []
+    for _attempt in range(attempts):
+        status, log, timed_out, stuck = _offlineimap_attempt(argv, work, timeout, stuck_after)
+        logs.append(log)
+        if not stuck:
+            break
     errors = "\n".join(line for line in log.splitlines() if "ERROR" in line)
-    return ClientRun(argv, status, log, maildir=mail, timed_out=timed_out, extra={"errors": errors})
+    extra = {"errors": errors, "retries": str(len(logs) - 1)}
+    if stuck:
+        extra["errors"] = errors or f"stuck before login in all {attempts} attempts"
+    if len(logs) > 1:
+        log = "".join(f"--- attempt {n} ---\n{text}" for n, text in enumerate(logs, 1))
+    return ClientRun(argv, status, log, maildir=mail, timed_out=timed_out, extra=extra)
 
 
 def offlineimap_folder(root: Path, folder: str) -> Path:
