@@ -1,4 +1,5 @@
-"""A private Dovecot POP3 server (Debian dovecot-core + dovecot-pop3d) as a reference peer.
+"""A private Dovecot POP3 (and optionally IMAP) server (Debian dovecot-core, dovecot-pop3d,
+dovecot-imapd) as a reference peer.
 
 Everything lives in one directory of its own, so it never touches /etc/dovecot or a system
 Dovecot, and several instances can run side by side:
@@ -21,9 +22,18 @@ Settings (Dovecot 2.3.19.1 as Debian 12 ships it):
 - ``mail_max_userip_connections = 1000`` (the default 10 gives ``[IN-USE]``-like refusals under
   load); ``pop3_uidl_format = %08Xu%08Xv`` (Dovecot's default, stated so it never drifts).
 
+With ``imap=True`` (tests/interop/test_imap_clients.py) it serves IMAP as well:
+``protocols = pop3 imap``; an ``imap`` listener on a free 127.0.0.1 port (STARTTLS there with
+``tls=True``) and ``imaps`` (implicit TLS) with ``tls=True``; one inbox namespace with
+separator ``/`` over the Maildir++ layout, so the IMAP folder ``A/B`` is the directory
+``Maildir/.A.B`` (``create_folder``). Without ``imap`` the config is exactly the POP3-only one.
+
 Mail is put in place by writing Maildir files directly (``deliver``), the way a local delivery
 agent would: ``new/TIME.MnPpid.mh,S=SIZE,W=VSIZE`` with LF line endings (Dovecot sends CRLF),
-owned by uid 65534. ``S=``/``W=`` spare Dovecot a stat and a read to learn the sizes.
+owned by uid 65534. ``S=``/``W=`` spare Dovecot a stat and a read to learn the sizes. With
+``folder=`` it goes into that folder; with ``flags=`` (Maildir info letters, e.g. ``"S"`` for
+\\Seen) straight into ``cur/`` as ``NAME:2,FLAGS``. ``maildir_messages`` reads a folder back
+with each message's flags (what a client's changes did to the server).
 
 The server runs in the foreground (``dovecot -F``) in its own session, so stop() (SIGTERM, then
 SIGKILL of the whole group) reaches every child. Needs root (Dovecot's master starts as root and
@@ -52,6 +62,17 @@ MAIL_UID = 65534  # nobody
 MAIL_GID = 65534  # nogroup
 
 
+# Maildir info letters (the "2," part of a cur/ file name) -> IMAP system flags. Lowercase
+# letters are Dovecot keywords, which the tests do not use.
+MAILDIR_FLAGS = {
+    "D": "\\Draft",
+    "F": "\\Flagged",
+    "R": "\\Answered",
+    "S": "\\Seen",
+    "T": "\\Deleted",
+}
+
+
 class DovecotError(RuntimeError):
     """Dovecot failed to start or stop; the message carries the command and the log tail."""
 
@@ -67,6 +88,30 @@ def pop3_greets(port: int, host: str = LOOPBACK, timeout: float = 2.0) -> bool:
             return data.startswith(b"+OK")
     except OSError:
         return False
+
+
+def imap_greets(port: int, host: str = LOOPBACK, timeout: float = 2.0) -> bool:
+    """True if host:port accepts a connection and sends an IMAP ``* OK`` greeting."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            data = sock.recv(512)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"a LOGOUT\r\n")
+            return data.startswith(b"* OK")
+    except OSError:
+        return False
+
+
+def imap_flags(info: str) -> frozenset[str]:
+    """Maildir info letters (``"FS"``) -> IMAP system flags (``{"\\Flagged", "\\Seen"}``)."""
+    return frozenset(MAILDIR_FLAGS[letter] for letter in info if letter in MAILDIR_FLAGS)
+
+
+def maildir_info(name: str) -> str:
+    """The flag letters of a Maildir file name (``...:2,FS`` -> ``"FS"``; none -> ``""``)."""
+    _, sep, info = name.rpartition(":2,")
+    return info if sep else ""
 
 
 def to_lf(data: bytes) -> bytes:
@@ -90,17 +135,20 @@ class DovecotPop3:
         cert: tuple[Path, Path] | None = None,
         base_dir: Path | None = None,
         extra_conf: str = "",
+        imap: bool = False,
     ) -> None:
         """Prepare (nothing runs yet). users: address -> password (addresses user@domain).
 
         tls: ``ssl = yes`` with a pop3s listener and STLS on pop3; cert: (cert, key) PEM files
         to use (default: a fresh self-signed pair for 127.0.0.1 made with openssl).
         extra_conf: appended verbatim to dovecot.conf (e.g. ``service pop3-login {...}``).
+        imap: serve IMAP too (an imap listener, imaps with tls; see module doc).
         """
         if os.geteuid() != 0:
             raise DovecotError("a private Dovecot needs root (its master drops privileges)")
         self.users = dict(users)
         self.tls = tls
+        self.imap = imap
         self.extra_conf = extra_conf
         # Under /tmp, short: unix socket paths in base_dir are limited to ~108 bytes.
         self.base = base_dir or Path(tempfile.mkdtemp(prefix="mh-dove-", dir="/tmp"))
@@ -117,10 +165,16 @@ class DovecotPop3:
         self.cert: tuple[Path, Path] | None = None
         if tls:
             self.cert = cert or self._self_signed()
-        pop3, pop3s = free_ports(2)
+        # Two ports without IMAP, as before (the POP3-only instance is unchanged).
+        ports = free_ports(4 if imap else 2)
+        pop3, pop3s = ports[:2]
         self.ports: dict[str, int] = {"pop3": pop3}
         if tls:
             self.ports["pop3s"] = pop3s
+        if imap:
+            self.ports["imap"] = ports[2]
+            if tls:
+                self.ports["imaps"] = ports[3]
         self._write_files()
 
     # ---------------------------------------------------------------- configuration
@@ -149,7 +203,7 @@ class DovecotPop3:
             f"state_dir = {self.state_dir}",
             f"log_path = {self.log_path}",
             f"info_log_path = {self.log_path}",
-            "protocols = pop3",
+            "protocols = pop3 imap" if self.imap else "protocols = pop3",
             f"listen = {LOOPBACK}",
             "disable_plaintext_auth = no",
             "auth_mechanisms = plain login",
@@ -176,8 +230,10 @@ class DovecotPop3:
             "    ssl = yes" if self.tls else "    ssl = no",
             "  }",
             "}",
-            # No IMAP / LMTP / submission: only the services POP3 needs.
+            # No LMTP / submission: only the services POP3 (and IMAP) need.
         ]
+        if self.imap:
+            lines += self._imap_config()
         if self.tls and self.cert is not None:
             cert, key = self.cert
             lines += ["ssl = yes", f"ssl_cert = <{cert}", f"ssl_key = <{key}"]
@@ -186,6 +242,28 @@ class DovecotPop3:
         if self.extra_conf:
             lines += [self.extra_conf.strip()]
         return "\n".join(lines) + "\n"
+
+    def _imap_config(self) -> list[str]:
+        """The IMAP part: listeners, and one namespace with "/" as separator (Dovecot maps it
+        to Maildir++'s "." on disk), so clients see ``Projects/2026``, not ``Projects.2026``."""
+        return [
+            "namespace inbox {",
+            "  inbox = yes",
+            "  separator = /",
+            "  prefix =",
+            "}",
+            "service imap-login {",
+            "  inet_listener imap {",
+            f"    address = {LOOPBACK}",
+            f"    port = {self.ports['imap']}",
+            "  }",
+            "  inet_listener imaps {",
+            f"    address = {LOOPBACK}",
+            f"    port = {self.ports.get('imaps', 0)}",
+            "    ssl = yes" if self.tls else "    ssl = no",
+            "  }",
+            "}",
+        ]
 
     def _write_files(self) -> None:
         self.config_path.write_text(self.config_text())
@@ -216,10 +294,46 @@ class DovecotPop3:
                 os.chown(maildir / sub, MAIL_UID, MAIL_GID)
         return maildir
 
-    def deliver(self, address: str, messages: Iterable[bytes]) -> list[bytes]:
-        """Write messages into the user's Maildir new/ (in order); returns them as POP3 will
-        send them (CRLF line endings). Each file is written to tmp/ and renamed into new/."""
+    def folder_dir(self, address: str, folder: str | None = None) -> Path:
+        """The Maildir++ directory of an IMAP folder (None or INBOX: the Maildir itself)."""
         maildir = self.maildir(address)
+        if folder is None or folder.upper() == "INBOX":
+            return maildir
+        if "." in folder or folder.startswith("/") or folder.endswith("/"):
+            raise ValueError(f"folder names here are /-separated without dots: {folder!r}")
+        return maildir / ("." + folder.replace("/", "."))
+
+    def create_folder(self, address: str, folder: str) -> Path:
+        """Create an IMAP folder (and its parents) as Maildir++ subfolders owned by the mail
+        uid; returns its directory. Existing folders are left as they are."""
+        parts = folder.split("/")
+        path = self.folder_dir(address, folder)
+        for depth in range(1, len(parts) + 1):
+            path = self.folder_dir(address, "/".join(parts[:depth]))
+            for sub in (path, path / "new", path / "cur", path / "tmp"):
+                sub.mkdir(exist_ok=True)
+                os.chown(sub, MAIL_UID, MAIL_GID)
+            marker = path / "maildirfolder"  # Maildir++: "this is a folder, not a root"
+            if not marker.exists():
+                marker.touch()
+                os.chown(marker, MAIL_UID, MAIL_GID)
+        return path
+
+    def deliver(
+        self,
+        address: str,
+        messages: Iterable[bytes],
+        *,
+        folder: str | None = None,
+        flags: str = "",
+    ) -> list[bytes]:
+        """Write messages into the user's Maildir new/ (in order); returns them as POP3 will
+        send them (CRLF line endings). Each file is written to tmp/ and renamed into new/.
+        folder: an IMAP folder (``create_folder`` first) instead of INBOX; flags: Maildir info
+        letters, e.g. "S": the file goes to cur/ as ``NAME:2,S`` (a message already seen)."""
+        maildir = self.folder_dir(address, folder)
+        if not maildir.is_dir():
+            raise ValueError(f"no folder {folder!r} for {address}: create_folder it first")
         sent: list[bytes] = []
         now = int(time.time())
         for data in messages:
@@ -230,7 +344,10 @@ class DovecotPop3:
             tmp = maildir / "tmp" / name
             tmp.write_bytes(lf)
             os.chown(tmp, MAIL_UID, MAIL_GID)
-            tmp.rename(maildir / "new" / name)
+            if flags:
+                tmp.rename(maildir / "cur" / f"{name}:2,{''.join(sorted(flags))}")
+            else:
+                tmp.rename(maildir / "new" / name)
             sent.append(crlf)
         return sent
 
@@ -246,6 +363,28 @@ class DovecotPop3:
         files.sort(key=lambda p: int(p.name.split(".M", 1)[1].split("P", 1)[0]))
         return [to_crlf(p.read_bytes()) for p in files]
 
+    def maildir_messages(
+        self, address: str, folder: str | None = None
+    ) -> list[tuple[frozenset[str], bytes]]:
+        """Every message of a folder as (IMAP system flags, bytes with CRLF), ordered by file
+        name. Files Dovecot wrote itself (an APPEND, a flag change) are included."""
+        path = self.folder_dir(address, folder)
+        files = sorted(
+            (p for sub in ("new", "cur") for p in (path / sub).iterdir() if p.is_file()),
+            key=lambda p: p.name,
+        )
+        return [(imap_flags(maildir_info(p.name)), to_crlf(p.read_bytes())) for p in files]
+
+    def folders(self, address: str) -> list[str]:
+        """The IMAP folder names under the user's Maildir (INBOX first)."""
+        maildir = self.maildir(address)
+        subs = sorted(
+            p.name[1:].replace(".", "/")
+            for p in maildir.iterdir()
+            if p.is_dir() and p.name.startswith(".") and (p / "cur").is_dir()
+        )
+        return ["INBOX", *subs]
+
     # ---------------------------------------------------------------- process
 
     @property
@@ -253,7 +392,7 @@ class DovecotPop3:
         return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 30.0) -> None:
-        """``dovecot -F -c CONF``; returns once every listener greets with +OK."""
+        """``dovecot -F -c CONF``; returns once every listener greets (+OK, or * OK)."""
         if self.running:
             raise DovecotError("already running")
         with (self.base / "stderr.log").open("ab") as err:
@@ -272,11 +411,17 @@ class DovecotPop3:
                 return None
             return f"dovecot exited with status {code} during start-up\n{self.log_tail()}"
 
+        def greets(name: str, port: int) -> bool:
+            if name == "pop3s":
+                return _tls_port_accepts(port)
+            if name == "imaps":
+                return _tls_port_accepts(port, greeting=b"* OK")
+            if name == "imap":
+                return imap_greets(port)
+            return pop3_greets(port)
+
         def listening() -> bool:
-            return all(
-                _tls_port_accepts(port) if name == "pop3s" else pop3_greets(port)
-                for name, port in self.ports.items()
-            )
+            return all(greets(name, port) for name, port in self.ports.items())
 
         try:
             ready = wait_until(listening, timeout=timeout, interval=0.1, abort=exited)
@@ -330,6 +475,17 @@ class DovecotPop3:
             parts.append(f"{path.name} (tail):\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts) or "(no dovecot log)"
 
+    def logins(self, address: str, service: str = "imap") -> list[str]:
+        """The log's successful login lines of a user on one service (``imap``/``pop3``); each
+        says ``TLS`` when the session was encrypted (STARTTLS/STLS or implicit), while loopback
+        plaintext shows as ``secured`` (Dovecot trusts 127.0.0.1)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        marker = f"{service}-login: Info: Login: user=<{address}>,"
+        return [line for line in text.splitlines() if marker in line]
+
     def version(self) -> str:
         result = subprocess.run(
             [program("dovecot"), "--version"], capture_output=True, text=True, timeout=30,
@@ -338,8 +494,8 @@ class DovecotPop3:
         return result.stdout.strip()
 
 
-def _tls_port_accepts(port: int) -> bool:
-    """True if an implicit-TLS POP3 port completes a handshake and greets with +OK."""
+def _tls_port_accepts(port: int, greeting: bytes = b"+OK") -> bool:
+    """True if an implicit-TLS port completes a handshake and greets (POP3 +OK by default)."""
     import ssl
 
     context = ssl.create_default_context()
@@ -351,6 +507,6 @@ def _tls_port_accepts(port: int) -> bool:
             context.wrap_socket(raw) as sock,
         ):
             sock.settimeout(2.0)
-            return sock.recv(512).startswith(b"+OK")
+            return sock.recv(512).startswith(greeting)
     except OSError:
         return False
