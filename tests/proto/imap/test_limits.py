@@ -142,3 +142,20 @@ def test_config_is_checked() -> None:
         ParserConfig(max_depth=0)
     with pytest.raises(ValueError):
         ParserConfig(delimiter="ab")
+
+
+def test_an_overlong_line_is_answered_alike_however_it_arrives() -> None:
+    """Found by fuzz/imap_server.py: the whole line and the same line in pieces gave different
+    tags (the first 256 octets, or all of them). Tags over TAG_MAX octets are not echoed."""
+    from mailhouse.proto.imap.config import ParserConfig
+    from mailhouse.proto.imap.events import Bad
+    from mailhouse.proto.imap.parser import TAG_MAX, CommandParser
+
+    line = b"x" * 600 + b"\r\n"
+    whole = CommandParser(ParserConfig(max_line_length=512)).feed(line)
+    parser = CommandParser(ParserConfig(max_line_length=512))
+    pieces = [e for i in range(0, len(line), 64) for e in parser.feed(line[i:i + 64])]
+    assert whole == pieces == [Bad(None, "Command line too long", "TOOBIG")]
+    short = b"t" * TAG_MAX + b" " + b"y" * 600 + b"\r\n"
+    (bad,) = CommandParser(ParserConfig(max_line_length=512)).feed(short)
+    assert isinstance(bad, Bad) and bad.tag == "t" * TAG_MAX

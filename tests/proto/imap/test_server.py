@@ -354,3 +354,28 @@ def test_command_soup_never_raises_and_any_split_answers_the_same(
     # Every line is untagged, a continuation, or a tagged status (literals aside: none here).
     status = re.compile(rb"(\* |\+ |[^ ]+ (OK|NO|BAD) )")
     assert all(status.match(line) for line in whole.split(b"\r\n")[:-1]), whole
+
+
+def test_commands_pipelined_behind_enable_are_parsed_the_new_way() -> None:
+    """Found by fuzz/imap_server.py: a mailbox name sent right behind ENABLE IMAP4rev2 decoded
+    as modified UTF-7 when both came in one read, as UTF-8 when they came apart."""
+    script = 'a LOGIN alice pw\r\nb ENABLE IMAP4rev2\r\nc SELECT "Café"\r\n'.encode()
+
+    def first_select(chunks: list[bytes]) -> ev.ServerEvent:
+        s = Session()
+        for chunk in chunks:
+            s.core.receive_data(chunk)
+            while True:
+                event = s.core.next_event()
+                if isinstance(event, ev.Credentials):
+                    s.core.login_result(LoginOutcome.OK)
+                elif isinstance(event, ev.Request):
+                    return event
+                else:
+                    break
+        raise AssertionError("no SELECT")
+
+    together = first_select([script])
+    apart = first_select([script[:44], script[44:]])
+    assert together == apart
+    assert isinstance(together, ev.Request) and together.command.args.mailbox == "Café"  # type: ignore[union-attr]

@@ -16,7 +16,9 @@ class Command:
     """A complete command. `name` is upper case (e.g. "FETCH"); `uid` is the UID prefix. When
     `name` is "IDLE" or "AUTHENTICATE" this is a decision: answer `start_idle()` /
     `start_sasl()` when the server sends its continuation, `resume()` when it refuses the
-    command or completes it at once (AUTHENTICATE with a SASL-IR initial response)."""
+    command or completes it at once (AUTHENTICATE with a SASL-IR initial response). "ENABLE"
+    is a decision too: answer `resume()` once the enabled extensions apply (`utf8` set), so
+    the commands pipelined behind it are parsed the new way."""
 
     tag: str
     name: str

@@ -246,7 +246,7 @@ class ImapServer:
         name = command.name
         if not self._valid_here(name):
             self._count_error()
-            if name in ("IDLE", "AUTHENTICATE"):
+            if name in ("IDLE", "AUTHENTICATE", "ENABLE"):
                 self._queue.extend(self._parser.resume())
             self._tagged(b"BAD", name.encode() + b" is not valid in this state")
             return self._aborted(command.tag) if name == "APPEND" else None
@@ -304,6 +304,7 @@ class ImapServer:
         self.enabled.update(newly)
         if self.enabled & {"IMAP4REV2", "UTF8=ACCEPT"}:
             self._parser.utf8 = True  # mailbox names are UTF-8 from here on (RFC 9051 §5.1)
+        self._queue.extend(self._parser.resume())  # the parser waited for this (events.py)
         # RFC 5161 §3.1: only what this command newly enabled.
         self._line(b"* ENABLED" + b"".join(b" " + c.encode() for c in newly))
         self._tagged(b"OK", b"Enabled")
