@@ -231,6 +231,12 @@ def test_enable_reports_only_what_it_newly_enabled() -> None:
     assert s.core.enabled == {"CONDSTORE", "IMAP4REV2"}
     s.send(b"b ENABLE CONDSTORE\r\n")
     assert s.out() == b"* ENABLED\r\nb OK Enabled\r\n"
+    s.send(b"c SELECT INBOX\r\n")
+    s.core.complete("OK", "SELECT completed")
+    s.out()
+    event = s.send(b"d ENABLE QRESYNC\r\ne NOOP\r\n")  # RFC 5161 §3.1: not once selected
+    assert s.out() == b"d BAD ENABLE is not valid in this state\r\n"
+    assert isinstance(event, ev.Request)  # and the session goes on with NOOP
 
 
 def test_id_namespace_capability_logout() -> None:

@@ -263,6 +263,8 @@ class ImapServer:
             return name in NOT_AUTHENTICATED_ONLY
         if name in NOT_AUTHENTICATED_ONLY:
             return False
+        if name == "ENABLE":  # RFC 5161 §3.1: only before a mailbox is selected
+            return self.state is State.AUTHENTICATED
         return name in AUTHENTICATED or (self.state is State.SELECTED and name in SELECTED_ONLY)
 
     # --- commands the core answers -----------------------------------------------------------
