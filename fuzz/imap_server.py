@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 
 from fuzz.input import FuzzInput, expand, header
-from mailhouse.proto.imap import server_events as ev
 from mailhouse.proto.imap.config import ParserConfig
-from mailhouse.proto.imap.server import ImapServer, ImapServerConfig, LoginOutcome
+from mailhouse.proto.imap.server import ImapServer, ImapServerConfig
+from tests.proto.imap.driver import serve
 
 WORDS = (
     b"a ", b"b ", b"LOGIN ", b"alice ", b"pw", b"SELECT ", b"INBOX", b"IDLE", b"DONE", b"NOOP",
@@ -33,24 +33,7 @@ def _drive(chunks: list[bytes], *, tls: bool, plaintext: bool) -> bytes:
     config = _CONFIG if not plaintext else ImapServerConfig(
         hostname=_CONFIG.hostname, max_errors=_CONFIG.max_errors, parser=_CONFIG.parser,
         allow_plaintext_auth=True)
-    core = ImapServer(config, tls_active=tls)
-    out = core.data_to_send()
-    for chunk in chunks:
-        core.receive_data(chunk)
-        for _ in range(100_000):
-            event = core.next_event()
-            if isinstance(event, ev.Credentials):
-                core.login_result(LoginOutcome.OK)
-            elif isinstance(event, ev.Request | ev.IdleEnded):
-                core.complete("OK", "done")
-            elif isinstance(event, ev.StartTls):
-                core.tls_established()
-            elif isinstance(event, ev.NeedData | ev.Closed):
-                break
-        else:
-            raise AssertionError("the core never asked for more input")
-        out += core.data_to_send()
-    return out
+    return serve(ImapServer(config, tls_active=tls), chunks)
 
 
 def test_one_input(data: bytes) -> None:

@@ -27,6 +27,9 @@ PACKAGE_OF = {
     "getmail": "getmail6",
     "dovecot": "dovecot-pop3d",
     "doveadm": "dovecot-core",
+    "mbsync": "isync",
+    "offlineimap": "offlineimap3",
+    "curl": "curl",
 }
 
 

@@ -61,7 +61,7 @@ from tests.helpers.imap_clients import (
     offlineimap_sync,
 )
 from tests.helpers.net import LOOPBACK
-from tests.helpers.tools import missing_programs, require_root, under_ci
+from tests.helpers.tools import missing_programs, require_root, require_tools, under_ci
 
 pytestmark = pytest.mark.interop
 
@@ -75,22 +75,7 @@ FLAGGED = "\\Flagged"
 # Every server the tests run against; each name needs a fixture NAME_imap -> ImapServer.
 IMAP_SERVERS = ["dovecot"]
 
-# Program -> Debian package, for the skip / fail message.
-PACKAGES = {"mbsync": "isync", "offlineimap": "offlineimap3", "curl": "curl"}
-
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.IGNORECASE | re.MULTILINE)
-
-
-def require_client(name: str) -> None:
-    """Skip (fail under CI) unless the client program is installed."""
-    if missing_programs(name):
-        reason = (
-            f"missing program {name}: install the Debian package {PACKAGES[name]} "
-            "(run scripts/install-deps.sh as root)"
-        )
-        if under_ci():
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
 
 
 # --------------------------------------------------------------------------- the servers
@@ -421,7 +406,7 @@ SYNC_TLS: list[TlsMode] = ["starttls", "implicit"]
 
 @pytest.mark.parametrize("tls", SYNC_TLS)
 def test_mbsync_round_trip(imap_server: ImapServer, tls: TlsMode, work: Path) -> None:
-    require_client("mbsync")
+    require_tools("mbsync")
     target = make_target(imap_server, tls)
     mailbox = fill(target)
 
@@ -448,7 +433,7 @@ def test_mbsync_round_trip(imap_server: ImapServer, tls: TlsMode, work: Path) ->
 
 @pytest.mark.parametrize("tls", SYNC_TLS)
 def test_offlineimap_round_trip(imap_server: ImapServer, tls: TlsMode, work: Path) -> None:
-    require_client("offlineimap")
+    require_tools("offlineimap")
     target = make_target(imap_server, tls)
     mailbox = fill(target)
 
@@ -473,7 +458,7 @@ def test_offlineimap_round_trip(imap_server: ImapServer, tls: TlsMode, work: Pat
 
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_curl_list_examine_fetch(imap_server: ImapServer, tls: TlsMode, work: Path) -> None:
-    require_client("curl")
+    require_tools("curl")
     target = make_target(imap_server, tls)
     mailbox = fill(target)
     account = target.account
@@ -514,7 +499,7 @@ def test_curl_list_examine_fetch(imap_server: ImapServer, tls: TlsMode, work: Pa
 def test_curl_rejects_an_untrusted_certificate(imap_server: ImapServer, work: Path) -> None:
     """The drivers really verify: curl with the system CAs only refuses the server's
     self-signed certificate, so the green runs above used the pinned one."""
-    require_client("curl")
+    require_tools("curl")
     target = make_target(imap_server, "implicit")
     account = ImapAccount(target.host, target.port, target.user, target.password, "implicit")
     run = curl_imap(account, work, curl_url(account), insecure=False, timeout=20)

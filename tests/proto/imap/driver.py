@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mailhouse.proto.imap import server_events as ev
 from mailhouse.proto.imap.config import ParserConfig
 from mailhouse.proto.imap.events import (
     Command,
@@ -11,6 +12,7 @@ from mailhouse.proto.imap.events import (
     SaslResponse,
 )
 from mailhouse.proto.imap.parser import CommandParser
+from mailhouse.proto.imap.server import ImapServer, LoginOutcome
 
 
 def drive(pieces: list[bytes], config: ParserConfig | None = None, *,
@@ -31,8 +33,9 @@ def drive(pieces: list[bytes], config: ParserConfig | None = None, *,
                 pending.extend(parser.start_idle())
             elif isinstance(event, Command) and event.name == "AUTHENTICATE":
                 pending.extend(parser.start_sasl())
-            elif isinstance(event, SaslResponse):
-                pending.extend(parser.resume())
+            elif isinstance(event, SaslResponse) or (
+                    isinstance(event, Command) and event.name == "ENABLE"):
+                pending.extend(parser.resume())  # SASL over after one response; ENABLE applied
             elif isinstance(event, Fatal):
                 assert parser.feed(b"a NOOP\r\n") == []
         if check_bound and not parser.paused:
@@ -55,3 +58,26 @@ def command(line: bytes, config: ParserConfig | None = None) -> Command:
     event = events[0]
     assert isinstance(event, Command), event
     return event
+
+
+def serve(core: ImapServer, chunks: list[bytes]) -> bytes:
+    """Feed the session core `chunks` and play the service: logins succeed, requests and IDLE
+    complete OK, STARTTLS completes. Returns everything the core wrote (what it had pending
+    first). Bounded: the core must ask for more input within 100,000 events of each chunk."""
+    out = core.data_to_send()
+    for chunk in chunks:
+        core.receive_data(chunk)
+        for _ in range(100_000):
+            event = core.next_event()
+            if isinstance(event, ev.Credentials):
+                core.login_result(LoginOutcome.OK)
+            elif isinstance(event, ev.Request | ev.IdleEnded):
+                core.complete("OK", "done")
+            elif isinstance(event, ev.StartTls):
+                core.tls_established()
+            elif isinstance(event, ev.NeedData | ev.Closed):
+                break
+        else:
+            raise AssertionError("the core never asked for more input")
+        out += core.data_to_send()
+    return out

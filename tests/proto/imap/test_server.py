@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mailhouse.proto.imap import server_events as ev
 from mailhouse.proto.imap.config import ParserConfig
 from mailhouse.proto.imap.server import ImapServer, ImapServerConfig, LoginOutcome, State
+from tests.proto.imap.driver import serve
 
 CONFIG = ImapServerConfig(hostname="imap.example.test", capabilities=("UIDPLUS", "MOVE"),
                           enableable=("CONDSTORE",), max_errors=5)
@@ -300,43 +301,11 @@ def test_any_split_of_the_input_gives_the_same_replies() -> None:
               b"d BOGUS\r\ne LOGOUT\r\n")
 
     def run(chunks: list[bytes]) -> bytes:
-        s = Session()
-        out = b""
-        for chunk in chunks:
-            s.core.receive_data(chunk)
-            while True:
-                event = s.core.next_event()
-                if isinstance(event, ev.Credentials):
-                    s.core.login_result(LoginOutcome.OK)
-                elif isinstance(event, ev.Request):
-                    s.core.complete("OK", "done")
-                else:
-                    break
-            out += s.out()
-        return out
+        return serve(Session().core, chunks)
 
     whole = run([script])
     assert whole.count(b"+ Ready for literal data") == 2
     assert run([bytes([b]) for b in script]) == whole
-
-
-def _drive(s: Session, chunks: list[bytes]) -> bytes:
-    """Play the service: every decision answered, at most a bounded number of events."""
-    out = b""
-    for chunk in chunks:
-        s.core.receive_data(chunk)
-        for _ in range(10_000):
-            event = s.core.next_event()
-            if isinstance(event, ev.Credentials):
-                s.core.login_result(LoginOutcome.OK)
-            elif isinstance(event, ev.Request | ev.IdleEnded):
-                s.core.complete("OK", "done")
-            elif isinstance(event, ev.StartTls):
-                s.core.tls_established()
-            elif isinstance(event, ev.NeedData | ev.Closed):
-                break
-        out += s.out()
-    return out
 
 
 WORDS = [b"a ", b"b ", b"LOGIN ", b"alice ", b"pw", b"SELECT ", b"INBOX", b"IDLE", b"DONE",
@@ -350,13 +319,13 @@ WORDS = [b"a ", b"b ", b"LOGIN ", b"alice ", b"pw", b"SELECT ", b"INBOX", b"IDLE
 def test_command_soup_never_raises_and_any_split_answers_the_same(
         parts: list[bytes], cuts: list[int]) -> None:
     data = b"".join(parts)
-    whole = _drive(Session(), [data])
+    whole = serve(Session().core, [data])
     chunks, rest = [], data
     for cut in cuts:
         chunks.append(rest[:cut])
         rest = rest[cut:]
     chunks.append(rest)
-    assert _drive(Session(), chunks) == whole
+    assert serve(Session().core, chunks) == whole
     # Every line is untagged, a continuation, or a tagged status (literals aside: none here).
     status = re.compile(rb"(\* |\+ |[^ ]+ (OK|NO|BAD) )")
     assert all(status.match(line) for line in whole.split(b"\r\n")[:-1]), whole
