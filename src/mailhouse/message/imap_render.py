@@ -19,20 +19,17 @@ from urllib.parse import quote
 from mailhouse.message.envelope import Address, Envelope
 from mailhouse.message.mime_headers import ContentInfo
 from mailhouse.message.structure import Part
+from mailhouse.proto.imap.responses import nstring
 
 _EMPTY_TEXT = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
 
 
 def istring(value: str | None, utf8: bool = False) -> bytes:
-    """NIL, a quoted string, or a literal."""
+    """NIL, a quoted string, or a literal (proto/imap/responses.py decides which); NUL, which
+    no header value should carry, is dropped rather than sent as literal8."""
     if value is None:
         return b"NIL"
-    text = value.replace("\x00", "")
-    data = text.encode("utf-8", errors="replace")
-    if len(data) <= 1024 and "\r" not in text and "\n" not in text and (
-            utf8 or data.isascii()):
-        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-    return b"{%d}\r\n" % len(data) + data
+    return nstring(value.replace("\x00", "").encode("utf-8", errors="replace"), utf8=utf8)
 
 
 def _list(items: list[bytes]) -> bytes:
