@@ -12,12 +12,12 @@ from imapclient.response_parser import parse_fetch_response
 
 from mailhouse.message.structure import parse_message
 from mailhouse.proto.imap.fetch import FetchAttribute, Section
+from mailhouse.proto.imap.responses import date_time
 from mailhouse.service.imap_fetch import (
     ByteRange,
     MessageFacts,
     fetch_response,
     header_fields,
-    internal_date,
     materialize,
 )
 
@@ -86,7 +86,7 @@ def body(section: Section = WHOLE, *, peek: bool = False,
 
 
 def test_internal_date_keeps_its_zone() -> None:
-    assert internal_date(FACTS.internal_date) == b'" 4-Dec-2026 09:05:07 -0530"'
+    assert date_time(FACTS.internal_date) == b'" 4-Dec-2026 09:05:07 -0530"'
 
 
 def test_simple_items() -> None:

@@ -16,8 +16,8 @@ from datetime import datetime
 from mailhouse.message import imap_render
 from mailhouse.message.structure import MessageStructure, section_range
 from mailhouse.proto.imap.fetch import FetchAttribute, Section
+from mailhouse.proto.imap.responses import date_time
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _FIELD_START = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 SEEN = "\\Seen"
 # Items that set \Seen unless the mailbox is read-only (RFC 9051 §6.4.5, RFC 3501 §6.4.5).
@@ -54,17 +54,6 @@ class FetchResponse:
 
     segments: tuple[Segment, ...]
     sets_seen: bool
-
-
-def internal_date(value: datetime) -> bytes:
-    """date-time of RFC 9051 §9: "dd-Mon-yyyy hh:mm:ss +zzzz"."""
-    offset = value.utcoffset()
-    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
-    sign = "-" if minutes < 0 else "+"
-    minutes = abs(minutes)
-    return (f'"{value.day:2d}-{_MONTHS[value.month - 1]}-{value.year:04d} '
-            f'{value.hour:02d}:{value.minute:02d}:{value.second:02d} '
-            f'{sign}{minutes // 60:02d}{minutes % 60:02d}"').encode("ascii")
 
 
 def flag_list(flags: frozenset[str]) -> bytes:
@@ -139,7 +128,7 @@ async def _item(attribute: FetchAttribute, facts: MessageFacts, flags: frozenset
     if name == "FLAGS":
         return [b"FLAGS " + flag_list(flags)]
     if name == "INTERNALDATE":
-        return [b"INTERNALDATE " + internal_date(facts.internal_date)]
+        return [b"INTERNALDATE " + date_time(facts.internal_date)]
     if name == "RFC822.SIZE":
         return [b"RFC822.SIZE %d" % facts.size]
     if name == "MODSEQ":

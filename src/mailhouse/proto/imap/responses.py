@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime
 
 from mailhouse.proto.imap.sequence import SequenceSet
+from mailhouse.proto.imap.values import MONTHS
 
 # Longer strings are sent as literals: quoted ones must be scanned for escapes by the client,
 # and a long value is usually message data anyway.
@@ -100,6 +102,18 @@ def encode(value: Value, *, utf8: bool = False) -> bytes:
 
 def paren(items: Iterable[Value], *, utf8: bool = False) -> bytes:
     return b"(" + b" ".join(encode(item, utf8=utf8) for item in items) + b")"
+
+
+def date_time(value: datetime) -> bytes:
+    """date-time of RFC 9051 §9, quoted: "dd-Mon-yyyy hh:mm:ss +zzzz" (the value's own zone;
+    UTC when it has none). The inverse of values.date_time."""
+    offset = value.utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    return (f'"{value.day:2d}-{MONTHS[value.month - 1]}-{value.year:04d} '
+            f'{value.hour:02d}:{value.minute:02d}:{value.second:02d} '
+            f'{sign}{minutes // 60:02d}{minutes % 60:02d}"').encode("ascii")
 
 
 def compact(numbers: Iterable[int]) -> str:

@@ -8,8 +8,8 @@ from datetime import date, datetime, timedelta, timezone
 from mailhouse.proto.imap.lexer import MAX_NUMBER, ParseError, Reader
 from mailhouse.proto.imap.sequence import STAR, SequenceSet
 
-_MONTHS = {m: i for i, m in enumerate(
-    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {m.upper(): i for i, m in enumerate(MONTHS, 1)}
 _DATE = re.compile(rb"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})\Z")
 _DATE_TIME = re.compile(
     rb"([ 0-9][0-9])-([A-Za-z]{3})-([0-9]{4}) "
