@@ -79,6 +79,12 @@ SERVICES = {"smtp": ("smtp",), "submission": ("submission", "submissions"),
 SERVICE_WEIGHTS = {"smtp": 2, "submission": 1, "pop3": 1}
 
 
+def enabled_services(config: Config) -> list[str]:
+    """The services (SERVICES) with at least one listener in the config."""
+    return [name for name, kinds in SERVICES.items()
+            if any(config.listen_endpoints(kind) for kind in kinds)]
+
+
 def service_limits(config: Config, service: str) -> ConnectionLimits:
     """One service's caps: `limits.<service>_max_connections[_per_ip]`, else its weighted share
     of `limits.max_connections` among the enabled services and `max_connections_per_ip`."""
@@ -90,9 +96,7 @@ def service_limits(config: Config, service: str) -> ConnectionLimits:
         "pop3": (limits.pop3_max_connections, limits.pop3_max_connections_per_ip),
     }[service]
     if total is None:
-        enabled = [name for name, kinds in SERVICES.items()
-                   if any(config.listen_endpoints(kind) for kind in kinds)]
-        weights = sum(SERVICE_WEIGHTS[name] for name in enabled) or 1
+        weights = sum(SERVICE_WEIGHTS[name] for name in enabled_services(config)) or 1
         total = max(1, limits.max_connections * SERVICE_WEIGHTS[service] // weights)
     return ConnectionLimits(total, per_ip or limits.max_connections_per_ip)
 
@@ -267,9 +271,8 @@ class App:
         """Per-service caps set above the process total cannot all be reached: the total
         refuses first (net/listener.py). Legal, but rarely what was meant."""
         limits = self.config.limits
-        enabled = [name for name, kinds in SERVICES.items()
-                   if any(self.config.listen_endpoints(kind) for kind in kinds)]
-        total = sum(service_limits(self.config, name).max_connections for name in enabled)
+        total = sum(service_limits(self.config, name).max_connections
+                    for name in enabled_services(self.config))
         if total > limits.max_connections:
             log.warning("event=limits.caps_exceed_total services=%d max_connections=%d",
                         total, limits.max_connections)
