@@ -254,7 +254,7 @@ class ImapServer:
         if handler is not None:
             return handler(self, command)
         self._pending = "Request"
-        return ev.Request(command, self.state is State.SELECTED)
+        return ev.Request(command, self.state is State.SELECTED, frozenset(self.enabled))
 
     def _valid_here(self, name: str) -> bool:
         if name in ANY_STATE:
@@ -277,7 +277,7 @@ class ImapServer:
             self._tagged(b"OK", b"NOOP completed")
             return None
         self._pending = "Request"  # the service reports mailbox changes (RFC 9051 §6.1.2)
-        return ev.Request(command, self.state is State.SELECTED)
+        return ev.Request(command, self.state is State.SELECTED, frozenset(self.enabled))
 
     def _logout(self, command: Command) -> None:
         self._line(b"* BYE Logging out")

@@ -44,6 +44,8 @@ class Request:
 
     command: Command
     selected: bool  # a mailbox is selected (SELECTED state)
+    # What ENABLE turned on so far (upper case: CONDSTORE, QRESYNC, IMAP4REV2, UTF8=ACCEPT).
+    enabled: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

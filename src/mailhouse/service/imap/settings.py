@@ -1,0 +1,19 @@
+"""What the IMAP service announces and the limits of its commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What the service implements, announced after login (proto/imap/server.py adds IMAP4rev1,
+# IMAP4rev2, the AUTH= and core atoms). Only what works end to end belongs here.
+CAPABILITIES: tuple[str, ...] = ()
+ENABLEABLE: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    """Limits of the mailbox commands (docs/operations.md, [imap])."""
+
+    append_limit: int = 50 * 1024 * 1024  # APPENDLIMIT (RFC 7889), octets per message
+    fetch_batch: int = 500  # messages read from the store per round of a FETCH / SEARCH
+    search_content_limit: int = 100_000  # messages a body/text SEARCH may decode
