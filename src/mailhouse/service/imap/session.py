@@ -1,39 +1,192 @@
-"""One logged-in IMAP session: its selected mailbox, its view, what it enabled."""
+"""One logged-in IMAP session: its selected mailbox, its view, what it enabled.
+
+The core (proto/imap/server.py) has already checked that each command is valid in the state;
+this class performs it against the store. Untagged updates about other sessions' changes go out
+only where RFC 9051 §7.5.1 allows: before a command's own responses (EXISTS and flag changes
+always; EXPUNGE except during FETCH, STORE and SEARCH, whose UID forms are fine), during IDLE,
+and never while no command is in progress.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from mailhouse.errors import MailError
 from mailhouse.model import Account
 from mailhouse.proto.imap.server_events import AppendChunk, Request
+from mailhouse.service.imap import mailboxes, messages, searching
+from mailhouse.service.imap.appending import Appends
+from mailhouse.service.imap.selection import Selection, render
 from mailhouse.service.imap.settings import ImapSettings
 from mailhouse.service.imap_api import Completion, Responder
 from mailhouse.store.base import Store
 from mailhouse.store.wakeup import Watch
 
+log = logging.getLogger("mailhouse.imap")
+
+# Commands during which EXPUNGE must not be sent (RFC 9051 §7.5.1); their UID forms may.
+_NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH"})
+IDLE_POLL = 30.0  # seconds: look at the store during IDLE even without a wake-up
+POLL_WITHOUT_WAKEUPS = 1.0  # seconds, when no wake-up channel exists (tests, one process)
+
+Handler = Callable[["ImapSession", Request, Responder], Awaitable[Completion]]
+
 
 class ImapSession:
     def __init__(self, store: Store, account: Account, settings: ImapSettings,
                  watch: Watch | None) -> None:
-        self._store = store
+        self.store = store
         self.account = account
-        self._settings = settings
+        self.settings = settings
         self._watch = watch
+        self.selection: Selection | None = None
+        self.enabled: frozenset[str] = frozenset()
+        self.condstore = False  # RFC 7162 §3.1: a CONDSTORE enabling command was seen
+        self.appends = Appends(store, settings)
+        self._closed = False
 
+    # --- what the session has turned on ------------------------------------------------------
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and quoted strings in UTF-8 (RFC 9051 §5.1, RFC 6855)."""
+        return bool(self.enabled & {"IMAP4REV2", "UTF8=ACCEPT"})
+
+    @property
+    def rev2(self) -> bool:
+        return "IMAP4REV2" in self.enabled
+
+    @property
+    def qresync(self) -> bool:
+        return "QRESYNC" in self.enabled
+
+    def enable_condstore(self) -> None:
+        self.condstore = True
+
+    # --- the seam (service/imap_api.py) ---------------------------------------------------------
     async def handle(self, request: Request, respond: Responder) -> Completion:
-        return Completion("NO", "Not implemented yet")
+        self.enabled = request.enabled
+        if "CONDSTORE" in request.enabled or "QRESYNC" in request.enabled:
+            self.condstore = True
+        command = request.command
+        handler = _HANDLERS.get(command.name)
+        if handler is None:
+            return Completion("BAD", f"{command.name} is not supported")
+        if self.selection is not None and command.name not in ("SELECT", "EXAMINE"):
+            expunge_ok = command.uid or command.name not in _NO_EXPUNGE
+            if not await self.refresh(respond, expunge_allowed=expunge_ok):
+                return Completion("NO", "The selected mailbox was deleted", "CLOSED")
+        try:
+            return await handler(self, request, respond)
+        except MailError:
+            log.warning("event=imap.store_failed account=%s command=%s", self.account.address,
+                        command.name, exc_info=True)
+            return Completion("NO", "Temporary server failure, try again later", "UNAVAILABLE")
+
+    async def refresh(self, respond: Responder, *, expunge_allowed: bool) -> bool:
+        """Learn the store's changes and send what may be sent now. False: the mailbox is
+        gone; the session is deselected and told BYE-free (a later command gets NO)."""
+        selection = self.selection
+        if selection is None:
+            return True
+        if not await selection.sync(self.store):
+            self.selection = None
+            await respond.send([b"OK [CLOSED] The mailbox was deleted"])
+            return False
+        lines = self.updates(expunge_allowed=expunge_allowed)
+        if lines:
+            await respond.send(lines)
+        return True
+
+    def updates(self, *, expunge_allowed: bool) -> list[bytes]:
+        selection = self.selection
+        if selection is None:
+            return []
+        items = selection.view.pending(expunge_allowed=expunge_allowed, vanished=self.qresync)
+        return render(items, condstore=self.condstore)
 
     async def append_chunk(self, chunk: AppendChunk) -> None:
-        return None
+        await self.appends.chunk(chunk)
 
     def append_aborted(self, tag: str) -> None:
-        return None
+        self.appends.abort(tag)
 
     async def changes(self) -> list[bytes]:
-        return []
+        """During IDLE: wait for a wake-up (or poll), then what may be told (RFC 2177)."""
+        watch = self._watch
+        if watch is not None:
+            await watch.wait(IDLE_POLL)
+        else:
+            await asyncio.sleep(POLL_WITHOUT_WAKEUPS)
+        selection = self.selection
+        if selection is None:
+            return []
+        if not await selection.sync(self.store):
+            self.selection = None
+            return [b"OK [CLOSED] The mailbox was deleted"]
+        return self.updates(expunge_allowed=True)
 
     def pending(self) -> list[bytes]:
-        return []
+        return self.updates(expunge_allowed=True)
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.appends.close()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+
+
+async def _noop(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    # The refresh before every command already reported the changes (RFC 9051 §6.1.2, §6.4.1).
+    return Completion("OK", f"{request.command.name} completed")
+
+
+async def _unselect(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    session.selection = None
+    return Completion("OK", "Returned to authenticated state")
+
+
+async def _close(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    # RFC 9051 §6.4.1: remove \Deleted messages silently (not from a read-only mailbox).
+    selection = session.selection
+    session.selection = None
+    if selection is not None and not selection.read_only:
+        deleted = [f.uid for f in await session.store.list_flags(selection.id)
+                   if "\\Deleted" in f.flags]
+        if deleted:
+            await session.store.expunge(selection.id, deleted)
+    return Completion("OK", "Closed")
+
+
+_HANDLERS: dict[str, Handler] = {
+    "NOOP": _noop,
+    "CHECK": _noop,
+    "UNSELECT": _unselect,
+    "CLOSE": _close,
+    "SELECT": mailboxes.select,
+    "EXAMINE": mailboxes.select,
+    "CREATE": mailboxes.create,
+    "DELETE": mailboxes.delete,
+    "RENAME": mailboxes.rename,
+    "SUBSCRIBE": mailboxes.subscribe,
+    "UNSUBSCRIBE": mailboxes.unsubscribe,
+    "LIST": mailboxes.list_mailboxes,
+    "LSUB": mailboxes.list_mailboxes,
+    "STATUS": mailboxes.status,
+    "GETQUOTA": mailboxes.get_quota,
+    "GETQUOTAROOT": mailboxes.get_quota_root,
+    "SETQUOTA": mailboxes.set_quota,
+    "APPEND": messages.append,
+    "FETCH": messages.fetch,
+    "STORE": messages.store,
+    "COPY": messages.copy,
+    "MOVE": messages.copy,
+    "EXPUNGE": messages.expunge,
+    "SEARCH": searching.search,
+    "SORT": searching.sort,
+    "THREAD": searching.thread,
+}

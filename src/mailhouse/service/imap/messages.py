@@ -1,0 +1,381 @@
+"""Message commands: FETCH, STORE, COPY/MOVE, EXPUNGE and APPEND (RFC 9051 §6.3.12, §6.4;
+RFC 4315 UIDPLUS, RFC 6851 MOVE, RFC 7162 CONDSTORE/QRESYNC, RFC 3502 MULTIAPPEND).
+
+Every command walks its messages in batches (`batches`): one ranged read of rows (and, when
+asked for, of stored structures) per batch, its responses sent before the next is read, so a
+FETCH over 100,000 messages never holds the mailbox in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from mailhouse.errors import MailError
+from mailhouse.proto.imap import commands as cmd
+from mailhouse.proto.imap.fetch import FetchAttribute
+from mailhouse.proto.imap.responses import compact
+from mailhouse.proto.imap.sequence import STAR, SequenceSet
+from mailhouse.proto.imap.server_events import Request
+from mailhouse.service.imap.selection import SYSTEM_FLAGS, Selection, flag_list, render
+from mailhouse.service.imap_api import Completion, Responder
+from mailhouse.service.imap_fetch import MessageFacts, fetch_response, materialize
+from mailhouse.store.base import (
+    FlagOp,
+    MailboxError,
+    MessageInfo,
+    NoSuchMailbox,
+    QuotaExceeded,
+    Spool,
+)
+
+if TYPE_CHECKING:
+    from mailhouse.service.imap.session import ImapSession
+
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+SEND_BYTES = 256 * 1024  # responses gathered before a write (back-pressure between writes)
+_NEEDS_STRUCTURE = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY", "BINARY", "BINARY.SIZE",
+                              "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+_OPS = {"+": FlagOp.ADD, "-": FlagOp.REMOVE, "": FlagOp.SET}
+
+
+class BadSet(ValueError):
+    """A message sequence number beyond the mailbox (RFC 9051 §9 seq-number: BAD)."""
+
+
+def selected(session: ImapSession) -> Selection:
+    selection = session.selection
+    assert selection is not None  # the core passes these commands only in SELECTED state
+    return selection
+
+
+def target_uids(selection: Selection, numbers: SequenceSet, uid: bool) -> list[int]:
+    """The UIDs a sequence set names, ascending. "$" is the saved search result (RFC 5182 §2:
+    UIDs whatever the command). Sequence numbers beyond the mailbox are an error; UIDs that
+    do not exist are simply not there (RFC 9051 §6.4.8)."""
+    view = selection.view
+    if numbers.saved:
+        return sorted(u for u in selection.saved if view.seq_of(u) is not None)
+    if uid:
+        top = view.uids[-1] if view.exists else 0
+        out: list[int] = []
+        for low, high in numbers.resolve(top):
+            out.extend(view.uids_in(low, high))
+        return out
+    for a, b in numbers.ranges:
+        if max(a, b) > view.exists or (view.exists == 0 and STAR in (a, b)):
+            raise BadSet("Invalid message sequence number")
+    out = []
+    for low, high in numbers.resolve(view.exists):
+        out.extend(view.uids[low - 1:high])
+    return out
+
+
+async def batches(session: ImapSession, selection: Selection,
+                  uids: Sequence[int]) -> AsyncIterator[list[MessageInfo]]:
+    """The rows of these messages, ascending, a bounded batch at a time. A batch spans at most
+    4 x `fetch_batch` UIDs, so a sparse set never reads a long range of rows it does not use."""
+    size = session.settings.fetch_batch
+    wanted = set(uids) if len(uids) < 1_000_000 else None
+    i = 0
+    while i < len(uids):
+        first = uids[i]
+        j = i + 1
+        while j < len(uids) and j - i < size and uids[j] - first < 4 * size:
+            j += 1
+        last = uids[j - 1]
+        rows = await session.store.list_messages_in(selection.id, first, last)
+        members = wanted if wanted is not None else set(uids[i:j])
+        yield [row for row in rows if row.uid in members]
+        i = j
+
+
+def _facts(row: MessageInfo) -> MessageFacts:
+    zone = timezone(timedelta(minutes=row.internal_zone)) if row.internal_zone else UTC
+    return MessageFacts(row.uid, row.flags, datetime.fromtimestamp(row.internal_date, zone),
+                        row.size, row.modseq)
+
+
+# --- FETCH -------------------------------------------------------------------------------------
+async def fetch(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Fetch)
+    selection = selected(session)
+    try:
+        uids = target_uids(selection, args.sequence_set, command.uid)
+    except BadSet as exc:
+        return Completion("BAD", str(exc))
+    attributes = list(args.attributes)
+    names = {a.name for a in attributes}
+    if names & {"BINARY", "BINARY.SIZE"}:
+        return Completion("BAD", "BINARY is not supported")
+    if args.vanished and not session.qresync:
+        return Completion("BAD", "VANISHED needs QRESYNC enabled")  # RFC 7162 §3.2.6
+    if args.changed_since is not None or "MODSEQ" in names:
+        session.enable_condstore()  # RFC 7162 §3.1
+    if args.changed_since is not None and "MODSEQ" not in names:
+        attributes.append(FetchAttribute("MODSEQ"))  # RFC 7162 §3.1.4.1
+    if args.vanished and args.changed_since is not None and uids:
+        gone = [e.uid for e in await session.store.list_expunged(selection.id,
+                                                                   args.changed_since)
+                if args.sequence_set.contains(e.uid, selection.view.highest_known_uid)]
+        if gone:
+            await respond.send([b"VANISHED (EARLIER) " + compact(gone).encode("ascii")])
+    needs_structure = bool(names & _NEEDS_STRUCTURE)
+    store = session.store
+    read_only = selection.read_only
+    async for rows in batches(session, selection, uids):
+        if args.changed_since is not None:
+            rows = [row for row in rows if row.modseq > args.changed_since]
+        if not rows:
+            continue
+        structures = (await store.structures(selection.id, [r.uid for r in rows])
+                      if needs_structure else {})
+        lines: list[bytes] = []
+        pending = 0
+        seen: list[int] = []
+        for row in rows:
+            seq = selection.view.seq_of(row.uid)
+            structure = structures.get(row.uid)
+            if seq is None or (needs_structure and structure is None):
+                continue
+
+            async def read(start: int, end: int, row: MessageInfo = row) -> bytes:
+                return await store.read_range(row, start, end)
+
+            response = await fetch_response(
+                seq, attributes, _facts(row), structure, read,  # type: ignore[arg-type]
+                uid=command.uid, utf8=session.utf8, read_only=read_only)
+            if response.sets_seen:
+                seen.append(row.uid)
+            line = await materialize(response, read)
+            lines.append(line)
+            pending += len(line)
+            if pending >= SEND_BYTES:
+                if not await _send_fetched(session, selection, seen, lines, respond):
+                    return Completion("NO", "Connection closing")
+                lines, pending, seen = [], 0, []
+        if not await _send_fetched(session, selection, seen, lines, respond):
+            return Completion("NO", "Connection closing")
+    return Completion("OK", f"{'UID ' if command.uid else ''}FETCH completed")
+
+
+async def _send_fetched(session: ImapSession, selection: Selection, seen: list[int],
+                        lines: list[bytes], respond: Responder) -> bool:
+    """The implicit \\Seen of these messages (RFC 9051 §6.4.5) in one flag write, stored
+    before the responses that report it; then the responses."""
+    if seen:
+        before = selection.known_modseq
+        update = await session.store.store_flags(selection.id, seen, FlagOp.ADD, [SEEN])
+        selection.own_change(before, update.modseq)
+    return not lines or await respond.send(lines)
+
+
+# --- STORE -------------------------------------------------------------------------------------
+async def store(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Store)
+    selection = selected(session)
+    if selection.read_only:
+        return Completion("NO", "The mailbox is read-only", "READ-ONLY")
+    try:
+        uids = target_uids(selection, args.sequence_set, command.uid)
+    except BadSet as exc:
+        return Completion("BAD", str(exc))
+    if args.unchanged_since is not None:
+        session.enable_condstore()
+    new_keywords = {f for f in args.flags if not f.startswith("\\")} - selection.keywords
+    if new_keywords:
+        selection.keywords |= new_keywords
+        everything = set(SYSTEM_FLAGS) | selection.keywords
+        await respond.send([b"FLAGS " + flag_list(everything),
+                            b"OK [PERMANENTFLAGS " + flag_list(everything | {"\\*"})
+                            + b"] Flags permitted"])
+    failed: list[int] = []
+    condstore = session.condstore
+    async for rows in batches(session, selection, uids):
+        if not rows:
+            continue
+        batch = [r.uid for r in rows]
+        before = selection.known_modseq
+        try:
+            update = await session.store.store_flags(
+                selection.id, batch, _OPS[args.mode], args.flags, args.unchanged_since)
+        except ValueError:
+            return Completion("BAD", "Invalid flag")
+        selection.own_change(before, update.modseq)
+        failed.extend(update.failed)
+        lines: list[bytes] = []
+        if args.silent:
+            if condstore:  # RFC 7162 §3.1.3: MODSEQ of what changed, even when silent
+                for m in update.changed:
+                    seq = selection.view.seq_of(m.uid)
+                    if seq is not None:
+                        lines.append(b"%d FETCH (UID %d MODSEQ (%d))" % (seq, m.uid, m.modseq))
+        else:
+            refused = set(update.failed)
+            current = await session.store.list_flags(selection.id, batch[0], batch[-1])
+            members = set(batch)
+            for m in current:
+                seq = selection.view.seq_of(m.uid)
+                if seq is None or m.uid not in members or m.uid in refused:
+                    continue
+                line = b"%d FETCH (" % seq
+                if command.uid or condstore:
+                    line += b"UID %d " % m.uid
+                line += b"FLAGS " + flag_list(m.flags)
+                if condstore:
+                    line += b" MODSEQ (%d)" % m.modseq
+                lines.append(line + b")")
+        if lines and not await respond.send(lines):
+            return Completion("NO", "Connection closing")
+    if failed:
+        view = selection.view
+        numbers = failed if command.uid else [view.seq_of(u) or 0 for u in failed]
+        return Completion("OK", "Conditional STORE failed for some messages",
+                          "MODIFIED " + compact(n for n in numbers if n))
+    return Completion("OK", f"{'UID ' if command.uid else ''}STORE completed")
+
+
+# --- COPY / MOVE -------------------------------------------------------------------------------
+async def copy(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Copy)
+    selection = selected(session)
+    move = command.name == "MOVE"
+    if move and selection.read_only:
+        return Completion("NO", "The mailbox is read-only", "READ-ONLY")
+    try:
+        uids = target_uids(selection, args.sequence_set, command.uid)
+    except BadSet as exc:
+        return Completion("BAD", str(exc))
+    target = await session.store.get_mailbox(session.account.id, args.mailbox)
+    if target is None:
+        return Completion("NO", "No such mailbox", "TRYCREATE")  # RFC 9051 §6.4.7
+    name = command.name
+    if not uids:
+        return Completion("OK", f"{name} completed (no messages)")
+    try:
+        if move:
+            result = await session.store.move_messages(selection.id, uids, target.id)
+        else:
+            result = await session.store.copy_messages(selection.id, uids, target.id)
+    except QuotaExceeded:
+        return Completion("NO", "Quota exceeded", "OVERQUOTA")  # RFC 9208 §4.3.1
+    except NoSuchMailbox:
+        return Completion("NO", "No such mailbox", "TRYCREATE")
+    except MailboxError:
+        return Completion("NO", f"{name} is not allowed here", "CANNOT")
+    code = None
+    if result.uids:
+        sources = compact(s for s, _ in result.uids)
+        targets = compact(d for _, d in result.uids)
+        code = f"COPYUID {result.uidvalidity} {sources} {targets}"
+    if not move:
+        if target.id == selection.id:
+            await session.refresh(respond, expunge_allowed=True)
+        return Completion("OK", "COPY completed", code)
+    # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges, then the tagged OK.
+    lines = [b"OK [" + code.encode("ascii") + b"] Moved"] if code else []
+    moved = [s for s, _ in result.uids]
+    lines += render(selection.view.expunged_by_self(moved, vanished=session.qresync),
+                    condstore=session.condstore)
+    if lines:
+        await respond.send(lines)
+    if target.id == selection.id:
+        await session.refresh(respond, expunge_allowed=True)
+    return Completion("OK", "MOVE completed")
+
+
+# --- EXPUNGE -----------------------------------------------------------------------------------
+async def expunge(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    selection = selected(session)
+    if selection.read_only:
+        return Completion("NO", "The mailbox is read-only", "READ-ONLY")
+    within: set[int] | None = None
+    if isinstance(command.args, cmd.Expunge):  # UID EXPUNGE (RFC 4315 §2.1)
+        within = set(target_uids(selection, command.args.sequence_set, True))
+    deleted = [f.uid for f in await session.store.list_flags(selection.id)
+               if DELETED in f.flags and selection.view.seq_of(f.uid) is not None
+               and (within is None or f.uid in within)]
+    if deleted:
+        await session.store.expunge(selection.id, deleted)
+        lines = render(selection.view.expunged_by_self(deleted, vanished=session.qresync),
+                       condstore=session.condstore)
+        await respond.send(lines)
+    return Completion("OK", f"{'UID ' if command.uid else ''}EXPUNGE completed")
+
+
+# --- APPEND ------------------------------------------------------------------------------------
+async def append(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Append)
+    appends = session.appends
+    try:
+        return await _append(session, command.tag, args, respond)
+    finally:
+        await appends.finish(command.tag)
+
+
+async def _append(session: ImapSession, tag: str, args: cmd.Append,
+                  respond: Responder) -> Completion:
+    appends = session.appends
+    problem = appends.outcome(tag)
+    if problem == "TOOBIG":
+        return Completion("NO", "Message too large", "TOOBIG")  # RFC 4469 §? / RFC 7889
+    if problem is not None:
+        return Completion("NO", "Could not store the message, try again later", "UNAVAILABLE")
+    target = await session.store.get_mailbox(session.account.id, args.mailbox)
+    if target is None:
+        return Completion("NO", "No such mailbox", "TRYCREATE")  # RFC 9051 §6.3.12
+    spools: list[Spool] = []
+    for message in args.messages:
+        spool = appends.take(tag, message.index)
+        if spool is None or spool.size == 0:
+            return Completion("NO", "Empty message refused", "CANNOT")
+        spools.append(spool)
+    uids: list[int] = []
+    uidvalidity = target.uidvalidity
+    try:
+        for message, spool in zip(args.messages, spools, strict=True):
+            when = message.internal_date
+            zone = 0
+            stamp: float | None = None
+            if when is not None:
+                stamp = when.timestamp()
+                offset = when.utcoffset()
+                zone = int(offset.total_seconds() // 60) if offset is not None else 0
+            uidvalidity, uid = await session.store.append(target.id, spool, message.flags,
+                                                          stamp, zone)
+            uids.append(uid)
+    except BaseException as exc:
+        await _undo(session, target.id, uids)  # MULTIAPPEND is all or nothing (RFC 3502 §6.3.11)
+        for spool in spools[len(uids) + 1:]:
+            await spool.abort()
+        if isinstance(exc, QuotaExceeded):
+            return Completion("NO", "Quota exceeded", "OVERQUOTA")  # RFC 9208 §4.3.1
+        if isinstance(exc, NoSuchMailbox):
+            return Completion("NO", "No such mailbox", "TRYCREATE")
+        if isinstance(exc, ValueError):
+            return Completion("BAD", "Invalid flag")
+        if isinstance(exc, MailError):
+            raise
+        raise
+    if session.selection is not None and session.selection.id == target.id:
+        await session.refresh(respond, expunge_allowed=True)  # EXISTS now (RFC 9051 §6.3.12)
+    return Completion("OK", "APPEND completed",
+                      f"APPENDUID {uidvalidity} {compact(uids)}")  # RFC 4315 §3
+
+
+async def _undo(session: ImapSession, mailbox_id: int, uids: list[int]) -> None:
+    if uids:
+        with contextlib.suppress(MailError):
+            await session.store.expunge(mailbox_id, uids)

@@ -1,0 +1,205 @@
+"""SEARCH, SORT and THREAD over the selected mailbox (RFC 9051 §6.4.4, RFC 4731 ESEARCH,
+RFC 5182 SEARCHRES, RFC 5256 SORT/THREAD, RFC 7162 §3.1.5 MODSEQ).
+
+Candidates are read a batch at a time (rows, and the stored search fields only when a key
+needs them); only HEADER, BODY and TEXT keys read message files, and at most
+`search_content_limit` of them per command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from mailhouse.message.searchfields import SearchFields, build_search_fields
+from mailhouse.proto.imap import commands as cmd
+from mailhouse.proto.imap import search as sk
+from mailhouse.proto.imap.responses import compact, quoted
+from mailhouse.proto.imap.server_events import Request
+from mailhouse.service.imap.messages import _facts, batches, selected
+from mailhouse.service.imap.selection import Selection
+from mailhouse.service.imap_api import Completion, Responder
+from mailhouse.service.imap_search import (
+    Candidate,
+    Context,
+    SearchError,
+    compile_key,
+    content_of,
+    needs_content,
+)
+from mailhouse.service.imap_sort import ordered_subject, references, render_threads, sort_messages
+
+if TYPE_CHECKING:
+    from mailhouse.service.imap.session import ImapSession
+
+_EMPTY_FIELDS: SearchFields = build_search_fields({})
+
+
+class TooMuchContent(Exception):
+    """A body/text search would read more messages than `search_content_limit`."""
+
+
+def needs_fields(key: sk.SearchKey) -> bool:
+    """Keys answered from the stored search fields (address and subject strings, Date)."""
+    if isinstance(key, sk.TextKey):
+        return key.field not in ("BODY", "TEXT")
+    if isinstance(key, sk.DateKey):
+        return key.sent
+    if isinstance(key, sk.And):
+        return any(needs_fields(k) for k in key.keys)
+    if isinstance(key, sk.Or):
+        return needs_fields(key.left) or needs_fields(key.right)
+    if isinstance(key, sk.Not):
+        return needs_fields(key.key)
+    return False
+
+
+def uses_modseq(key: sk.SearchKey) -> bool:
+    if isinstance(key, sk.ModSeqKey):
+        return True
+    if isinstance(key, sk.And):
+        return any(uses_modseq(k) for k in key.keys)
+    if isinstance(key, sk.Or):
+        return uses_modseq(key.left) or uses_modseq(key.right)
+    if isinstance(key, sk.Not):
+        return uses_modseq(key.key)
+    return False
+
+
+async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey,
+                   charset: str, *, fields: bool = False) -> AsyncIterator[Candidate]:
+    """The messages (known to the client) that match, in mailbox order."""
+    view = selection.view
+    context = Context(view.exists, view.highest_known_uid, datetime.now(UTC), charset,
+                      selection.saved)
+    predicate = compile_key(key, context)  # SearchError for an unknown charset
+    content = needs_content(key)
+    with_fields = fields or needs_fields(key) or content
+    store = session.store
+    read = 0
+    limit = session.settings.search_content_limit
+    async for rows in batches(session, selection, list(view.uids)):
+        structures = (await store.structures(selection.id, [r.uid for r in rows])
+                      if with_fields else {})
+        for row in rows:
+            seq = view.seq_of(row.uid)
+            if seq is None:
+                continue
+            structure = structures.get(row.uid)
+            if with_fields and structure is None:
+                continue  # expunged meanwhile
+            facts = _facts(row)
+            candidate = Candidate(seq, row.uid, row.flags, facts.internal_date, row.size,
+                                  row.modseq,
+                                  structure.search if structure is not None else _EMPTY_FIELDS)
+            found = None
+            if content:
+                read += 1
+                if read > limit:
+                    raise TooMuchContent
+                found = content_of(await store.read_range(row, 0, row.size))
+            if predicate(candidate, found):
+                yield candidate
+
+
+def _refusal(exc: Exception) -> Completion:
+    if isinstance(exc, TooMuchContent):
+        return Completion("NO", "Search would read too many messages; narrow it", "LIMIT")
+    assert isinstance(exc, SearchError)
+    if exc.code == "BADCHARSET":
+        return Completion("NO", str(exc), "BADCHARSET (UTF-8 US-ASCII)")  # RFC 9051 §6.4.4
+    return Completion("NO", str(exc), exc.code)
+
+
+async def search(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Search)
+    selection = selected(session)
+    modseq = uses_modseq(args.key)
+    if modseq:
+        session.enable_condstore()
+    returns = args.returns
+    if returns is None and session.rev2:
+        returns = cmd.SearchReturn(("ALL",))  # RFC 9051 §6.4.4: ESEARCH replaces SEARCH
+    options = {o.upper() for o in returns.options} if returns is not None else set()
+    if returns is not None and not options:
+        options = {"ALL"}  # RETURN () means ALL (RFC 4731 §3.1)
+    unsupported = options - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
+    if unsupported:
+        return Completion("BAD", "Unsupported RETURN option " + sorted(unsupported)[0])
+    found: list[Candidate] = []
+    try:
+        found = [c async for c in matching(session, selection, args.key,
+                                           args.charset or "UTF-8")]
+    except (SearchError, TooMuchContent) as exc:
+        if "SAVE" in options:
+            selection.saved = frozenset()  # RFC 5182 §2.1: a failed SEARCH empties $
+        return _refusal(exc)
+    numbers = [c.uid if command.uid else c.seq for c in found]
+    highest = max((c.modseq for c in found), default=0)
+    if "SAVE" in options:
+        selection.saved = frozenset(c.uid for c in found)
+        options.discard("SAVE")
+        if not options:  # RFC 5182 §2.1: SAVE alone returns no ESEARCH
+            return Completion("OK", "SEARCH completed, result saved")
+    if returns is None:
+        line = b"SEARCH" + b"".join(b" %d" % n for n in numbers)
+        if modseq and numbers:
+            line += b" (MODSEQ %d)" % highest  # RFC 7162 §3.1.5
+        await respond.send([line])
+        return Completion("OK", "SEARCH completed")
+    line = b"ESEARCH (TAG " + quoted(command.tag) + b")"
+    if command.uid:
+        line += b" UID"
+    if numbers:
+        if "MIN" in options:
+            line += b" MIN %d" % min(numbers)
+        if "MAX" in options:
+            line += b" MAX %d" % max(numbers)
+        if "ALL" in options:
+            line += b" ALL " + compact(numbers).encode("ascii")
+    if "COUNT" in options:
+        line += b" COUNT %d" % len(numbers)
+    if modseq and numbers:
+        line += b" MODSEQ %d" % highest  # RFC 7162 §3.1.5 / RFC 4731
+    await respond.send([line])
+    return Completion("OK", "SEARCH completed")
+
+
+async def sort(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Sort)
+    if args.returns is not None:
+        return Completion("BAD", "ESORT is not supported")
+    selection = selected(session)
+    try:
+        found = [c async for c in matching(session, selection, args.key, args.charset,
+                                           fields=True)]
+    except (SearchError, TooMuchContent) as exc:
+        return _refusal(exc)
+    ordered = sort_messages(found, args.criteria)
+    await respond.send([b"SORT" + b"".join(
+        b" %d" % (c.uid if command.uid else c.seq) for c in ordered)])
+    return Completion("OK", "SORT completed")
+
+
+async def thread(session: ImapSession, request: Request, respond: Responder) -> Completion:
+    command = request.command
+    args = command.args
+    assert isinstance(args, cmd.Thread)
+    selection = selected(session)
+    algorithm = args.algorithm.upper()
+    if algorithm not in ("REFERENCES", "ORDEREDSUBJECT"):
+        return Completion("BAD", "Unknown threading algorithm")
+    try:
+        found = [c async for c in matching(session, selection, args.key, args.charset,
+                                           fields=True)]
+    except (SearchError, TooMuchContent) as exc:
+        return _refusal(exc)
+    roots = references(found) if algorithm == "REFERENCES" else ordered_subject(found)
+    data = render_threads(roots, (lambda c: c.uid) if command.uid else (lambda c: c.seq))
+    await respond.send([b"THREAD" + (b" " + data if data else b"")])
+    return Completion("OK", "THREAD completed")
