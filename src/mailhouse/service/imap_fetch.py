@@ -8,13 +8,15 @@ named by its range (`ByteRange`) so the writer can stream it rather than hold it
 
 from __future__ import annotations
 
+import binascii
+import quopri
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from mailhouse.message import imap_render
-from mailhouse.message.structure import MessageStructure, section_range
+from mailhouse.message.structure import MessageStructure, find_part, section_range
 from mailhouse.proto.imap.fetch import FetchAttribute, Section
 from mailhouse.proto.imap.responses import date_time
 
@@ -102,8 +104,8 @@ async def fetch_response(seq: int, attributes: Sequence[FetchAttribute], facts: 
     items: list[list[Segment]] = []
     names = {a.name for a in attributes}
     sets_seen = not read_only and SEEN not in facts.flags and any(
-        (a.name == "BODY" and a.section is not None and not a.peek) or a.name in _SETS_SEEN
-        for a in attributes)
+        (a.name in ("BODY", "BINARY") and a.section is not None and not a.peek)
+        or a.name in _SETS_SEEN for a in attributes)
     if uid and "UID" not in names:
         items.append([b"UID %d" % facts.uid])
     flags = facts.flags | {SEEN} if sets_seen else facts.flags
@@ -157,7 +159,43 @@ async def _item(attribute: FetchAttribute, facts: MessageFacts, flags: frozenset
             return _literal(label, data, attribute.partial)
         return _range(label, section_range(structure.root, section.part, text),
                       attribute.partial)
+    if name in ("BINARY", "BINARY.SIZE"):
+        section = attribute.section or Section()
+        decoded = await binary_content(structure, section.part, read)
+        if name == "BINARY.SIZE":
+            return [b"BINARY.SIZE[" + section_name(section) + b"] %d" % len(decoded)]
+        label = b"BINARY[" + section_name(section) + b"]"
+        if attribute.partial is not None:
+            origin, length = attribute.partial
+            label += b"<%d>" % origin
+            decoded = decoded[origin:origin + length]
+        # RFC 3516 §4.3: literal8 when the content holds NUL.
+        return [label + (b" ~{%d}\r\n" if b"\x00" in decoded else b" {%d}\r\n") % len(decoded)
+                + decoded]
     raise ValueError(f"FETCH {name} is not served here")
+
+
+class UnknownEncoding(ValueError):
+    """BINARY of a part whose Content-Transfer-Encoding cannot be undone: NO [UNKNOWN-CTE]
+    (RFC 3516 §4.3)."""
+
+
+async def binary_content(structure: MessageStructure, path: tuple[int, ...],
+                         read: ReadRange) -> bytes:
+    """The decoded content of a part (RFC 3516 §4.2): its body with the transfer encoding
+    removed. A missing part is empty (as BODY[] of one)."""
+    part = find_part(structure.root, path) if path else structure.root
+    if part is None:
+        return b""
+    raw = await read(part.body_start, part.body_end)
+    encoding = (part.content.encoding or "7bit").lower()
+    if encoding in ("7bit", "8bit", "binary") or part.is_multipart:
+        return raw
+    if encoding == "base64":
+        return binascii.a2b_base64(b"".join(raw.split()) + b"==")
+    if encoding == "quoted-printable":
+        return quopri.decodestring(raw)
+    raise UnknownEncoding(encoding)
 
 
 def _range(label: bytes, span: tuple[int, int] | None,

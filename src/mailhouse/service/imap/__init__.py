@@ -6,6 +6,11 @@ session an `ImapSession` (session.py), which performs the mailbox commands the c
 """
 
 from mailhouse.service.imap.service import ImapMailService
-from mailhouse.service.imap.settings import CAPABILITIES, ENABLEABLE, ImapSettings
+from mailhouse.service.imap.settings import (
+    CAPABILITIES,
+    ENABLEABLE,
+    ImapSettings,
+    capabilities,
+)
 
-__all__ = ["CAPABILITIES", "ENABLEABLE", "ImapMailService", "ImapSettings"]
+__all__ = ["CAPABILITIES", "ENABLEABLE", "ImapMailService", "ImapSettings", "capabilities"]

@@ -21,7 +21,12 @@ from mailhouse.proto.imap.sequence import STAR, SequenceSet
 from mailhouse.proto.imap.server_events import Request
 from mailhouse.service.imap.selection import SYSTEM_FLAGS, Selection, flag_list, render
 from mailhouse.service.imap_api import Completion, Responder
-from mailhouse.service.imap_fetch import MessageFacts, fetch_response, materialize
+from mailhouse.service.imap_fetch import (
+    MessageFacts,
+    UnknownEncoding,
+    fetch_response,
+    materialize,
+)
 from mailhouse.store.base import (
     FlagOp,
     MailboxError,
@@ -111,8 +116,6 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
         return Completion("BAD", str(exc))
     attributes = list(args.attributes)
     names = {a.name for a in attributes}
-    if names & {"BINARY", "BINARY.SIZE"}:
-        return Completion("BAD", "BINARY is not supported")
     if args.vanished and not session.qresync:
         return Completion("BAD", "VANISHED needs QRESYNC enabled")  # RFC 7162 §3.2.6
     if args.changed_since is not None or "MODSEQ" in names:
@@ -147,9 +150,13 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
             async def read(start: int, end: int, row: MessageInfo = row) -> bytes:
                 return await store.read_range(row, start, end)
 
-            response = await fetch_response(
-                seq, attributes, _facts(row), structure, read,  # type: ignore[arg-type]
-                uid=command.uid, utf8=session.utf8, read_only=read_only)
+            try:
+                response = await fetch_response(
+                    seq, attributes, _facts(row), structure, read,  # type: ignore[arg-type]
+                    uid=command.uid, utf8=session.utf8, read_only=read_only)
+            except UnknownEncoding:
+                await _send_fetched(session, selection, seen, lines, respond)
+                return Completion("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
             if response.sets_seen:
                 seen.append(row.uid)
             line = await materialize(response, read)

@@ -6,8 +6,13 @@ from dataclasses import dataclass
 
 # What the service implements, announced after login (proto/imap/server.py adds IMAP4rev1,
 # IMAP4rev2, the AUTH= and core atoms). Only what works end to end belongs here.
-CAPABILITIES: tuple[str, ...] = ()
-ENABLEABLE: tuple[str, ...] = ()
+CAPABILITIES: tuple[str, ...] = (
+    "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
+    "LIST-EXTENDED", "LIST-STATUS", "ESEARCH", "SEARCHRES", "STATUS=SIZE", "MULTIAPPEND",
+    "BINARY", "CONDSTORE", "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "SORT", "SORT=DISPLAY",
+    "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+)
+ENABLEABLE: tuple[str, ...] = ("CONDSTORE", "QRESYNC")
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +22,8 @@ class ImapSettings:
     append_limit: int = 50 * 1024 * 1024  # APPENDLIMIT (RFC 7889), octets per message
     fetch_batch: int = 500  # messages read from the store per round of a FETCH / SEARCH
     search_content_limit: int = 100_000  # messages a body/text SEARCH may decode
+
+
+def capabilities(settings: ImapSettings) -> tuple[str, ...]:
+    """CAPABILITIES with the limits that depend on the configuration (RFC 7889 APPENDLIMIT)."""
+    return (*CAPABILITIES, f"APPENDLIMIT={settings.append_limit}")
