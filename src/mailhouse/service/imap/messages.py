@@ -131,7 +131,9 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
     needs_structure = bool(names & _NEEDS_STRUCTURE)
     store = session.store
     read_only = selection.read_only
+    found = 0
     async for rows in batches(session, selection, uids):
+        found += len(rows)
         if args.changed_since is not None:
             rows = [row for row in rows if row.modseq > args.changed_since]
         if not rows:
@@ -145,6 +147,7 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
             seq = selection.view.seq_of(row.uid)
             structure = structures.get(row.uid)
             if seq is None or (needs_structure and structure is None):
+                found -= 1
                 continue
 
             async def read(start: int, end: int, row: MessageInfo = row) -> bytes:
@@ -168,6 +171,11 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
                 lines, pending, seen = [], 0, []
         if not await _send_fetched(session, selection, seen, lines, respond):
             return Completion("NO", "Connection closing")
+    if found < len(uids):
+        # Messages another session expunged, still numbered here until this session may be
+        # told (RFC 9051 §7.5.1): their data is gone. RFC 5530 EXPUNGEISSUED, as Dovecot.
+        return Completion("NO", "Some of the requested messages no longer exist",
+                          "EXPUNGEISSUED")
     return Completion("OK", f"{'UID ' if command.uid else ''}FETCH completed")
 
 

@@ -73,16 +73,22 @@ class ImapSession:
         handler = _HANDLERS.get(command.name)
         if handler is None:
             return Completion("BAD", f"{command.name} is not supported")
-        if self.selection is not None and command.name not in ("SELECT", "EXAMINE"):
-            expunge_ok = command.uid or command.name not in _NO_EXPUNGE
-            if not await self.refresh(respond, expunge_allowed=expunge_ok):
-                return Completion("NO", "The selected mailbox was deleted", "CLOSED")
+        selected = self.selection is not None and command.name not in ("SELECT", "EXAMINE")
+        if selected and not await self.refresh(respond, expunge_allowed=False):
+            return Completion("NO", "The selected mailbox was deleted", "CLOSED")
         try:
-            return await handler(self, request, respond)
+            done = await handler(self, request, respond)
         except MailError:
             log.warning("event=imap.store_failed account=%s command=%s", self.account.address,
                         command.name, exc_info=True)
             return Completion("NO", "Temporary server failure, try again later", "UNAVAILABLE")
+        # Removals go out only after the command has used the numbers the client sent it
+        # with, and never at the end of FETCH, STORE or SEARCH (RFC 9051 §7.5.1).
+        if selected and (command.uid or command.name not in _NO_EXPUNGE):
+            lines = self.updates(expunge_allowed=True)
+            if lines:
+                await respond.send(lines)
+        return done
 
     async def refresh(self, respond: Responder, *, expunge_allowed: bool) -> bool:
         """Learn the store's changes and send what may be sent now. False: the mailbox is
