@@ -10,4 +10,5 @@ The targets import nothing from atheris, so `make test` runs each over its seed 
 (tests/proto/test_fuzz_targets.py) without it.
 """
 
-TARGETS = ("smtp_server", "pop3_server", "smtp_grammar", "sasl", "address", "imap_server")
+TARGETS = ("smtp_server", "pop3_server", "smtp_grammar", "sasl", "address", "imap_server",
+           "imap_service")
