@@ -62,10 +62,13 @@ async def select(session: ImapSession, request: Request, respond: Responder) -> 
     info = await store.get_mailbox(session.account.id, args.mailbox)
     if info is None:
         return Completion("NO", "No such mailbox", "NONEXISTENT")
-    rows = await store.list_flags(info.id)
-    keywords = {f for row in rows for f in row.flags if not f.startswith("\\")}
+    # The UIDs only (an index scan): the keywords in use are not collected here, which would
+    # read every message's flags; PERMANENTFLAGS \\* tells clients that any may be set, and a
+    # STORE that brings a new one announces it (docs/decisions.md).
+    uids = await store.list_uids(info.id)
+    keywords: set[str] = set()
     status = await store.status(info.id) or info
-    view = MailboxView(row.uid for row in rows)
+    view = MailboxView(uids)
     selection = Selection(status, view, args.read_only, status.highest_modseq, keywords)
     flags = flag_list(set(SYSTEM_FLAGS) | keywords)
     permanent = b"()" if args.read_only else flag_list(set(SYSTEM_FLAGS) | keywords | {"\\*"})

@@ -17,7 +17,7 @@ from mailhouse.proto.imap import commands as cmd
 from mailhouse.proto.imap import search as sk
 from mailhouse.proto.imap.responses import compact, quoted
 from mailhouse.proto.imap.server_events import Request
-from mailhouse.service.imap.messages import _facts, batches, selected
+from mailhouse.service.imap.messages import ROW_BATCH_FACTOR, _facts, batches, selected
 from mailhouse.service.imap.selection import Selection
 from mailhouse.service.imap_api import Completion, Responder
 from mailhouse.service.imap_search import (
@@ -79,7 +79,8 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
     store = session.store
     read = 0
     limit = session.settings.search_content_limit
-    async for rows in batches(session, selection, list(view.uids)):
+    factor = 1 if with_fields else ROW_BATCH_FACTOR
+    async for rows in batches(session, selection, list(view.uids), factor):
         structures = (await store.structures(selection.id, [r.uid for r in rows])
                       if with_fields else {})
         for row in rows:
