@@ -130,18 +130,21 @@ async def search(session: ImapSession, request: Request, respond: Responder) -> 
     unsupported = options - {"MIN", "MAX", "ALL", "COUNT", "SAVE"}
     if unsupported:
         return Completion("BAD", "Unsupported RETURN option " + sorted(unsupported)[0])
-    found: list[Candidate] = []
+    numbers: list[int] = []
+    uids: list[int] = []
+    highest = 0
     try:
-        found = [c async for c in matching(session, selection, args.key,
-                                           args.charset or "UTF-8")]
+        # Only the numbers are kept: a SEARCH over a huge mailbox holds ints, not messages.
+        async for c in matching(session, selection, args.key, args.charset or "UTF-8"):
+            numbers.append(c.uid if command.uid else c.seq)
+            uids.append(c.uid)
+            highest = max(highest, c.modseq)
     except (SearchError, TooMuchContent) as exc:
         if "SAVE" in options:
             selection.saved = frozenset()  # RFC 5182 §2.1: a failed SEARCH empties $
         return _refusal(exc)
-    numbers = [c.uid if command.uid else c.seq for c in found]
-    highest = max((c.modseq for c in found), default=0)
     if "SAVE" in options:
-        selection.saved = frozenset(c.uid for c in found)
+        selection.saved = frozenset(uids)
         options.discard("SAVE")
         if not options:  # RFC 5182 §2.1: SAVE alone returns no ESEARCH
             return Completion("OK", "SEARCH completed, result saved")
