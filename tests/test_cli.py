@@ -165,9 +165,9 @@ def test_user_passwd_remove_list(populated: FakeStore, config: Path,
 
     result = mh(capsys, config, "user", "list")
     assert result.out.splitlines() == [
-        "ADDRESS             MAILBOXES  MESSAGES",
-        "alice@example.test  6          0",
-        "bob@example.test    6          0",
+        "ADDRESS             MAILBOXES  MESSAGES  USED  QUOTA",
+        "alice@example.test  6          0         0     none",
+        "bob@example.test    6          0         0     none",
     ]
     mh(capsys, config, "alias", "add", "team@example.test", "alice@example.test",
        "bob@example.test")

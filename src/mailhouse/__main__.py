@@ -40,7 +40,10 @@ from mailhouse.service.accounts import (
     InvalidInput,
     NotFound,
     Removal,
+    UserSummary,
     canonical_address,
+    format_size,
+    parse_size,
 )
 from mailhouse.service.mailfiles import (
     INBOX,
@@ -127,8 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = user_cmds.add_parser("remove", parents=[common], help="delete an account and its mail")
     p.add_argument("address", metavar="ADDRESS")
     p.set_defaults(handler=_user_remove)
-    user_cmds.add_parser("list", parents=[common], help="list accounts").set_defaults(
+    user_cmds.add_parser("list", parents=[common],
+                         help="list accounts with their storage use and quota").set_defaults(
         handler=_user_list)
+    p = user_cmds.add_parser(
+        "quota", parents=[common], help="show or set an account's storage quota",
+        description="Without SIZE, show the account's storage use and quota. SIZE is a number "
+                    "of octets with an optional K, M, G or T suffix, 1024-based (100M is "
+                    "104857600 octets), or `none` for no limit. Lowering it below the use "
+                    "removes nothing: new mail is refused until the user frees space.")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("size", metavar="SIZE", nargs="?", help="e.g. 500M, 2G, none")
+    p.set_defaults(handler=_user_quota)
 
     alias = commands.add_parser("alias", parents=[common], help="addresses that forward locally")
     alias_cmds = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -348,15 +361,47 @@ def _user_remove(args: argparse.Namespace, config: Config) -> int:
 
 def _user_list(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
-        rows = []
-        for account in await Accounts(store).list_users():
-            mailboxes = await store.list_mailboxes(account.id)
-            rows.append((account.address, str(len(mailboxes)),
-                         str(sum(m.message_count for m in mailboxes))))
-        _table(("ADDRESS", "MAILBOXES", "MESSAGES"), rows)
+        rows = [(u.address, str(u.mailboxes), str(u.messages), format_size(u.used),
+                 _limit_text(u.limit)) for u in await Accounts(store).summaries()]
+        _table(("ADDRESS", "MAILBOXES", "MESSAGES", "USED", "QUOTA"), rows)
         return EXIT_OK
 
     return _with_store(config, action)
+
+
+def _user_quota(args: argparse.Namespace, config: Config) -> int:
+    try:  # a bad size is a usage error before the store is opened
+        limit = None if args.size is None else parse_size(args.size)
+    except InvalidInput as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+
+    async def action(store: Store) -> int:
+        accounts = Accounts(store)
+        if args.size is None:
+            _out(_quota_line(await accounts.summary(args.address)))
+            return EXIT_OK
+        summary = await accounts.set_quota(args.address, limit)
+        _out(f"set the quota of {summary.address} to {_limit_text(limit)}"
+             + ("" if limit is None else f" ({limit} octets)"))
+        _out(_quota_line(summary))
+        if summary.limit is not None and summary.used >= summary.limit:
+            _out("  the account is full: new mail is refused until it uses less")
+        return EXIT_OK
+
+    return _with_store(config, action)
+
+
+def _limit_text(limit: int | None) -> str:
+    return "none" if limit is None else format_size(limit)
+
+
+def _quota_line(summary: UserSummary) -> str:
+    line = f"{summary.address}: {format_size(summary.used)} used"
+    if summary.limit is None:
+        return line + ", no quota"
+    share = 100 * summary.used / summary.limit if summary.limit else 100.0
+    return line + f" of {format_size(summary.limit)} ({share:.0f}%)"
 
 
 # --- aliases ----------------------------------------------------------------------------------

@@ -146,3 +146,6 @@ class Directory:
     domains: frozenset[str]
     users: dict[str, int] = field(default_factory=dict)  # address key -> account id
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # key or "@domain" -> keys
+    # Storage limits in octets of the accounts that have one (account id -> limit): RCPT asks
+    # the store for usage only for these, so mail to unlimited accounts never waits on it.
+    quotas: dict[int, int] = field(default_factory=dict)

@@ -241,6 +241,22 @@ def test_soft_failed_recipients_are_retried_on_the_next_mx(dns_server: DnsServer
     run(scenario())
 
 
+def test_a_full_remote_mailbox_defers_only_its_recipient(dns_server: DnsServer) -> None:
+    """RCPT replies are per recipient (as LMTP's after DATA): a 452 4.2.2 for one (RFC 3463
+    mailbox full) leaves it TEMPORARY for the queue to retry, the others are delivered."""
+    picky = Script(rcpt=lambda rcpt, n: "452 4.2.2 Mailbox full" if "full@" in rcpt else None)
+
+    async def scenario() -> None:
+        async with FakeSmtp.group({MX1: picky}) as servers:
+            d = delivery(dns_server, servers.port)
+            results = await deliver(d, "one.test", "ok@one.test", "full@one.test")
+            await d.close()
+            assert outcomes(results) == [Outcome.DELIVERED, Outcome.TEMPORARY]
+            assert results[1].reply == Reply(452, "4.2.2", "Mailbox full")
+
+    run(scenario())
+
+
 # --- faults: drops and stalls --------------------------------------------------------------------
 
 @pytest.mark.parametrize("script", [Script(drop_after_data_lines=2), Script(drop_after_dot=True)],

@@ -17,6 +17,7 @@ from mailhouse.store.base import (
     MailboxInfo,
     MessageInfo,
     Outcome,
+    Quota,
     Spool,
 )
 
@@ -52,6 +53,7 @@ class FakeStore:
         self.mailboxes: dict[int, MailboxInfo] = {}
         self.messages: dict[int, list[MessageInfo]] = {}
         self.blobs: dict[str, bytes] = {}
+        self.quotas: dict[int, int] = {}  # account id -> limit (no quota check on deliver)
         self.serial = 0
         self.opened = 0
         self.closed = 0
@@ -71,7 +73,8 @@ class FakeStore:
 
     async def directory(self) -> Directory:
         return Directory(self.serial, frozenset(self.domains),
-                         {k: a.id for k, a in self.accounts.items()}, dict(self.aliases))
+                         {k: a.id for k, a in self.accounts.items()}, dict(self.aliases),
+                         dict(self.quotas))
 
     async def add_domain(self, name: str) -> None:
         self.domains.add(name)
@@ -111,6 +114,24 @@ class FakeStore:
             return False
         self.accounts[address] = replace(account, password_hash=password_hash)
         return True
+
+    async def set_quota(self, address: str, limit: int | None) -> bool:
+        account = self.accounts.get(address)
+        if account is None:
+            return False
+        if limit is None:
+            self.quotas.pop(account.id, None)
+        else:
+            self.quotas[account.id] = limit
+        self._changed()
+        return True
+
+    async def get_quota(self, account_id: int) -> Quota | None:
+        if all(a.id != account_id for a in self.accounts.values()):
+            return None
+        used = sum(message.size for mailbox_id, messages in self.messages.items()
+                   if self.mailboxes[mailbox_id].account_id == account_id for message in messages)
+        return Quota(used, self.quotas.get(account_id))
 
     async def remove_account(self, address: str) -> bool:
         account = self.accounts.pop(address, None)

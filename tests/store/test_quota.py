@@ -84,3 +84,33 @@ async def test_a_full_account_refuses_new_mail(store: Store) -> None:
     assert await deliver_bytes(store, b"z", [DeliveryTarget(alice.id)]) == [Outcome.DELIVERED]
     await store.set_quota("alice@example.org", 10)
     assert await store.get_quota(alice.id) == Quota(101, 10)
+
+
+async def test_ignore_quota_delivers_over_the_limit(store: Store) -> None:
+    """SMTP's grace of one message for a transaction others receive (docs/decisions.md)."""
+    alice = await store.add_account("alice@example.org", "h")
+    bob = await store.add_account("bob@example.org", "h")
+    await store.set_quota("alice@example.org", 10)
+    targets = [DeliveryTarget(alice.id), DeliveryTarget(alice.id, "Archive", ignore_quota=True),
+               DeliveryTarget(bob.id, ignore_quota=True),
+               DeliveryTarget(alice.id, "No", ignore_quota=True)]
+    assert await deliver_bytes(store, b"x" * 11, targets) == [
+        Outcome.TEMPORARY, Outcome.DELIVERED, Outcome.DELIVERED, Outcome.PERMANENT]
+    assert await store.get_quota(alice.id) == Quota(11, 10)
+    assert (await boxes(store, alice.id))["Archive"].message_count == 1
+
+
+async def test_limits_are_in_the_directory(store: Store) -> None:
+    """RCPT reads limits from the in-memory snapshot, so setting one changes the serial."""
+    alice = await store.add_account("alice@example.org", "h")
+    await store.add_account("bob@example.org", "h")
+    serial = await store.directory_serial()
+    assert await store.set_quota("alice@example.org", 1_000) is True
+    assert await store.directory_serial() != serial
+    assert (await store.directory()).quotas == {alice.id: 1_000}
+    serial = await store.directory_serial()
+    assert await store.set_quota("nobody@example.org", 5) is False
+    assert await store.directory_serial() == serial
+    await store.set_quota("alice@example.org", None)
+    assert (await store.directory()).quotas == {}
+    assert await store.directory_serial() != serial

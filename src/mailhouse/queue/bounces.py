@@ -1,6 +1,11 @@
 """Sending DSNs: the worker says which recipients failed; this builds the RFC 3464 report and
 routes it to the original sender like any other message: into a local mailbox, or into the
-queue with the null reverse-path, so a bounce can never bounce again (RFC 5321 §4.5.5)."""
+queue with the null reverse-path, so a bounce can never bounce again (RFC 5321 §4.5.5).
+
+A DSN for a local sender ignores the sender's quota: refusing it would lose the only news that
+the sender's own message failed (a bounce cannot bounce), and retrying it would hold the failed
+recipients in the queue. Only mail our users submitted is queued, so these are bounded by what
+they send (docs/decisions.md, quota in SMTP)."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from mailhouse.pipeline.router import Route, resolve
 from mailhouse.queue.contracts import FailedRecipient
 from mailhouse.queue.dsn import build_dsn
 from mailhouse.service.directory import DirectoryCache
-from mailhouse.store.base import DeliveryTarget, QueuedMessage, QueueRequest, Store
+from mailhouse.store.base import DeliveryTarget, Outcome, QueuedMessage, QueueRequest, Store
 
 log = logging.getLogger("mailhouse.queue")
 
@@ -54,7 +59,11 @@ class StoreBounceSender:
         spool = self._store.new_spool()
         if found.route is Route.LOCAL:
             await spool.write(b"Return-Path: <>\r\n" + report)
-            await self._store.deliver(spool, [DeliveryTarget(a) for a in found.account_ids])
+            outcomes = await self._store.deliver(
+                spool, [DeliveryTarget(a, ignore_quota=True) for a in found.account_ids])
+            if Outcome.DELIVERED not in outcomes:  # the account went away since the lookup
+                log.warning("event=dsn.dropped id=%d reason=local_sender_gone", message.id)
+                return
         elif found.route is Route.NOT_OURS:
             await spool.write(report)
             await self._store.deliver(spool, [], queue=QueueRequest(

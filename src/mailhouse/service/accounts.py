@@ -1,4 +1,4 @@
-"""Who may log in and whom we receive mail for: passwords, domains, users, aliases.
+"""Who may log in and whom we receive mail for: passwords, domains, users, aliases, quotas.
 
 Both the CLI and the protocol services come through here rather than calling the Store
 directly, so every address is put into its one canonical key form (model.Address.key:
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import secrets
 import time
 import unicodedata
@@ -44,6 +45,11 @@ ARGON2_SALT_LEN: Final = 16
 MAX_PASSWORD_BYTES: Final = 1024
 VERIFIED_CACHE_TTL: Final = 900.0  # seconds a successful login is remembered (0: never)
 VERIFIED_CACHE_MAX: Final = 10_000  # entries; bounded memory
+# Quota sizes as the operator writes them: a number of octets with an optional K, M, G or T
+# suffix, 1024-based (as Dovecot's quota_rule and Postfix's mailbox_size_limit read by people).
+SIZE_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_QUOTA: Final = (1 << 63) - 1  # the largest SQLite INTEGER: accounts.quota must hold it
+_SIZE: Final = re.compile(r"(\d{1,19})([KMGT]?)", re.IGNORECASE)
 # NUL separates SASL PLAIN fields (RFC 4616) and CR/LF end protocol lines: a password holding
 # them could never be typed in by a mail client.
 _FORBIDDEN_IN_PASSWORD: Final = "\0\r\n"
@@ -199,6 +205,33 @@ def canonical_address(text: str) -> str:
     return address.key
 
 
+def parse_size(text: str) -> int | None:
+    """A quota limit in octets from "500", "100M", "2g" (1024-based), or None for "none"."""
+    text = text.strip()
+    if text.lower() == "none":
+        return None
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise InvalidInput(f"{text!r} is not a size: a number of octets with an optional K, M, "
+                           "G or T suffix (1024-based), or none")
+    octets = int(match[1]) * SIZE_UNITS[match[2].upper()]
+    if octets > MAX_QUOTA:
+        raise InvalidInput(f"{text!r} is larger than the largest quota ({MAX_QUOTA} octets)")
+    return octets
+
+
+def format_size(octets: int) -> str:
+    """The reverse of parse_size for people: exact when a unit divides it ("100M"), else one
+    decimal ("1.5K")."""
+    for unit in ("T", "G", "M", "K"):
+        factor = SIZE_UNITS[unit]
+        if octets >= factor:
+            if octets % factor == 0:
+                return f"{octets // factor}{unit}"
+            return f"{octets / factor:.1f}{unit}"
+    return str(octets)
+
+
 def canonical_alias(text: str) -> str:
     """An alias key: an address, or "@domain" for a catch-all."""
     text = text.strip()
@@ -218,6 +251,17 @@ class DomainSummary:
     name: str
     users: int
     aliases: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """One line of `mailhouse user list`; `used` and `limit` in octets (limit None: none)."""
+
+    address: str
+    mailboxes: int
+    messages: int
+    used: int
+    limit: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +352,40 @@ class Accounts:
 
     async def list_users(self) -> list[Account]:
         return sorted(await self._store.list_accounts(), key=lambda a: a.address)
+
+    async def summaries(self) -> list[UserSummary]:
+        out = []
+        for account in await self.list_users():
+            mailboxes = await self._store.list_mailboxes(account.id)
+            quota = await self._store.get_quota(account.id)
+            out.append(UserSummary(
+                account.address, len(mailboxes), sum(m.message_count for m in mailboxes),
+                quota.used if quota else sum(m.size for m in mailboxes),
+                quota.limit if quota else None))
+        return out
+
+    # --- quota --------------------------------------------------------------------------------
+    async def set_quota(self, address: str, limit: int | None) -> UserSummary:
+        """Set (or with None remove) the account's storage limit in octets. Nothing is removed
+        when the usage is already above it: new mail is refused (SMTP 452 4.2.2, IMAP
+        [OVERQUOTA]) until the user frees space. Running servers notice within a moment (the
+        directory serial changes)."""
+        key = canonical_address(address)
+        if limit is not None and not 0 <= limit <= MAX_QUOTA:
+            raise InvalidInput(f"a quota is 0 to {MAX_QUOTA} octets, not {limit}")
+        if not await self._store.set_quota(key, limit):
+            raise NotFound(f"no user {key}")
+        return await self.summary(key)
+
+    async def summary(self, address: str) -> UserSummary:
+        key = canonical_address(address)
+        account = await self._store.get_account(key)
+        quota = await self._store.get_quota(account.id) if account is not None else None
+        if account is None or quota is None:
+            raise NotFound(f"no user {key}")
+        mailboxes = await self._store.list_mailboxes(account.id)
+        return UserSummary(key, len(mailboxes), sum(m.message_count for m in mailboxes),
+                           quota.used, quota.limit)
 
     # --- aliases ------------------------------------------------------------------------------
     async def add_alias(self, alias: str, targets: Sequence[str]) -> tuple[str, tuple[str, ...]]:

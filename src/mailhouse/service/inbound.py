@@ -1,7 +1,8 @@
 """Policy for mail arriving on the MX port: whom we accept mail for, and storing it durably.
 
 One `InboundSession` per SMTP connection answers the core's decisions. It never relays: a
-recipient outside our domains is refused at RCPT (554 5.7.1), authenticated or not.
+recipient outside our domains is refused at RCPT (554 5.7.1), authenticated or not. A full
+mailbox is refused at RCPT and after DATA as service/mailbox_quota.py says.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from mailhouse.errors import MailError, Reply, StorageFull
 from mailhouse.model import Address, Envelope
 from mailhouse.pipeline.modifiers import protocol_keyword, trace_headers
-from mailhouse.pipeline.router import Route, resolve, resolve_postmaster
+from mailhouse.pipeline.router import Resolution, Route, resolve, resolve_postmaster
 from mailhouse.proto.smtp import events as ev
 from mailhouse.service.directory import DirectoryCache
-from mailhouse.store.base import DeliveryTarget, Outcome, Spool, Store
+from mailhouse.service.mailbox_quota import MAILBOX_FULL, grace_targets, has_limit, over_quota
+from mailhouse.store.base import Outcome, Spool, Store
 
 log = logging.getLogger("mailhouse.smtp")
 
@@ -26,6 +28,7 @@ RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 UNKNOWN_USER = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
 SENDER_OK = Reply(250, "2.1.0", "Ok")
 RECIPIENT_OK = Reply(250, "2.1.5", "Ok")
+TEMPORARY = Reply(451, "4.3.0", "Temporary local problem, try again later")
 
 _ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
 _counter = itertools.count()
@@ -88,40 +91,57 @@ class InboundSession:
         return SENDER_OK
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply | None:
-        """The decision from the in-memory directory, or None when it says no: the snapshot may
-        predate a user the CLI added a moment ago, so a refusal is confirmed by
-        `rcpt_recheck()` against the store (misses are bounded by the session error limit)."""
-        reply = self._rcpt(event, final=False)
-        return reply if reply is RECIPIENT_OK else None
+        """The decision from the in-memory directory, or None when it cannot be made there: the
+        snapshot may predate a user the CLI added a moment ago, so a refusal is confirmed by
+        `rcpt_recheck()` against the store (misses are bounded by the session error limit), and
+        an account with a quota needs its usage read."""
+        recipient, found = self._resolve(event)
+        if found.route is Route.LOCAL and not has_limit(self._service.directory.current,
+                                                        found.account_ids):
+            self._add(recipient, found)
+            return RECIPIENT_OK
+        return None
 
     async def rcpt_recheck(self, event: ev.RcptTo) -> Reply:
-        await self._service.directory.refresh()
-        return self._rcpt(event, final=True)
-
-    def _rcpt(self, event: ev.RcptTo, *, final: bool) -> Reply:
-        """`final`: a refusal is the answer (logged once), not a tentative one."""
-        directory = self._service.directory.current
-        if event.recipient is None:
-            found = resolve_postmaster(directory)
-            recipient = Address("postmaster", min(directory.domains, default="invalid"))
-        else:
-            recipient = event.recipient
-            found = resolve(directory, recipient, self._service.policy.plus_separator)
+        recipient, found = self._resolve(event)
+        if found.route is not Route.LOCAL:
+            await self._service.directory.refresh()
+            recipient, found = self._resolve(event)
         if found.route is Route.NOT_OURS:
-            if final:
-                log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=relay", self.peer,
-                         recipient)
+            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=relay", self.peer,
+                     recipient)
             return RELAY_DENIED
         if found.route is Route.UNKNOWN_USER:
-            if final:
-                log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
-                         self.peer, recipient)
+            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=unknown", self.peer,
+                     recipient)
             return UNKNOWN_USER
+        declared = self._mail.size if self._mail is not None and self._mail.size else 0
+        try:
+            full = await over_quota(self._service.store, self._service.directory.current,
+                                    found.account_ids, declared)
+        except Exception:
+            log.exception("event=smtp.quota_failed peer=%s rcpt=<%s>", self.peer, recipient)
+            return TEMPORARY
+        if full:
+            log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=mailbox_full size=%d",
+                     self.peer, recipient, declared)
+            return MAILBOX_FULL
+        self._add(recipient, found)
+        return RECIPIENT_OK
+
+    def _resolve(self, event: ev.RcptTo) -> tuple[Address, Resolution]:
+        directory = self._service.directory.current
+        if event.recipient is None:
+            recipient = Address("postmaster", min(directory.domains, default="invalid"))
+            return recipient, resolve_postmaster(directory)
+        return event.recipient, resolve(directory, event.recipient,
+                                        self._service.policy.plus_separator)
+
+    def _add(self, recipient: Address, found: Resolution) -> None:
         self._recipients.append(recipient)
         for account in found.account_ids:
             if account not in self._accounts:
                 self._accounts.append(account)
-        return RECIPIENT_OK
 
     def data_start(self) -> bool:
         """Open the spool with the trace headers. True if `write()` must be awaited next."""
@@ -164,8 +184,12 @@ class InboundSession:
         sender = self._mail_sender()
         if spool is None:
             self._reset_envelope()
-            return self._failure or Reply(451, "4.3.0", "Temporary local problem, try again later")
-        targets = [DeliveryTarget(account) for account in self._accounts]
+            return self._failure or TEMPORARY
+        refusal = await self._quota_refusal(spool)
+        if refusal is not None:
+            self._reset_envelope()
+            return refusal
+        targets = grace_targets(self._accounts)
         try:
             outcomes = await self._service.store.deliver(spool, targets)
         except StorageFull as exc:
@@ -186,8 +210,28 @@ class InboundSession:
         if delivered:
             return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
         if Outcome.TEMPORARY in outcomes:
-            return Reply(451, "4.3.0", "Temporary local problem, try again later")
+            return TEMPORARY
         return Reply(550, "5.1.1", "Recipient no longer exists")
+
+    async def _quota_refusal(self, spool: Spool) -> Reply | None:
+        """452 4.2.2 when every target is over quota with this message (then the spool is
+        dropped); None when it is to be delivered, to the few over quota with a grace."""
+        try:
+            over = await over_quota(self._service.store, self._service.directory.current,
+                                    self._accounts, spool.size)
+        except Exception:
+            log.exception("event=smtp.quota_failed peer=%s id=%s", self.peer, self._queue_id)
+            await spool.abort()
+            return TEMPORARY
+        if over and len(over) == len(self._accounts):
+            log.info("event=smtp.mailbox_full peer=%s id=%s rcpts=%d size=%d", self.peer,
+                     self._queue_id, len(self._recipients), spool.size)
+            await spool.abort()
+            return MAILBOX_FULL
+        if over:
+            log.info("event=smtp.quota_grace peer=%s id=%s accounts=%s size=%d", self.peer,
+                     self._queue_id, ",".join(map(str, over)), spool.size)
+        return None
 
     def reset(self) -> None:
         """Transaction over without a delivery: drop the spooled bytes."""

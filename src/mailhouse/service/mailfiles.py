@@ -384,6 +384,11 @@ async def _deliver(store: Store, spool: Spool, target: DeliveryTarget, what: str
         return
     if outcomes and outcomes[0] is Outcome.DELIVERED:
         report.messages += 1
+    elif outcomes and outcomes[0] is Outcome.TEMPORARY:
+        # Import respects the quota (no grace: nobody else receives this copy); the operator
+        # raises it with `mailhouse user quota` and imports again.
+        report.problems.append(f"{what}: not stored, {target.mailbox!r} is over its account's "
+                               "quota")
     else:
         outcome = outcomes[0].value if outcomes else "no outcome"
         report.problems.append(f"{what}: not stored in mailbox {target.mailbox!r} ({outcome})")

@@ -8,7 +8,8 @@ names as service/inbound.py's session, so net/smtp.py drives either. The differe
   reaches it, or a grant from `[submission] senders` (553 5.7.1 / 550 5.7.1), and the null
   sender is refused: bounces are the server's business, not a user's;
 - any recipient is accepted: ours go straight to their mailboxes, others to the queue, in one
-  `Store.deliver` transaction with one copy of the bytes;
+  `Store.deliver` transaction with one copy of the bytes; a full local mailbox is refused at
+  RCPT and after DATA as service/mailbox_quota.py says;
 - the message is completed as RFC 6409 §8 allows (Message-ID, Date), gets an authenticated
   Received header and is DKIM-signed before it is stored; no copy goes to Sent (the client's
   job, RFC 6409 leaves it there).
@@ -30,13 +31,20 @@ from mailhouse.config import Config
 from mailhouse.errors import ConfigError, MailError, Reply, StorageFull
 from mailhouse.model import Account, Address, AddressError, Directory, normalize_domain
 from mailhouse.pipeline.modifiers import protocol_keyword
-from mailhouse.pipeline.router import MAX_ALIAS_DEPTH, Route, resolve, resolve_postmaster
+from mailhouse.pipeline.router import (
+    MAX_ALIAS_DEPTH,
+    Resolution,
+    Route,
+    resolve,
+    resolve_postmaster,
+)
 from mailhouse.proto.smtp import events as ev
 from mailhouse.proto.smtp.server import AUTH_FAILED, AUTH_REQUIRED
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import new_queue_id
+from mailhouse.service.mailbox_quota import MAILBOX_FULL, grace_targets, has_limit, over_quota
 from mailhouse.service.throttle import LoginGuard
-from mailhouse.store.base import DeliveryTarget, Outcome, QueueRequest, Store
+from mailhouse.store.base import Outcome, QueueRequest, Store
 
 log = logging.getLogger("mailhouse.submission")
 
@@ -205,37 +213,59 @@ class SubmissionSession:
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply | None:
         """As the MX session: from the in-memory directory, and None (recheck against the
-        store) for an unknown local user; other domains are accepted for the queue."""
-        reply = self._rcpt(event, final=False)
-        return reply if reply is RECIPIENT_OK else None
+        store) for an unknown local user or an account with a quota; other domains are
+        accepted for the queue."""
+        if self._mail is None:
+            return None  # the recheck answers AUTH_REQUIRED
+        recipient, found = self._resolve(event)
+        if found.route is Route.NOT_OURS or (
+                found.route is Route.LOCAL
+                and not has_limit(self._service.directory.current, found.account_ids)):
+            self._add(recipient, found)
+            return RECIPIENT_OK
+        return None
 
     async def rcpt_recheck(self, event: ev.RcptTo) -> Reply:
-        await self._service.directory.refresh()
-        return self._rcpt(event, final=True)
-
-    def _rcpt(self, event: ev.RcptTo, *, final: bool) -> Reply:
-        """`final`: a refusal is the answer (logged once), not a tentative one."""
         if self._mail is None:
             return AUTH_REQUIRED
+        recipient, found = self._resolve(event)
+        if found.route is Route.UNKNOWN_USER:
+            await self._service.directory.refresh()
+            recipient, found = self._resolve(event)
+        if found.route is Route.UNKNOWN_USER:
+            log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
+                     self.peer, recipient)
+            return UNKNOWN_USER
+        declared = self._mail.size or 0
+        try:
+            full = await over_quota(self._service.store, self._service.directory.current,
+                                    found.account_ids, declared)
+        except Exception:
+            log.exception("event=submission.quota_failed peer=%s rcpt=<%s>", self.peer,
+                          recipient)
+            return TEMPORARY
+        if full:
+            log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=mailbox_full "
+                     "size=%d", self.peer, recipient, declared)
+            return MAILBOX_FULL
+        self._add(recipient, found)
+        return RECIPIENT_OK
+
+    def _resolve(self, event: ev.RcptTo) -> tuple[Address, Resolution]:
         directory = self._service.directory.current
         if event.recipient is None:
-            found = resolve_postmaster(directory)
             recipient = Address("postmaster", min(directory.domains, default="invalid"))
-        else:
-            recipient = event.recipient
-            found = resolve(directory, recipient, self._service.policy.plus_separator)
-        if found.route is Route.UNKNOWN_USER:
-            if final:
-                log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
-                         self.peer, recipient)
-            return UNKNOWN_USER
+            return recipient, resolve_postmaster(directory)
+        return event.recipient, resolve(directory, event.recipient,
+                                        self._service.policy.plus_separator)
+
+    def _add(self, recipient: Address, found: Resolution) -> None:
         self._recipients.append(recipient)
         if found.route is Route.NOT_OURS and str(recipient) not in self._remote:
             self._remote.append(str(recipient))
         for account in found.account_ids:
             if account not in self._accounts:
                 self._accounts.append(account)
-        return RECIPIENT_OK
 
     def data_start(self) -> bool:
         self._queue_id = new_queue_id()
@@ -293,7 +323,22 @@ class SubmissionSession:
         if remote and service.signer is not None and (
                 author.domain in service.directory.current.domains):
             signature = await self._sign(message, author.domain)
-        targets = [DeliveryTarget(a) for a in self._accounts]
+        size = len(signature) + len(message)
+        try:
+            over = await over_quota(service.store, service.directory.current, self._accounts,
+                                    size)
+        except Exception:
+            log.exception("event=submission.quota_failed peer=%s id=%s", self.peer,
+                          self._queue_id)
+            return TEMPORARY
+        if over and len(over) == len(self._accounts) and not remote:
+            log.info("event=submission.mailbox_full peer=%s id=%s user=%s size=%d", self.peer,
+                     self._queue_id, account.address, size)
+            return MAILBOX_FULL
+        if over:
+            log.info("event=submission.quota_grace peer=%s id=%s accounts=%s size=%d",
+                     self.peer, self._queue_id, ",".join(map(str, over)), size)
+        targets = grace_targets(self._accounts)
         spool = service.store.new_spool()
         try:
             if signature:
@@ -330,7 +375,7 @@ class SubmissionSession:
                 log.exception("event=submission.wake_failed id=%s", self._queue_id)
         log.info("event=submission.accepted peer=%s id=%s user=%s from=<%s> local=%d remote=%d "
                  "size=%d", self.peer, self._queue_id, account.address, mail.sender, delivered,
-                 len(remote), len(signature) + len(message))
+                 len(remote), size)
         return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
 
     def _added_headers(self, mail: ev.MailFrom, message_id: bool, date: bool) -> bytes:

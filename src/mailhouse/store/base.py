@@ -79,6 +79,9 @@ class DeliveryTarget:
     mailbox: str = "INBOX"
     flags: tuple[str, ...] = ()  # IMAP system flags (\Seen …) and keywords
     internal_date: float | None = None  # seconds since the epoch; None means now
+    # Deliver even if this takes the account over its quota: SMTP's grace of one message when
+    # other recipients of the same transaction receive it (docs/decisions.md, quota in SMTP).
+    ignore_quota: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +268,8 @@ class Store(Protocol):
 
     async def set_quota(self, address: str, limit: int | None) -> bool:
         """The account's storage limit in octets (None: unlimited, the default); False if there is
-        no such account. Lowering it below the usage refuses new mail, removes nothing."""
+        no such account. Lowering it below the usage refuses new mail, removes nothing. Changes
+        the directory serial: `Directory.quotas` lists the limits."""
 
     async def get_quota(self, account_id: int) -> Quota | None:
         """Usage (the sum of its mailboxes' sizes, each kept on the mailbox row) and limit."""
@@ -293,7 +297,8 @@ class Store(Protocol):
         outbound queue when `queue` is given, durably, in one transaction shared with whatever
         else commits at the same moment (group commit). Returns one Outcome per target, in
         order (the queue entry is all-or-nothing: if it cannot be stored, this raises). A target
-        whose account's quota the message would exceed is TEMPORARY (RFC 3463 4.2.2). The
+        whose account's quota the message would exceed is TEMPORARY (RFC 3463 4.2.2), unless
+        it has `ignore_quota`. The
         spool is consumed. Raises StorageFull / MailError when nothing could be stored."""
 
     async def list_mailboxes(self, account_id: int) -> list[MailboxInfo]: ...

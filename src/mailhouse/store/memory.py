@@ -172,6 +172,7 @@ class MemoryStore(MemoryQueue):
             domains=frozenset(self._domains),
             users={a.address: a.id for a in self._accounts.values()},
             aliases=dict(sorted(self._aliases.items())),
+            quotas={a: q for a, q in self._quotas.items() if q is not None},
         )
 
     async def add_domain(self, name: str) -> None:
@@ -221,6 +222,7 @@ class MemoryStore(MemoryQueue):
         if account is None:
             return False
         self._quotas[account.id] = check_quota(limit)
+        self._changed()
         return True
 
     async def get_quota(self, account_id: int) -> Quota | None:
@@ -311,7 +313,7 @@ class MemoryStore(MemoryQueue):
             if mailbox is None:
                 outcomes.append(Outcome.PERMANENT)
                 continue
-            if not self._quota_allows(target.account_id, len(data)):
+            if not target.ignore_quota and not self._quota_allows(target.account_id, len(data)):
                 outcomes.append(Outcome.TEMPORARY)  # mailbox full, RFC 3463 4.2.2
                 continue
             date = now if target.internal_date is None else target.internal_date

@@ -324,6 +324,7 @@ class SqliteStore:
                     canonical_mailbox_name(t.mailbox),
                     encode_flags(check_flags(t.flags)),
                     now if t.internal_date is None else t.internal_date,
+                    t.ignore_quota,
                 )
                 for t in targets
             ]

@@ -21,13 +21,14 @@ def serial(conn: sqlite3.Connection) -> int:
 
 
 def directory(conn: sqlite3.Connection) -> Directory:
-    conn.execute("BEGIN")  # one snapshot for all four queries
+    conn.execute("BEGIN")  # one snapshot for all five queries
     try:
         return Directory(
             serial=serial(conn),
             domains=frozenset(row[0] for row in conn.execute("SELECT name FROM domains")),
             users={row[0]: row[1] for row in conn.execute("SELECT address, id FROM accounts")},
             aliases=list_aliases(conn),
+            quotas=dict(conn.execute("SELECT id, quota FROM accounts WHERE quota IS NOT NULL")),
         )
     finally:
         conn.execute("COMMIT")

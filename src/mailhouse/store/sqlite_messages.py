@@ -16,7 +16,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 
-from mailhouse.store import sqlite_expunge, sqlite_queue
+from mailhouse.store import sqlite_directory, sqlite_expunge, sqlite_queue
 from mailhouse.store.base import (
     MAX_UID,
     CopyResult,
@@ -54,7 +54,7 @@ _INSERT = (
 )
 _SELECTED = "mailbox_id = ? AND uid IN (SELECT value FROM json_each(?))"
 
-TargetRow = tuple[int, str, str, float]
+TargetRow = tuple[int, str, str, float, bool]  # ..., ignore_quota
 Queued = tuple[QueueRequest, tuple[str, ...]]
 
 
@@ -134,10 +134,10 @@ def deliver(
     now: float,
 ) -> list[Outcome]:
     outcomes: list[Outcome] = []
-    for account_id, mailbox, flags, internal_date in targets:
+    for account_id, mailbox, flags, internal_date, ignore_quota in targets:
         unseen, deleted = flag_counts(decode_flags(flags))
         counts = (1, unseen, deleted, blob.size)
-        if not quota_allows(conn, account_id, blob.size):  # mailbox full, RFC 3463 4.2.2
+        if not ignore_quota and not quota_allows(conn, account_id, blob.size):  # RFC 3463 4.2.2
             exists = conn.execute(
                 "SELECT 1 FROM mailboxes WHERE account_id = ? AND name = ?", (account_id, mailbox)
             ).fetchone()
@@ -310,7 +310,10 @@ def check_quota(conn: sqlite3.Connection, account_id: int, adding: int) -> None:
 
 def set_quota(conn: sqlite3.Connection, address: str, limit: int | None) -> bool:
     query = "UPDATE accounts SET quota = ? WHERE address = ?"
-    return bool(conn.execute(query, (limit, address)).rowcount)
+    if not conn.execute(query, (limit, address)).rowcount:
+        return False
+    sqlite_directory.bump_serial(conn)  # Directory.quotas
+    return True
 
 
 def move(
