@@ -16,6 +16,7 @@ from mailhouse.proto.imap.responses import date_time
 from mailhouse.service.imap_fetch import (
     ByteRange,
     MessageFacts,
+    UnknownEncoding,
     fetch_response,
     header_fields,
     materialize,
@@ -174,6 +175,28 @@ def test_bodies_are_ranges_to_stream() -> None:
     asyncio.run(run())
 
 
-def test_binary_is_not_served_here() -> None:
-    with pytest.raises(ValueError):
-        fetch(FetchAttribute("BINARY", Section((1,))))
+def test_binary_decodes_the_transfer_encoding() -> None:
+    # RFC 3516 §4.2: the part's content with its Content-Transfer-Encoding undone; literal8
+    # when it holds NUL (§4.3); BINARY sets \Seen unless .PEEK; BINARY.SIZE is the decoded size.
+    out, seen = fetch(FetchAttribute("BINARY", Section((2,))))
+    assert out == b"3 FETCH (BINARY[2] ~{5}\r\n\x00\x01\x02\x03\x04 FLAGS (\\Answered \\Seen))"
+    assert seen
+    out, seen = fetch(FetchAttribute("BINARY.SIZE", Section((2,))),
+                      FetchAttribute("BINARY", Section((1,)), (6, 3), peek=True))
+    assert out == b"3 FETCH (BINARY.SIZE[2] 5 BINARY[1]<6> {3}\r\nBob)"
+    assert not seen
+
+
+def test_binary_of_an_unknown_encoding_is_refused() -> None:
+    message = (b"Content-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\n"
+               b"begin 644 x\r\n")
+
+    async def run() -> None:
+        async def read_it(start: int, end: int) -> bytes:
+            return message[start:end]
+
+        with pytest.raises(UnknownEncoding):
+            await fetch_response(1, (FetchAttribute("BINARY", Section((1,))),), FACTS,
+                                 parse_message(message), read_it)
+
+    asyncio.run(run())
