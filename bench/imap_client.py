@@ -83,9 +83,16 @@ class _ImapStream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = exc or ConnectionResetError("the server closed the connection")
+        self._wake_all(self._lost)
+
+    def _wake_all(self, error: BaseException) -> None:
+        """Fail every pending wait; a future nobody awaits (a continuation after the tagged
+        reply, the greeting of a closed connection) is marked as seen, so asyncio does not
+        log it as an exception never retrieved."""
         for waiter in (self._done, self._continuation, self.greeting):
             if waiter is not None and not waiter.done():
-                waiter.set_exception(self._lost)
+                waiter.set_exception(error)
+                waiter.exception()
 
     def expect(self, tag: bytes, keep: bool) -> asyncio.Future[Reply]:
         if self._lost is not None:
@@ -162,9 +169,7 @@ class _ImapStream(asyncio.Protocol):
 
     def _fail(self, why: str) -> None:
         self._lost = ImapClientError(why)
-        for waiter in (self._done, self._continuation, self.greeting):
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(self._lost)
+        self._wake_all(self._lost)
         if self.transport is not None:
             self.transport.abort()
 
