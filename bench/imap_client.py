@@ -14,6 +14,7 @@ line at most `MAX_LINE`, a kept response at most `MAX_KEPT` octets in all.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import ssl
 import time
@@ -321,7 +322,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     last = len(ordered) - 1
 
     def rank(share: float) -> float:
-        return ordered[min(last, max(0, round(share * len(ordered) + 0.5) - 1))]
+        return ordered[min(last, max(0, math.ceil(share * len(ordered) - 1e-9) - 1))]
 
     return {
         "count": len(ordered),
