@@ -31,7 +31,7 @@ were; then the ratio mailhouse/Dovecot of commands/s and of each command's p50 l
 Before the measured runs, one unmeasured round per server (Dovecot builds its indexes then).
 
 Run from the repository root, as root (Dovecot needs it):
-    python -m bench.imap_load                       # -c 20 clients, -n 300 messages, 5 rounds
+    python -m bench.imap_load                       # -c 20 clients, -n 300 messages, 20 rounds
     python -m bench.imap_load --quick               # -c 4 -n 100 --rounds 2, a smoke run
     python -m bench.imap_load --server dovecot      # one side only (mailhouse | both)
     python -m bench.imap_load --repeat 3            # medians of 3 alternating runs
@@ -398,7 +398,7 @@ def parse_args(argv: list[str] | None = None) -> Params:
     )
     parser.add_argument("-c", "--clients", type=int, default=20, help="concurrent clients (20)")
     parser.add_argument("-n", "--messages", type=int, default=300, help="per mailbox (300)")
-    parser.add_argument("--rounds", type=int, default=5, help="sessions per client (5)")
+    parser.add_argument("--rounds", type=int, default=20, help="sessions per client (20)")
     parser.add_argument("--bodies", type=int, default=5, help="FETCH BODY[] per session (5)")
     parser.add_argument("--idle", type=float, default=0.1, help="IDLE seconds per session")
     parser.add_argument("--repeat", type=int, default=1, help="alternating runs per server")

@@ -24,7 +24,7 @@ from bench.imap_client import ImapClientError, ImapConnection
 
 def test_load_options_default_quick_and_server_choice() -> None:
     params = imap_load.parse_args([])
-    assert (params.clients, params.messages, params.rounds) == (20, 300, 5)
+    assert (params.clients, params.messages, params.rounds) == (20, 300, 20)
     assert params.servers == ("mailhouse", "dovecot")
     quick = imap_load.parse_args(["--quick", "--server", "dovecot"])
     assert (quick.clients, quick.messages, quick.rounds, quick.servers) == (4, 100, 2, ("dovecot",))
