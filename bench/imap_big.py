@@ -20,7 +20,9 @@ and each of these timed from sending the command to its tagged OK:
     STORE 1:* +FLAGS (\\Flagged)                        and back: STORE 1:* -FLAGS.SILENT
 
 Every FETCH must answer for every message it names; the SEARCH hit counts are printed (both
-servers should find the same). Figures: seconds per command per server (median over repeats),
+servers should find the same; a SEARCH or SORT the server refuses, as mailhouse does with NO
+[LIMIT] past its ``search_content_limit``, is shown as refused; any other NO or BAD fails the
+run). Figures: seconds per command per server (median over repeats),
 the server's CPU seconds (its whole session) and the client's, and the ratio of the times
 mailhouse/Dovecot (lower is better).
 
@@ -116,6 +118,7 @@ class Run:
     server_cpu: float
     client_cpu: float
     responses: int  # untagged responses (SEARCH/SORT: hits)
+    refused: str = ""  # a SEARCH/SORT the server refused (e.g. NO [LIMIT]): its tagged reply
 
 
 async def _session(side: Side, params: Params, repeat: int, first: bool) -> list[Run]:
@@ -136,8 +139,10 @@ async def _session(side: Side, params: Params, repeat: int, first: bool) -> list
             keep = label == "SELECT" or searching
             server0, client0 = report.session_cpu(side.sid), report.own_cpu()
             started = time.perf_counter()
-            reply = await conn.command(command, keep=keep)
+            reply = await conn.command(command, keep=keep, check=False)
             seconds = time.perf_counter() - started
+            if not reply.ok and not searching:
+                raise BenchError(f"{side.name}: {command[:60]!r} -> {reply.tagged[:300]!r}")
             server_cpu = report.session_cpu(side.sid) - server0
             client_cpu = report.own_cpu() - client0
             if label == "SELECT":
@@ -148,9 +153,10 @@ async def _session(side: Side, params: Params, repeat: int, first: bool) -> list
             if every and reply.count < exists:
                 raise BenchError(f"{side.name}: {label} answered {reply.count} of {exists}")
             responses = len(reply.search_numbers()) if searching else reply.count
+            status = "" if reply.ok else reply.tagged.decode(errors="replace")[:200]
             runs.append(
                 Run(side.name, 0 if first else repeat, FIRST_SELECT if first else label,
-                    seconds, server_cpu, client_cpu, responses)
+                    seconds, server_cpu, client_cpu, responses, status)
             )  # fmt: skip
         await conn.command(b"LOGOUT", keep=False)
     finally:
@@ -179,6 +185,7 @@ def table(runs: list[Run], params: Params, octets: int) -> str:
     for name in by:
         head += f"{name + ' s':>14}{'srv CPU':>9}{'hits':>8}"
     lines.append(head + (f"{'time mh/dc':>12}" if both else ""))
+    notes: list[str] = []
     for label in LABELS:
         row = f"{label:<34}"
         seconds: dict[str, float] = {}
@@ -186,6 +193,11 @@ def table(runs: list[Run], params: Params, octets: int) -> str:
             picked = [r for r in mine if r.command == label]
             if not picked:
                 row += f"{'-':>14}{'':>9}{'':>8}"
+                continue
+            refused = [r.refused for r in picked if r.refused]
+            if refused:
+                notes.append(f"{name} refused {label}: {refused[0]}")
+                row += f"{'refused':>14}{'':>9}{'NO':>8}"
                 continue
             seconds[name] = report.median(r.seconds for r in picked)
             hits = str(picked[0].responses) if label.startswith(("SEARCH", "SORT")) else ""
@@ -196,7 +208,7 @@ def table(runs: list[Run], params: Params, octets: int) -> str:
         lines.append(row)
     if both:
         lines.append("(time ratios: lower is better; target <= 1.0x)")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def parse_args(argv: list[str] | None = None) -> Params:

@@ -93,6 +93,12 @@ def test_big_and_memory_tables() -> None:
         imap_big.parse_args(["--messages", "10"]), 1_000_000,
     )  # fmt: skip
     assert "0.50x" in big and "SEARCH TEXT" in big
+    refused = imap_big.table(
+        [imap_big.Run("dovecot", 1, "SEARCH TEXT", 2.0, 2.0, 0.0, 7),
+         imap_big.Run("mailhouse", 1, "SEARCH TEXT", 0.1, 0.1, 0.0, 0, "b4 NO [LIMIT] too big")],
+        imap_big.parse_args(["--messages", "10"]), 1_000_000,
+    )  # fmt: skip
+    assert "refused" in refused and "mailhouse refused SEARCH TEXT: b4 NO [LIMIT]" in refused
     memory = imap_memory.table(
         [imap_memory.Run("dovecot", 10, 1.0, 1000, 3000, 5, 25),
          imap_memory.Run("mailhouse", 10, 1.0, 1000, 1500, 2, 2)],
