@@ -7,8 +7,9 @@
   processes, and Dovecot runs one imap-login process (which also relays the TLS session) and
   one imap process per connection. Everything else is Dovecot's default.
 - **mailhouse**: ``python -m mailhouse serve`` (tests/helpers/mailhouse.py) with the ``imaps``
-  listener (and ``smtp``, unused), ``[tls]`` = the shared pair, the users made with the CLI and
-  the mail put in with ``mailhouse import ADDRESS --maildir DIR`` before it starts.
+  listener (and ``smtp``, unused), ``[tls]`` = the shared pair, its connection caps raised
+  (`MAILHOUSE_LIMITS`, for the same reason), the users made with the CLI and the mail put in
+  with ``mailhouse import ADDRESS --maildir DIR`` before it starts.
 
 The mail (bench/imap_mail.py) is written once per user as a Maildir: into Dovecot's home when
 Dovecot runs (before it starts; Dovecot builds its index on the first SELECT), else into the
@@ -52,6 +53,24 @@ DOVECOT_LIMITS = "\n".join(
         "mail_max_userip_connections = 1000",
     ]
 )
+
+
+# mailhouse's connection caps, raised as Dovecot's process limits are: by default at most 100
+# connections per address (and a share of 1,000 per service), which would refuse the memory
+# benchmark's 500 connections from 127.0.0.1.
+MAILHOUSE_LIMITS = {"max_connections": 10_000, "max_connections_per_ip": 10_000}
+
+
+class BenchMailhouse(MailhouseServer):
+    """The mailhouse of tests/helpers/mailhouse.py with `MAILHOUSE_LIMITS` in its [limits]
+    table (which the helper writes itself, so they cannot go into `extra_toml`)."""
+
+    def config_text(self) -> str:
+        text = super().config_text()
+        limits = "".join(f"{name} = {value}\n" for name, value in MAILHOUSE_LIMITS.items())
+        if "\n[limits]\n" in text:
+            return text.replace("\n[limits]\n", "\n[limits]\n" + limits, 1)
+        return text + "\n[limits]\n" + limits
 
 
 def add_server_option(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +128,7 @@ class ImapServers:
             )
         if "mailhouse" in servers:
             tls = f"[tls]\ncert = {json.dumps(str(self.cert))}\nkey = {json.dumps(str(self.key))}\n"
-            self.mailhouse = MailhouseServer(
+            self.mailhouse = BenchMailhouse(
                 base / "mailhouse",
                 protocols=("smtp", "imaps"),
                 hostname="mx.bench.test",

@@ -148,6 +148,12 @@ def test_session_pss_counts_this_session() -> None:
     assert kib > 0 and processes >= 1
 
 
+def test_mailhouse_caps_are_raised_in_its_one_limits_table(tmp_path: Path) -> None:
+    text = imap_servers.BenchMailhouse(tmp_path, protocols=("smtp", "imaps")).config_text()
+    assert text.count("[limits]") == 1
+    assert "\nmax_connections_per_ip = 10000\n" in text and "\nmax_connections = 10000\n" in text
+
+
 def test_fd_limit_is_raised_for_the_connections() -> None:
     assert imap_memory.raise_fd_limit(10) >= 10
 
