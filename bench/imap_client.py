@@ -44,8 +44,14 @@ class Reply:
     count: int = 0
 
     @property
+    def status(self) -> bytes:
+        """OK, NO or BAD (upper case; b"" if the tagged line has none)."""
+        words = self.tagged.split(b" ", 2)
+        return words[1].upper() if len(words) > 1 else b""
+
+    @property
     def ok(self) -> bool:
-        return self.tagged.split(b" ", 2)[1:2] == [b"OK"]
+        return self.status == b"OK"
 
     def search_numbers(self) -> list[int]:
         """The numbers of ``* SEARCH`` / ``* SORT`` responses."""

@@ -257,3 +257,10 @@ def test_client_times_out_on_a_silent_server() -> None:
         conn.close()
 
     asyncio.run(_scripted_server(silent, client))
+
+
+def test_reply_status_words() -> None:
+    assert imap_client.Reply(b"b1 ok done").ok
+    assert imap_client.Reply(b"b2 NO [LIMIT] too much").status == b"NO"
+    assert not imap_client.Reply(b"b3 BAD what").ok
+    assert imap_client.Reply(b"garbage").status == b""
