@@ -1,4 +1,4 @@
-"""What the side-by-side benchmarks (smtp_ingest, smtp_relay, pop3_load) share.
+"""What the side-by-side benchmarks (smtp_ingest, smtp_relay, pop3_load, imap_*) share.
 
 - The record of a run: ``bench/results/NAME-YYYYmmdd-HHMMSS.{json,txt}`` (gitignored) with the
   parameters, the machine, the servers' versions, every run and the printed table (`Results`).
