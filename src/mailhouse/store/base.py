@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from mailhouse.message.structure import MessageStructure
 from mailhouse.model import Account, Directory
 
 MAX_UID = 0xFFFFFFFF  # nz-number, 32 bits (RFC 9051 §9, "uniqueid")
@@ -426,6 +427,20 @@ class Store(Protocol):
 
     def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """The stored bytes, in chunks."""
+        ...
+
+    async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:
+        """Octets [start, end) of the stored message, clamped to its size: BODY[part] and
+        partial FETCHes read only what they send. KeyError when the blob is gone (expunged
+        meanwhile)."""
+        ...
+
+    async def structures(self, mailbox_id: int,
+                         uids: Sequence[int]) -> dict[int, MessageStructure]:
+        """The parsed structure (message/structure.py) of each message by UID; UIDs not in the
+        mailbox are left out. Parsed once when the message was stored (deliver, append; copies
+        share it with their blob) and kept beside it; a message stored before that, or under an
+        older codec version, is parsed now and the result saved."""
         ...
 
     # --- the outbound queue (several nodes share it with a PostgreSQL store) ------------------

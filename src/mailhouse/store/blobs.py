@@ -72,6 +72,7 @@ class SealedBlob:
 
     blob_id: str
     size: int
+    structure: bytes | None = None  # message/structure_codec bytes, stored with the blob row
 
     @property
     def day(self) -> str:
@@ -197,6 +198,24 @@ class BlobFiles:
         return removed
 
 
+def read_range(files: BlobFiles, blob_id: str, start: int, end: int) -> bytes:
+    """Octets [start, end) of a blob (fewer at its end). KeyError if the blob does not exist."""
+    try:
+        fd = os.open(files.path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KeyError(blob_id) from None
+    try:
+        out = bytearray()
+        while start + len(out) < end:
+            piece = os.pread(fd, min(end - start - len(out), 1 << 20), start + len(out))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
 async def read_chunks(
     files: BlobFiles, executor: Executor, blob_id: str, chunk_size: int = READ_CHUNK
 ) -> AsyncIterator[bytes]:
@@ -304,6 +323,10 @@ class FileSpool:
     @property
     def spilled(self) -> bool:
         return self._blob_id is not None
+
+    def in_memory(self) -> bytes | None:
+        """Every byte written so far when none went to the file yet (most mail), else None."""
+        return None if self._blob_id is not None else bytes(self._buffer)
 
     def write_nowait(self, data: bytes) -> bool:
         self._check_open()

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from mailhouse.message.structure import MessageStructure, parse_message
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
@@ -103,6 +104,7 @@ class MemorySpool:
 class _Blob:
     data: bytes
     refcount: int
+    structure: MessageStructure | None = None  # parsed on first use (SQLite: at delivery)
 
 
 @dataclass(slots=True)
@@ -687,6 +689,31 @@ class MemoryStore(MemoryQueue):
             for uid, modseq in sorted(mailbox.expunged.items())
             if modseq > since_modseq
         ]
+
+    async def structures(self, mailbox_id: int,
+                         uids: Sequence[int]) -> dict[int, MessageStructure]:
+        self._check_open()
+        mailbox = self._mailboxes.get(mailbox_id)
+        if mailbox is None:
+            return {}
+        wanted = set(uids)
+        out: dict[int, MessageStructure] = {}
+        for message in mailbox.messages.values():
+            if message.uid in wanted:
+                blob = self._blobs.get(message.blob_id)
+                if blob is None:
+                    continue
+                if blob.structure is None:
+                    blob.structure = parse_message(blob.data)
+                out[message.uid] = blob.structure
+        return out
+
+    async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:
+        self._check_open()
+        blob = self._blobs.get(message.blob_id)
+        if blob is None:
+            raise KeyError(message.blob_id)
+        return blob.data[start:min(end, message.size)]
 
     async def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """Raises KeyError if the blob does not exist, as the embedded store does."""

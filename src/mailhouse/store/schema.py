@@ -54,6 +54,13 @@ Version 7 (issue 8, quota):
 - `accounts.quota`: the storage limit in octets, NULL for none (every existing account). Usage
   is not stored: it is the sum of the account's `mailboxes.total_size` counters, a few rows
   found by the (account_id, name) index, so it can never drift from them.
+
+Version 8 (issue 8, parse once at delivery):
+- `blobs.structure`: the message's structure (message/structure_codec.py: MIME tree with
+  offsets, ENVELOPE, BODYSTRUCTURE fields, search and sort fields), written with the blob row
+  in the delivery's transaction and shared by every copy. NULL for blobs stored before (and
+  for queue-only blobs): parsed on first use and saved then, as is a structure of an older
+  codec version.
 """
 
 from __future__ import annotations
@@ -191,8 +198,12 @@ ALTER TABLE accounts ADD COLUMN quota INTEGER CHECK (quota IS NULL OR quota >= 0
 
 Migration = str | Callable[[sqlite3.Connection], None]
 
+_V8 = """
+ALTER TABLE blobs ADD COLUMN structure BLOB;
+"""
+
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
 
 
 def latest_version() -> int:

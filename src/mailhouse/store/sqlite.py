@@ -17,6 +17,7 @@ Import this module only through `mailhouse.store.open_store`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -30,6 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailhouse.message.structure import MessageStructure
 from mailhouse.model import Account, Directory
 from mailhouse.store import (
     schema,
@@ -38,6 +40,7 @@ from mailhouse.store import (
     sqlite_mailboxes,
     sqlite_messages,
     sqlite_queue,
+    structures,
 )
 from mailhouse.store.base import (
     MAX_UID,
@@ -62,7 +65,9 @@ from mailhouse.store.blobs import (
     BlobDropper,
     BlobFiles,
     FileSpool,
+    SealedBlob,
     read_chunks,
+    read_range,
 )
 from mailhouse.store.failures import storage_error
 from mailhouse.store.queue_rules import checked_updates, queue_recipients
@@ -335,7 +340,7 @@ class SqliteStore:
         if not rows and queue is None:
             await spool.abort()
             return []
-        blob = await spool.seal()
+        blob = await self._seal_parsed(spool, parse=bool(rows))
         queued = None if queue is None or recipients is None else (queue, recipients)
         outcomes = await writer.run(
             partial(sqlite_messages.deliver, blob=blob, targets=rows, queued=queued, now=now),
@@ -347,6 +352,38 @@ class SqliteStore:
                 self._open_pool(), partial(self._forget_blob, blob.blob_id, False)
             )
         return outcomes
+
+    async def _seal_parsed(self, spool: FileSpool, *, parse: bool) -> SealedBlob:
+        """Seal the spool; with `parse`, its structure rides along (structures.py): parsed from
+        the memory buffer before sealing, or from the file after, off the event loop when big."""
+        data = spool.in_memory() if parse else None
+        structure = None
+        if data is not None:
+            if len(data) <= structures.INLINE_PARSE:
+                structure = structures.parse_bytes(data)
+            else:
+                structure = await asyncio.get_running_loop().run_in_executor(
+                    self._open_pool(), structures.parse_bytes, data)
+        blob = await spool.seal()
+        if parse and data is None:
+            structure = await asyncio.get_running_loop().run_in_executor(
+                self._open_pool(), structures.parse_file, self._files, blob.blob_id)
+        return dataclasses.replace(blob, structure=structure) if structure is not None else blob
+
+    async def structures(self, mailbox_id: int,
+                         uids: Sequence[int]) -> dict[int, MessageStructure]:
+        found, parsed = await self._read(
+            partial(structures.load, files=self._files, mailbox_id=mailbox_id, uids=uids))
+        if parsed:
+            await self._write(partial(structures.save, parsed=parsed))
+        return found
+
+    async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:
+        end = min(end, message.size)
+        if start >= end:
+            return b""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._open_pool(), read_range, self._files, message.blob_id, start, end)
 
     def _forget_blob(self, blob_id: str, maybe_committed: bool) -> None:
         if maybe_committed:
@@ -483,7 +520,7 @@ class SqliteStore:
             await spool.abort()
             raise
         date = time.time() if internal_date is None else internal_date
-        blob = await spool.seal()
+        blob = await self._seal_parsed(spool, parse=True)
         apply = partial(
             sqlite_messages.append,
             mailbox_id=mailbox_id,

@@ -161,11 +161,11 @@ def deliver(
     return outcomes
 
 
+_INSERT_BLOB = "INSERT INTO blobs (id, size, refcount, structure) VALUES (?, ?, ?, ?)"
+
+
 def _new_blob(conn: sqlite3.Connection, blob: SealedBlob, references: int) -> None:
-    conn.execute(
-        "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ?)",
-        (blob.blob_id, blob.size, references),
-    )
+    conn.execute(_INSERT_BLOB, (blob.blob_id, blob.size, references, blob.structure))
 
 
 def append(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailhouse.model import Account
+from mailhouse.store import STORE_KINDS, open_store
 from mailhouse.store.base import Store
 from tests.service.imap.harness import Client, ParsingMemoryStore
 
@@ -16,7 +17,7 @@ Runner = Callable[[Scenario], None]
 
 def run_scenario(scenario: Scenario, tmp_path: Path, kind: str = "memory") -> None:
     async def main() -> None:
-        store: Store = ParsingMemoryStore()
+        store: Store = ParsingMemoryStore() if kind == "memory" else open_store(tmp_path / "d")
         await store.open()
         try:
             await store.add_domain("example.org")
@@ -28,10 +29,11 @@ def run_scenario(scenario: Scenario, tmp_path: Path, kind: str = "memory") -> No
     asyncio.run(main())
 
 
-@pytest.fixture
-def imap(tmp_path: Path) -> Runner:
-    """`imap(scenario)` runs `async def scenario(store, account)` on a fresh store."""
-    return lambda scenario: run_scenario(scenario, tmp_path)
+@pytest.fixture(params=STORE_KINDS)
+def imap(request: pytest.FixtureRequest, tmp_path: Path) -> Runner:
+    """`imap(scenario)` runs `async def scenario(store, account)` on a fresh store of each
+    kind."""
+    return lambda scenario: run_scenario(scenario, tmp_path, request.param)
 
 
 async def logged_in(store: Store, account: Account) -> Client:

@@ -3,44 +3,18 @@ process, without sockets: bytes in, bytes out, as net/imap.py would."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable
 
-from mailhouse.message.structure import MessageStructure, parse_message
 from mailhouse.model import Account
 from mailhouse.proto.imap import server_events as ev
 from mailhouse.proto.imap.server import ImapServer, ImapServerConfig, LoginOutcome
 from mailhouse.service.imap import CAPABILITIES, ENABLEABLE, ImapSettings
 from mailhouse.service.imap.session import ImapSession
-from mailhouse.store.base import MessageInfo, Store
+from mailhouse.store.base import Store
 from mailhouse.store.memory import MemoryStore
 from mailhouse.store.wakeup import Watch
 
-
-class ParsingMemoryStore(MemoryStore):
-    """MemoryStore with `structures`/`read_range` parsed on demand, for stores that lack them."""
-
-    async def structures(self, mailbox_id: int,
-                         uids: Sequence[int]) -> dict[int, MessageStructure]:
-        parent = getattr(super(), "structures", None)
-        if parent is not None:
-            result: dict[int, MessageStructure] = await parent(mailbox_id, uids)
-            return result
-        wanted = set(uids)
-        out = {}
-        for m in await self.list_messages(mailbox_id):
-            if m.uid in wanted:
-                out[m.uid] = parse_message(await self._bytes(m))
-        return out
-
-    async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:
-        parent = getattr(super(), "read_range", None)
-        if parent is not None:
-            data: bytes = await parent(message, start, end)
-            return data
-        return (await self._bytes(message))[start:end]
-
-    async def _bytes(self, message: MessageInfo) -> bytes:
-        return b"".join([chunk async for chunk in self.read_message(message)])
+ParsingMemoryStore = MemoryStore  # the memory store parses structures itself now
 
 
 class _Collect:

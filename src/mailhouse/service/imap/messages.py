@@ -184,12 +184,15 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
                 response = await fetch_response(
                     seq, attributes, _facts(row), structure, read,  # type: ignore[arg-type]
                     uid=command.uid, utf8=session.utf8, read_only=read_only)
+                line = await materialize(response, read)
             except UnknownEncoding:
                 await _send_fetched(session, selection, seen, lines, respond)
                 return Completion("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
+            except KeyError:  # its file went with an expunge since the row was read
+                found -= 1
+                continue
             if response.sets_seen:
                 seen.append(row.uid)
-            line = await materialize(response, read)
             lines.append(line)
             pending += len(line)
             if pending >= SEND_BYTES:

@@ -99,7 +99,10 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
                 read += 1
                 if read > limit:
                     raise TooMuchContent
-                found = content_of(await store.read_range(row, 0, row.size))
+                try:
+                    found = content_of(await store.read_range(row, 0, row.size))
+                except KeyError:  # expunged meanwhile
+                    continue
             if predicate(candidate, found):
                 yield candidate
 

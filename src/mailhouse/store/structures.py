@@ -1,0 +1,73 @@
+"""Message structures stored beside the blobs: parsed once, when the bytes are stored.
+
+A delivery or APPEND parses the message (message/structure.py) while its bytes are at hand —
+the spool's memory buffer for most mail, the just-written file for large messages — and the
+codec's bytes go into the blob row in the same transaction, shared by every copy. FETCH
+ENVELOPE/BODYSTRUCTURE/BODY[part], header SEARCH, SORT and THREAD then read them; nothing
+re-parses a message file. A blob without a structure (stored before schema version 8, or a
+queue-only blob later copied) or with an older codec version is parsed on first use and saved.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from mailhouse.message.structure import MessageStructure, StructureParser
+from mailhouse.message.structure_codec import StructureFormatError, from_bytes, to_bytes
+from mailhouse.store.blobs import BlobFiles
+
+READ_CHUNK = 256 * 1024
+INLINE_PARSE = 64 * 1024  # smaller messages are parsed on the event loop, larger in a thread
+_QUERY_CHUNK = 500  # UIDs per IN (...) list
+
+
+def parse_bytes(data: bytes) -> bytes:
+    parser = StructureParser()
+    parser.feed(data)
+    return to_bytes(parser.finish())
+
+
+def parse_file(files: BlobFiles, blob_id: str) -> bytes | None:
+    """The codec bytes of a stored blob's structure; None when its file is gone."""
+    parser = StructureParser()
+    try:
+        with open(files.path(blob_id), "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                parser.feed(chunk)
+    except FileNotFoundError:
+        return None
+    return to_bytes(parser.finish())
+
+
+def load(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int,
+         uids: Sequence[int]) -> tuple[dict[int, MessageStructure], list[tuple[bytes, str]]]:
+    """Structures by UID, and (codec bytes, blob id) of those parsed now, to be saved."""
+    found: dict[int, MessageStructure] = {}
+    parsed: dict[str, bytes] = {}
+    wanted = sorted(set(uids))
+    for i in range(0, len(wanted), _QUERY_CHUNK):
+        chunk = wanted[i:i + _QUERY_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT m.uid, m.blob_id, b.structure FROM messages m JOIN blobs b ON b.id = m.blob_id"
+            f" WHERE m.mailbox_id = ? AND m.uid IN ({marks})", (mailbox_id, *chunk)).fetchall()
+        for uid, blob_id, data in rows:
+            structure = None
+            if data is not None:
+                try:
+                    structure = from_bytes(data)
+                except StructureFormatError:
+                    structure = None
+            if structure is None:
+                fresh = parsed.get(blob_id) or parse_file(files, blob_id)
+                if fresh is None:
+                    continue  # the file is gone: the message is being expunged
+                parsed[blob_id] = fresh
+                structure = from_bytes(fresh)
+            found[uid] = structure
+    return found, [(data, blob_id) for blob_id, data in parsed.items()]
+
+
+def save(conn: sqlite3.Connection, parsed: list[tuple[bytes, str]]) -> None:
+    conn.executemany("UPDATE blobs SET structure = ? WHERE id = ?", parsed)
