@@ -10,25 +10,28 @@ from pathlib import Path
 from typing import Literal
 
 from mailhouse.store.base import Store
+from mailhouse.store.wakeup import Wakeups
 
 StoreKind = Literal["sqlite", "memory"]
 STORE_KINDS: tuple[StoreKind, ...] = ("sqlite", "memory")
 
 
-def open_store(data_dir: Path, kind: str = "sqlite") -> Store:
+def open_store(data_dir: Path, kind: str = "sqlite", *,
+               wakeups: Wakeups | None = None) -> Store:
     """A store for `data_dir`, not yet opened: the caller awaits `store.open()` (which creates or
     migrates the schema and reaps crash leftovers) and later `store.close()`.
 
-    "memory" ignores `data_dir` and keeps everything in memory (tests only).
+    "memory" ignores `data_dir` and keeps everything in memory (tests only). `wakeups`: where
+    the store announces each committed change to mailboxes (store/wakeup.py); None for none.
     """
     if kind == "sqlite":
         from mailhouse.store.sqlite import SqliteStore  # sqlite3 only when asked for
 
-        return SqliteStore(Path(data_dir))
+        return SqliteStore(Path(data_dir), wakeups=wakeups)
     if kind == "memory":
         from mailhouse.store.memory import MemoryStore
 
-        return MemoryStore()
+        return MemoryStore(wakeups=wakeups)
     raise ValueError(f"unknown store kind {kind!r}; expected one of {', '.join(STORE_KINDS)}")
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from mailhouse.message.structure import MessageStructure
 from mailhouse.model import Account, Directory
+from mailhouse.store.wakeup import Wakeups
 
 MAX_UID = 0xFFFFFFFF  # nz-number, 32 bits (RFC 9051 §9, "uniqueid")
 
@@ -246,6 +247,13 @@ class Store(Protocol):
 
     async def open(self) -> None:
         """Create or migrate the schema and reap what a crash left half-written."""
+
+    @property
+    def wakeups(self) -> Wakeups | None:
+        """Where committed changes to mailboxes are announced (store/wakeup.py): after each
+        deliver, append, store_flags, copy/move, expunge, DELETE and RENAME of INBOX, once it is
+        durable, with the mailbox's new HIGHESTMODSEQ (0 when the writer does not have it at
+        hand). Sessions `watch()` it for IDLE."""
 
     async def close(self) -> None: ...
 

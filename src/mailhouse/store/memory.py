@@ -59,6 +59,7 @@ from mailhouse.store.rules import (
     next_uidvalidity,
     subtree_bounds,
 )
+from mailhouse.store.wakeup import Wakeups
 
 
 class MemorySpool:
@@ -133,7 +134,8 @@ def _counted(info: MailboxInfo, messages: Iterable[MessageInfo], sign: int) -> M
 class MemoryStore(MemoryQueue):
     """Store (base.py) in memory. `open()` and `close()` only mark the lifecycle."""
 
-    def __init__(self) -> None:
+    def __init__(self, wakeups: Wakeups | None = None) -> None:
+        self._wakeups = wakeups
         self._open = False
         self._serial = 0
         self._last_uidvalidity = 0
@@ -426,6 +428,7 @@ class MemoryStore(MemoryQueue):
         del self._mailboxes[mailbox.info.id]
         for message in mailbox.messages.values():
             self._release(message.blob_id)
+        self._announce(mailbox.info)
 
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
         self._check_open()
@@ -464,6 +467,7 @@ class MemoryStore(MemoryQueue):
             )
             for uid in moved:
                 inbox.expunged[uid] = modseq
+            self._announce(inbox.info)
 
     async def subscribe(self, account_id: int, name: str) -> None:
         self._check_open()
@@ -547,6 +551,7 @@ class MemoryStore(MemoryQueue):
         info = mailbox.info
         modseq = info.highest_modseq + 1
         mailbox.info = replace(_counted(info, gone, -1), highest_modseq=modseq)
+        self._announce(mailbox.info)
         for message in gone:
             mailbox.expunged[message.uid] = modseq
             self._release(message.blob_id)
@@ -604,6 +609,7 @@ class MemoryStore(MemoryQueue):
         mailbox.info = replace(
             _counted(info, messages, 1), uidnext=info.uidnext + len(messages), highest_modseq=modseq
         )
+        self._announce(mailbox.info)
         return uids
 
     async def store_flags(
@@ -639,6 +645,7 @@ class MemoryStore(MemoryQueue):
             mailbox.messages[uid] = replace(mailbox.messages[uid], flags=new, modseq=modseq)
         info = _counted(info, [mailbox.messages[uid] for uid, _ in changes], 1)
         mailbox.info = replace(info, highest_modseq=modseq)
+        self._announce(mailbox.info)
         changed = tuple(MessageFlags(uid, new, modseq) for uid, new in changes)
         return FlagUpdate(modseq, changed, tuple(failed))
 
@@ -689,6 +696,14 @@ class MemoryStore(MemoryQueue):
             for uid, modseq in sorted(mailbox.expunged.items())
             if modseq > since_modseq
         ]
+
+    @property
+    def wakeups(self) -> Wakeups | None:
+        return self._wakeups
+
+    def _announce(self, info: MailboxInfo) -> None:
+        if self._wakeups is not None:
+            self._wakeups.publish(info.account_id, info.id, info.highest_modseq)
 
     async def structures(self, mailbox_id: int,
                          uids: Sequence[int]) -> dict[int, MessageStructure]:

@@ -31,6 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailhouse.errors import MailError
 from mailhouse.message.structure import MessageStructure
 from mailhouse.model import Account, Directory
 from mailhouse.store import (
@@ -83,6 +84,7 @@ from mailhouse.store.rules import (
     encode_flags,
 )
 from mailhouse.store.sqlite_writer import GroupCommitWriter, WriterStats
+from mailhouse.store.wakeup import Wakeups
 
 log = logging.getLogger("mailhouse.store.sqlite")
 
@@ -106,8 +108,11 @@ class SqliteStore:
         read_threads: int = 4,
         spill_at: int = SPILL_AT,
         reap_days: int = 2,
+        wakeups: Wakeups | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self._wakeups = wakeups
+        self._owners: dict[int, int] = {}  # mailbox id -> account id (never changes)
         self._db_path = self.data_dir / DB_NAME
         self._files = BlobFiles(self.data_dir)
         self._busy_timeout = busy_timeout
@@ -126,6 +131,27 @@ class SqliteStore:
         self._droppers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BlobDropper] = (
             weakref.WeakKeyDictionary()
         )
+
+    @property
+    def wakeups(self) -> Wakeups | None:
+        return self._wakeups
+
+    async def _publish(self, mailbox_id: int, modseq: int = 0) -> None:
+        """Tell watchers the mailbox changed; after the commit, never failing the caller (a
+        lost wake-up costs latency, store/wakeup.py). MODSEQ 0: changed, value not at hand."""
+        if self._wakeups is None:
+            return
+        account_id = self._owners.get(mailbox_id)
+        if account_id is None:
+            try:
+                account_id = await self._read(partial(sqlite_mailboxes.owner,
+                                                      mailbox_id=mailbox_id))
+            except MailError:
+                return
+            if account_id is None:
+                return
+            self._owners[mailbox_id] = account_id
+        self._wakeups.publish(account_id, mailbox_id, modseq)
 
     @property
     def writer_stats(self) -> WriterStats:
@@ -342,11 +368,17 @@ class SqliteStore:
             return []
         blob = await self._seal_parsed(spool, parse=bool(rows))
         queued = None if queue is None or recipients is None else (queue, recipients)
+        changed: list[tuple[int, int, int]] = []
         outcomes = await writer.run(
-            partial(sqlite_messages.deliver, blob=blob, targets=rows, queued=queued, now=now),
+            partial(sqlite_messages.deliver, blob=blob, targets=rows, queued=queued, now=now,
+                    changed=changed),
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
+        if self._wakeups is not None:
+            for account_id, mailbox_id, modseq in changed:
+                self._owners[mailbox_id] = account_id
+                self._wakeups.publish(account_id, mailbox_id, modseq)
         if queued is None and Outcome.DELIVERED not in outcomes:  # no row points at the file
             await asyncio.get_running_loop().run_in_executor(
                 self._open_pool(), partial(self._forget_blob, blob.blob_id, False)
@@ -417,7 +449,10 @@ class SqliteStore:
         apply = partial(
             sqlite_mailboxes.delete, account_id=account_id, name=check_mailbox_name(name)
         )
+        before = await self.get_mailbox(account_id, name) if self._wakeups else None
         await asyncio.shield(self._write_then_drop(apply))
+        if before is not None and self._wakeups is not None:
+            self._wakeups.publish(account_id, before.id, 0)  # sessions there must notice
 
     async def _write_then_drop(self, apply: Callable[[sqlite3.Connection], list[str]]) -> None:
         dead = await self._write(apply)
@@ -431,7 +466,10 @@ class SqliteStore:
             old=check_mailbox_name(old),
             new=check_mailbox_name(new),
         )
+        before = await self.get_mailbox(account_id, old) if self._wakeups else None
         await self._write(apply)
+        if before is not None and self._wakeups is not None:
+            self._wakeups.publish(account_id, before.id, 0)  # RENAME INBOX empties it
 
     async def subscribe(self, account_id: int, name: str) -> None:
         name = check_mailbox_name(name)
@@ -495,6 +533,8 @@ class SqliteStore:
     async def _expunge(self, mailbox_id: int, uids: list[int]) -> int:
         apply = partial(sqlite_expunge.expunge, mailbox_id=mailbox_id, uids=uids)
         removed, dead = await self._write(apply)
+        if removed:
+            await self._publish(mailbox_id)
         if dead:  # the dropper unlinks drops arriving together as one group
             await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
         return removed
@@ -529,11 +569,13 @@ class SqliteStore:
             internal_date=date,
             internal_zone=zone,
         )
-        return await writer.run(
+        result: tuple[int, int] = await writer.run(
             apply,
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
+        await self._publish(mailbox_id)
+        return result
 
     async def store_flags(
         self,
@@ -551,7 +593,10 @@ class SqliteStore:
             flags=check_flags(flags),
             unchanged_since=unchanged_since,
         )
-        return await self._write(apply)
+        update: FlagUpdate = await self._write(apply)
+        if update.modseq:
+            await self._publish(mailbox_id, update.modseq)
+        return update
 
     async def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int
@@ -559,7 +604,10 @@ class SqliteStore:
         apply = partial(
             sqlite_messages.copy, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
         )
-        return await self._write(apply)
+        result: CopyResult = await self._write(apply)
+        if result.uids:
+            await self._publish(target_id)
+        return result
 
     async def move_messages(
         self, source_id: int, uids: Sequence[int], target_id: int
@@ -567,7 +615,11 @@ class SqliteStore:
         apply = partial(
             sqlite_messages.move, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
         )
-        return await self._write(apply)
+        result: CopyResult = await self._write(apply)
+        if result.uids:
+            await self._publish(source_id)
+            await self._publish(target_id)
+        return result
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:
         apply = partial(sqlite_expunge.since, mailbox_id=mailbox_id, modseq=since_modseq)

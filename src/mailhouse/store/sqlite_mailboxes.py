@@ -48,6 +48,11 @@ def by_id(conn: sqlite3.Connection, mailbox_id: int) -> MailboxInfo | None:
     return None if row is None else _mailbox(row)
 
 
+def owner(conn: sqlite3.Connection, mailbox_id: int) -> int | None:
+    row = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
+    return None if row is None else int(row[0])
+
+
 def subscriptions(conn: sqlite3.Connection, account_id: int) -> list[str]:
     query = "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name"
     return [row[0] for row in conn.execute(query, (account_id,))]

@@ -132,7 +132,9 @@ def deliver(
     targets: Sequence[TargetRow],
     queued: Queued | None,
     now: float,
+    changed: list[tuple[int, int, int]] | None = None,
 ) -> list[Outcome]:
+    """`changed` receives (account id, mailbox id, MODSEQ) of each copy, for wake-ups."""
     outcomes: list[Outcome] = []
     for account_id, mailbox, flags, internal_date, ignore_quota in targets:
         unseen, deleted = flag_counts(decode_flags(flags))
@@ -152,6 +154,8 @@ def deliver(
             _INSERT, (mailbox_id, uid, modseq, flags, internal_date, 0, blob.size, blob.blob_id)
         )
         outcomes.append(Outcome.DELIVERED)
+        if changed is not None:
+            changed.append((account_id, mailbox_id, modseq))
     references = outcomes.count(Outcome.DELIVERED)
     if queued is not None:
         sqlite_queue.insert(conn, blob, queued[0], queued[1], now)

@@ -22,7 +22,7 @@ class ImapMailService:
                  settings: ImapSettings | None = None) -> None:
         self._store = store
         self._guard = guard
-        self._wakeups = wakeups
+        self._wakeups = wakeups if wakeups is not None else store.wakeups
         self.settings = settings or ImapSettings()
 
     async def login(self, ip: str, username: str, password: str,
