@@ -128,8 +128,13 @@ class ImapProtocol(CoreProtocol):
             return
         self.session = session if outcome is LoginOutcome.OK else None
         self.imap.login_result(outcome)
-        log.info("event=imap.login peer=%s mechanism=%s result=%s", self.peer, event.mechanism,
-                 outcome.name)
+        tls = "yes" if self.imap.tls_active else "no"
+        if outcome is LoginOutcome.OK:  # a name that failed may be a mistyped password
+            log.info("event=imap.login peer=%s mechanism=%s result=%s tls=%s user=%s", self.peer,
+                     event.mechanism, outcome.name, tls, event.username)
+        else:
+            log.info("event=imap.login peer=%s mechanism=%s result=%s tls=%s", self.peer,
+                     event.mechanism, outcome.name, tls)
 
     async def _request(self, event: ev.Request) -> None:
         core, session = self.imap, self.session
