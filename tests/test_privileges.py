@@ -414,3 +414,37 @@ def test_store_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         asyncio.run(open_and_write())
     finally:
         os.umask(previous)
+
+
+def test_wakeup_sockets_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The wake-up sockets (store/wakeup.py) and their directories, made by a store that
+    publishes, give group and others nothing even under a permissive umask."""
+    import asyncio
+
+    from mailhouse.store.base import DeliveryTarget
+    from mailhouse.store.wakeup import WAKEUP_DIR, SocketWakeups
+    from tests.store.conftest import deliver_bytes
+
+    async def open_and_deliver() -> None:
+        data = tmp_path / "data"
+        wakeups = SocketWakeups(data)
+        store = open_store(data, wakeups=wakeups)
+        await store.open()
+        await wakeups.start()
+        try:
+            account = await store.add_account("alice@example.test", "h")
+            await deliver_bytes(store, b"Subject: hi\r\n\r\nhello\r\n",
+                                [DeliveryTarget(account.id)])
+            assert list((data / WAKEUP_DIR).iterdir())
+            exposed = [p for p in everything_under(data)
+                       if stat.S_IMODE(os.lstat(p).st_mode) & 0o077]
+            assert exposed == []
+        finally:
+            await wakeups.close()
+            await store.close()
+
+    previous = os.umask(0o002)
+    try:
+        asyncio.run(open_and_deliver())
+    finally:
+        os.umask(previous)

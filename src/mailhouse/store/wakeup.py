@@ -137,7 +137,8 @@ class SocketWakeups(_Fanout):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__()
-        self._dir = Path(data_dir) / WAKEUP_DIR
+        self._data_dir = Path(data_dir)
+        self._dir = self._data_dir / WAKEUP_DIR
         self._sock: socket.socket | None = None
         self._path: Path | None = None
         self._peers: list[str] = []
@@ -157,11 +158,21 @@ class SocketWakeups(_Fanout):
         return f"/proc/self/fd/{self._dir_fd}/{name}"
 
     async def start(self) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Private whatever the umask: each level made 0700 (mkdir's parents= ignores mode), and
+        # the socket, which bind() creates by the umask, narrowed to 0600 at once.
+        self._data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for level in (*reversed(WAKEUP_DIR.parents[:-1]), WAKEUP_DIR):
+            (self._data_dir / level).mkdir(exist_ok=True, mode=0o700)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.setblocking(False)
         path = self._dir / f"{os.getpid()}-{secrets.token_hex(4)}{SOCKET_SUFFIX}"
-        sock.bind(self._address(path.name))
+        address = self._address(path.name)
+        try:
+            sock.bind(address)
+            os.chmod(address, 0o600)
+        except OSError:
+            sock.close()
+            raise
         self._sock, self._path = sock, path
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
