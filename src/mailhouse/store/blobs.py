@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Literal
 
 from mailhouse.errors import MailError
+from mailhouse.message.structure import StructureParser
+from mailhouse.message.structure_codec import to_bytes
 from mailhouse.store.failures import storage_error
 
 log = logging.getLogger("mailhouse.store.blobs")
@@ -315,6 +317,10 @@ class FileSpool:
         self._blob_id: str | None = None
         self._state: _SpoolState = "open"
         self._error: MailError | None = None
+        # Once spilled, the write thread parses each chunk as it writes it (store/structures.py):
+        # a large message is never read back to learn its structure.
+        self._parser: StructureParser | None = None
+        self._structure: bytes | None = None
 
     @property
     def size(self) -> int:
@@ -327,6 +333,12 @@ class FileSpool:
     def in_memory(self) -> bytes | None:
         """Every byte written so far when none went to the file yet (most mail), else None."""
         return None if self._blob_id is not None else bytes(self._buffer)
+
+    def parsed(self) -> bytes | None:
+        """After `seal()`: the structure codec bytes (message/structure_codec.py) of a spilled
+        spool, parsed in the write thread as its chunks passed; None for one sealed from memory
+        (the caller parses `in_memory()` then)."""
+        return self._structure
 
     def write_nowait(self, data: bytes) -> bool:
         self._check_open()
@@ -404,6 +416,9 @@ class FileSpool:
         except OSError as exc:
             self._discard_sync()
             raise storage_error(exc) from exc
+        if self._parser is None:
+            self._parser = StructureParser()
+        self._parser.feed(chunk)
 
     def _seal_sync(self, chunk: bytearray) -> None:
         try:
@@ -416,6 +431,10 @@ class FileSpool:
         except OSError as exc:
             self._discard_sync()
             raise storage_error(exc) from exc
+        if self._parser is not None:  # spilled: parsed chunk by chunk, never read back
+            self._parser.feed(chunk)
+            self._structure = to_bytes(self._parser.finish())
+            self._parser = None
 
     def _discard_sync(self) -> None:
         fd, self._fd = self._fd, None

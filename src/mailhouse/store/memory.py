@@ -105,7 +105,7 @@ class MemorySpool:
 class _Blob:
     data: bytes
     refcount: int
-    structure: MessageStructure | None = None  # parsed on first use (SQLite: at delivery)
+    structure: MessageStructure | None = None  # parsed when stored; None: a queue-only blob
 
 
 @dataclass(slots=True)
@@ -343,8 +343,9 @@ class MemoryStore(MemoryQueue):
                 ),
             )
             references += 1
-        if references:
-            self._blobs[blob_id] = _Blob(data, references)
+        if references:  # parsed once, as the SQLite store does, when a mailbox holds it
+            parsed = parse_message(data) if Outcome.DELIVERED in outcomes else None
+            self._blobs[blob_id] = _Blob(data, references, parsed)
         return outcomes
 
     def _find_mailbox(self, account_id: int, name: str) -> _Mailbox | None:
@@ -415,7 +416,9 @@ class MemoryStore(MemoryQueue):
         self._check_account(account_id)
         if self._find_mailbox(account_id, name) is not None:
             raise MailboxExists(name)
-        return self._view(self._new_mailbox(account_id, name, special_use).info)
+        info = self._new_mailbox(account_id, name, special_use).info
+        self._announce(info)
+        return self._view(info)
 
     async def delete_mailbox(self, account_id: int, name: str) -> None:
         self._check_open()
@@ -441,6 +444,9 @@ class MemoryStore(MemoryQueue):
         for mailbox in moving:
             renamed = new + mailbox.info.name[len(old) :]
             mailbox.info = replace(mailbox.info, name=renamed)
+        for mailbox in moving:
+            if mailbox.info.name == new:  # as the SQLite store: the named mailbox, not below
+                self._announce(mailbox.info)
 
     def _rename_inbox(self, account_id: int, new: str) -> None:
         inbox = self._find_mailbox(account_id, INBOX)
@@ -468,6 +474,7 @@ class MemoryStore(MemoryQueue):
             for uid in moved:
                 inbox.expunged[uid] = modseq
             self._announce(inbox.info)
+        self._announce(target.info)
 
     async def subscribe(self, account_id: int, name: str) -> None:
         self._check_open()
@@ -581,7 +588,7 @@ class MemoryStore(MemoryQueue):
             raise NoSuchMailbox(mailbox_id)
         self._check_quota(mailbox.info.account_id, len(data))
         blob_id = uuid.uuid4().hex
-        self._blobs[blob_id] = _Blob(data, 1)
+        self._blobs[blob_id] = _Blob(data, 1, parse_message(data))
         [uid] = self._add_messages(mailbox, [
             MessageInfo(
                 id=0,

@@ -73,6 +73,7 @@ from mailhouse.store.blobs import (
 from mailhouse.store.failures import storage_error
 from mailhouse.store.queue_rules import checked_updates, queue_recipients
 from mailhouse.store.rules import (
+    INBOX,
     canonical_mailbox_name,
     check_address_key,
     check_alias_key,
@@ -136,20 +137,24 @@ class SqliteStore:
     def wakeups(self) -> Wakeups | None:
         return self._wakeups
 
-    async def _publish(self, mailbox_id: int, modseq: int = 0) -> None:
-        """Tell watchers the mailbox changed; after the commit, never failing the caller (a
-        lost wake-up costs latency, store/wakeup.py). MODSEQ 0: changed, value not at hand."""
+    async def _publish(self, mailbox_id: int, modseq: int | None = None) -> None:
+        """Tell watchers the mailbox changed, with its HIGHESTMODSEQ (read after the commit when
+        the write did not return it: a later commit's value is as good, watchers keep the
+        highest); after the commit, never failing the caller (a lost wake-up costs latency,
+        store/wakeup.py)."""
         if self._wakeups is None:
             return
         account_id = self._owners.get(mailbox_id)
-        if account_id is None:
+        if account_id is None or modseq is None:
             try:
-                account_id = await self._read(partial(sqlite_mailboxes.owner,
-                                                      mailbox_id=mailbox_id))
+                found = await self._read(partial(sqlite_mailboxes.owner_and_modseq,
+                                                 mailbox_id=mailbox_id))
             except MailError:
                 return
-            if account_id is None:
-                return
+            if found is None:
+                return  # deleted meanwhile: its DELETE published
+            account_id, current = found
+            modseq = current if modseq is None else modseq
             self._owners[mailbox_id] = account_id
         self._wakeups.publish(account_id, mailbox_id, modseq)
 
@@ -387,7 +392,8 @@ class SqliteStore:
 
     async def _seal_parsed(self, spool: FileSpool, *, parse: bool) -> SealedBlob:
         """Seal the spool; with `parse`, its structure rides along (structures.py): parsed from
-        the memory buffer before sealing, or from the file after, off the event loop when big."""
+        the memory buffer (in a thread when big), or, for a spool that went to its file, as the
+        write thread wrote each chunk (FileSpool.parsed): the file is never read back."""
         data = spool.in_memory() if parse else None
         structure = None
         if data is not None:
@@ -398,8 +404,7 @@ class SqliteStore:
                     self._open_pool(), structures.parse_bytes, data)
         blob = await spool.seal()
         if parse and data is None:
-            structure = await asyncio.get_running_loop().run_in_executor(
-                self._open_pool(), structures.parse_file, self._files, blob.blob_id)
+            structure = spool.parsed()
         return dataclasses.replace(blob, structure=structure) if structure is not None else blob
 
     async def structures(self, mailbox_id: int,
@@ -442,7 +447,11 @@ class SqliteStore:
             name=check_mailbox_name(name),
             special_use=check_special_use(special_use),
         )
-        return await self._write(apply)
+        info: MailboxInfo = await self._write(apply)
+        if self._wakeups is not None:  # a session's LIST-STATUS/NOTIFY may care
+            self._owners[info.id] = account_id
+            self._wakeups.publish(account_id, info.id, info.highest_modseq)
+        return info
 
     async def delete_mailbox(self, account_id: int, name: str) -> None:
         """Shielded like expunge: the unlinks must follow a commit the caller cannot stop."""
@@ -468,8 +477,13 @@ class SqliteStore:
         )
         before = await self.get_mailbox(account_id, old) if self._wakeups else None
         await self._write(apply)
-        if before is not None and self._wakeups is not None:
-            self._wakeups.publish(account_id, before.id, 0)  # RENAME INBOX empties it
+        if before is None:
+            return
+        await self._publish(before.id)  # renamed, or (RENAME INBOX) emptied
+        if before.name == INBOX:  # its messages now live in a new mailbox
+            after = await self.get_mailbox(account_id, new)
+            if after is not None:
+                await self._publish(after.id, after.highest_modseq)
 
     async def subscribe(self, account_id: int, name: str) -> None:
         name = check_mailbox_name(name)

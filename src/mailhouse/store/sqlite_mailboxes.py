@@ -48,9 +48,11 @@ def by_id(conn: sqlite3.Connection, mailbox_id: int) -> MailboxInfo | None:
     return None if row is None else _mailbox(row)
 
 
-def owner(conn: sqlite3.Connection, mailbox_id: int) -> int | None:
-    row = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone()
-    return None if row is None else int(row[0])
+def owner_and_modseq(conn: sqlite3.Connection, mailbox_id: int) -> tuple[int, int] | None:
+    """The account and HIGHESTMODSEQ a wake-up names (store/wakeup.py); None once deleted."""
+    row = conn.execute("SELECT account_id, highest_modseq FROM mailboxes WHERE id = ?",
+                       (mailbox_id,)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
 
 
 def subscriptions(conn: sqlite3.Connection, account_id: int) -> list[str]:

@@ -1,7 +1,8 @@
 """Message structures stored beside the blobs: parsed once, when the bytes are stored.
 
 A delivery or APPEND parses the message (message/structure.py) while its bytes are at hand —
-the spool's memory buffer for most mail, the just-written file for large messages — and the
+the spool's memory buffer for most mail; for large messages the spool's write thread feeds
+each chunk to the parser as it writes it (blobs.FileSpool), never reading the file back — and the
 codec's bytes go into the blob row in the same transaction, shared by every copy. FETCH
 ENVELOPE/BODYSTRUCTURE/BODY[part], header SEARCH, SORT and THREAD then read them; nothing
 re-parses a message file. A blob without a structure (stored before schema version 8, or a
