@@ -4,12 +4,20 @@ delivery into the blob row, shared by copies, re-parsed and saved when missing o
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from mailhouse.message.structure import parse_message
-from mailhouse.store import open_store
+from mailhouse.message.structure_codec import from_bytes
+from mailhouse.store import open_store, structures
 from mailhouse.store.base import DeliveryTarget, MailboxInfo, Store
+from mailhouse.store.blobs import BlobFiles, FileSpool
 from tests.store.conftest import deliver_bytes
 
 MESSAGE = (b"From: Bob <bob@example.net>\r\nSubject: Parts\r\nMIME-Version: 1.0\r\n"
@@ -101,3 +109,87 @@ async def test_structure_is_stored_in_the_delivery(tmp_path: Path) -> None:
         assert data is not None and b"Parts" in data
     finally:
         await store.close()
+
+
+def _never_read_back(*_: object) -> bytes | None:
+    raise AssertionError("a stored message was read back to parse it")
+
+
+BIG = MESSAGE.replace(b"hello\r\n", (b"y" * 78 + b"\r\n") * 8000)  # past the spool's memory
+
+
+async def test_large_deliveries_and_appends_are_parsed_as_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(tmp_path / "data")
+    await store.open()
+    try:
+        inbox = await _inbox(store)
+        monkeypatch.setattr(structures, "parse_file", _never_read_back)
+        await deliver_bytes(store, BIG, [DeliveryTarget(inbox.account_id)], chunk=5000)
+        spool = store.new_spool()
+        for start in range(0, len(BIG), 70000):
+            await spool.write(BIG[start:start + 70000])
+        await store.append(inbox.id, spool)
+        found = await store.structures(inbox.id, [1, 2])
+        assert found == {1: parse_message(BIG), 2: parse_message(BIG)}
+    finally:
+        await store.close()
+
+
+async def test_structures_survive_reopening(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for step in ("write", "reopen"):
+        store = open_store(tmp_path / "data")
+        await store.open()
+        try:
+            if step == "write":
+                inbox = await _inbox(store)
+                await deliver_bytes(store, MESSAGE, [DeliveryTarget(inbox.account_id)])
+                continue
+            account = await store.get_account("alice@example.org")
+            assert account is not None
+            reopened = await store.get_mailbox(account.id, "INBOX")
+            assert reopened is not None
+            monkeypatch.setattr(structures, "parse_file", _never_read_back)
+            assert await store.structures(reopened.id, [1]) == {1: parse_message(MESSAGE)}
+        finally:
+            await store.close()
+
+
+async def test_each_message_has_its_own_structure(store: Store) -> None:
+    inbox = await _inbox(store)
+    for n in range(3):
+        await deliver_bytes(store, MESSAGE.replace(b"Parts", b"Part %d" % n),
+                            [DeliveryTarget(inbox.account_id)])
+    found = await store.structures(inbox.id, range(1, 10))
+    assert [found[uid].search.base_subject for uid in sorted(found)] == [
+        "PART 0", "PART 1", "PART 2"]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=3000), min_size=1, max_size=40),
+       spill_at=st.integers(min_value=1, max_value=4000))
+def test_spilled_spool_parses_like_the_whole_message(
+        tmp_path_factory: pytest.TempPathFactory, cuts: list[int], spill_at: int) -> None:
+    """However the bytes arrive and wherever the spool spills, the structure parsed in the
+    write thread is the one of the whole message."""
+    data = MESSAGE * 20
+    files = BlobFiles(tmp_path_factory.mktemp("blobs"))
+    files.prepare()
+
+    async def write() -> bytes | None:
+        with ThreadPoolExecutor(1) as executor:
+            spool = FileSpool(files, executor, spill_at=spill_at)
+            start = 0
+            for cut in cuts * (len(data) // sum(cuts) + 1):
+                if start >= len(data):
+                    break
+                await spool.write(data[start:start + cut])
+                start += cut
+            await spool.seal()
+            return spool.parsed() if spool.spilled else None
+
+    parsed = asyncio.run(write())
+    if parsed is not None:
+        assert from_bytes(parsed) == parse_message(data)

@@ -4,6 +4,8 @@ in both stores, and across two stores on one data directory (two processes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,16 @@ MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 async def _changed(watch: Watch) -> dict[int, int]:
     await asyncio.sleep(0)
     return watch.take()
+
+
+async def _now(store: Store, account_id: int, *names: str) -> dict[int, int]:
+    """What a wake-up for these mailboxes should say: id -> HIGHESTMODSEQ after the commit."""
+    out = {}
+    for name in names:
+        info = await store.get_mailbox(account_id, name)
+        assert info is not None
+        out[info.id] = info.highest_modseq
+    return out
 
 
 @pytest.mark.parametrize("kind", STORE_KINDS)
@@ -37,24 +49,33 @@ async def test_each_change_is_announced(kind: str, tmp_path: Path) -> None:
         elsewhere = wakeups.watch(other.id)
 
         await deliver_bytes(store, MESSAGE, [DeliveryTarget(account.id)])
-        seen = await _changed(watch)
-        assert list(seen) == [inbox.id] and seen[inbox.id] >= 2
+        assert await _changed(watch) == await _now(store, account.id, "INBOX")
         spool = store.new_spool()
         await spool.write(MESSAGE)
         await store.append(inbox.id, spool)
-        assert list(await _changed(watch)) == [inbox.id]
+        assert await _changed(watch) == await _now(store, account.id, "INBOX")
         update = await store.store_flags(inbox.id, [1], FlagOp.ADD, ["\\Seen"])
         assert (await _changed(watch)) == {inbox.id: update.modseq}
         await store.store_flags(inbox.id, [1], FlagOp.ADD, ["\\Seen"])  # nothing changes
         assert await _changed(watch) == {}
         await store.copy_messages(inbox.id, [1], trash.id)
-        assert list(await _changed(watch)) == [trash.id]
+        assert await _changed(watch) == await _now(store, account.id, "Trash")
+        await store.copy_messages(inbox.id, [99], trash.id)  # no such message: nothing
+        assert await _changed(watch) == {}
         await store.move_messages(inbox.id, [2], trash.id)
-        assert set(await _changed(watch)) == {inbox.id, trash.id}
+        assert await _changed(watch) == await _now(store, account.id, "INBOX", "Trash")
         await store.expunge(inbox.id, [1])
-        assert list(await _changed(watch)) == [inbox.id]
+        assert await _changed(watch) == await _now(store, account.id, "INBOX")
         await store.expunge(inbox.id, [1])  # already gone: no change
         assert await _changed(watch) == {}
+        created = await store.create_mailbox(account.id, "Projects")
+        assert await _changed(watch) == {created.id: created.highest_modseq}
+        await store.rename_mailbox(account.id, "Projects", "Work")
+        assert await _changed(watch) == await _now(store, account.id, "Work")
+        await deliver_bytes(store, MESSAGE, [DeliveryTarget(account.id)])
+        await _changed(watch)
+        await store.rename_mailbox(account.id, "INBOX", "Old")  # moves its messages
+        assert await _changed(watch) == await _now(store, account.id, "INBOX", "Old")
         await store.delete_mailbox(account.id, "Trash")
         assert list(await _changed(watch)) == [trash.id]
         assert elsewhere.take() == {}
@@ -83,3 +104,40 @@ async def test_two_stores_on_one_directory_see_each_others_deliveries(tmp_path: 
         await second_wakeups.close()
         await first.close()
         await second.close()
+
+
+class _CheckingWakeups(LocalWakeups):
+    """Reads the database from another connection at each publish: the change it announces
+    must already be committed there (published after the writer's batch, never before)."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__()
+        self.db = db
+        self.published: list[tuple[int, int]] = []
+
+    def publish(self, account_id: int, mailbox_id: int, modseq: int) -> None:
+        with contextlib.closing(sqlite3.connect(self.db)) as conn:
+            row = conn.execute("SELECT highest_modseq FROM mailboxes WHERE id = ?",
+                               (mailbox_id,)).fetchone()
+        assert row is not None and row[0] >= modseq
+        self.published.append((mailbox_id, modseq))
+        super().publish(account_id, mailbox_id, modseq)
+
+
+async def test_published_only_once_committed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    wakeups = _CheckingWakeups(data / "mailhouse.db")
+    store = open_store(data, wakeups=wakeups)
+    await store.open()
+    try:
+        account = await store.add_account("alice@example.org", "h")
+        inbox = await store.get_mailbox(account.id, "INBOX")
+        assert inbox is not None
+        await asyncio.gather(*(deliver_bytes(store, MESSAGE, [DeliveryTarget(account.id)])
+                               for _ in range(5)))  # one group commit, likely
+        await store.store_flags(inbox.id, [1, 2], FlagOp.ADD, ["\\Seen"])
+        await store.expunge(inbox.id, [3])
+        assert len(wakeups.published) == 7
+        assert all(modseq > 0 for _, modseq in wakeups.published)
+    finally:
+        await store.close()

@@ -418,7 +418,7 @@ class FileSpool:
             raise storage_error(exc) from exc
         if self._parser is None:
             self._parser = StructureParser()
-        self._parser.feed(chunk)
+        self._parser.feed(bytes(chunk))
 
     def _seal_sync(self, chunk: bytearray) -> None:
         try:
@@ -432,7 +432,7 @@ class FileSpool:
             self._discard_sync()
             raise storage_error(exc) from exc
         if self._parser is not None:  # spilled: parsed chunk by chunk, never read back
-            self._parser.feed(chunk)
+            self._parser.feed(bytes(chunk))
             self._structure = to_bytes(self._parser.finish())
             self._parser = None
 
