@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+from mailhouse.message.structure import MessageStructure, parse_message
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
@@ -199,6 +200,23 @@ class FakeStore:
         data = self.blobs[message.blob_id]
         for start in range(0, len(data), 7):  # small chunks: CR/LF pairs get split
             yield data[start : start + 7]
+
+    async def get_mailbox(self, account_id: int, name: str) -> MailboxInfo | None:
+        return next((m for m in self.mailboxes.values()
+                     if m.account_id == account_id and m.name == name), None)
+
+    @property
+    def wakeups(self) -> None:
+        return None  # publishes nothing: the tests that need wake-ups use a real store
+
+    async def structures(self, mailbox_id: int,
+                         uids: Sequence[int]) -> dict[int, MessageStructure]:
+        wanted = set(uids)
+        return {m.uid: parse_message(self.blobs[m.blob_id])
+                for m in self.messages.get(mailbox_id, []) if m.uid in wanted}
+
+    async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:
+        return self.blobs[message.blob_id][start:min(end, message.size)]
 
     # --- test helpers -------------------------------------------------------------------------
     def mailbox(self, address: str, name: str = "INBOX") -> MailboxInfo:
