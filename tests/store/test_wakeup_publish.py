@@ -98,7 +98,12 @@ async def test_two_stores_on_one_directory_see_each_others_deliveries(tmp_path: 
         await deliver_bytes(first, MESSAGE, [DeliveryTarget(account.id)])
         changed = await asyncio.wait_for(watch.wait(5), 6)
         inbox = await second.get_mailbox(account.id, "INBOX")
-        assert inbox is not None and inbox.id in changed
+        assert inbox is not None and changed == {inbox.id: inbox.highest_modseq}
+        back = first_wakeups.watch(account.id)  # and the other way round
+        await deliver_bytes(second, MESSAGE, [DeliveryTarget(account.id)])
+        changed = await asyncio.wait_for(back.wait(5), 6)
+        inbox = await first.get_mailbox(account.id, "INBOX")
+        assert inbox is not None and changed == {inbox.id: inbox.highest_modseq}
     finally:
         await first_wakeups.close()
         await second_wakeups.close()

@@ -251,9 +251,10 @@ class Store(Protocol):
     @property
     def wakeups(self) -> Wakeups | None:
         """Where committed changes to mailboxes are announced (store/wakeup.py): after each
-        deliver, append, store_flags, copy/move, expunge, DELETE and RENAME of INBOX, once it is
-        durable, with the mailbox's new HIGHESTMODSEQ (0 when the writer does not have it at
-        hand). Sessions `watch()` it for IDLE."""
+        deliver, append, store_flags and expunge that changed something, copy/move (target;
+        and source for move), create, rename and delete, once it is durable, with the
+        mailbox's HIGHESTMODSEQ after the commit (0 for a deleted mailbox). Sessions
+        `watch()` it for IDLE."""
 
     async def close(self) -> None: ...
 
