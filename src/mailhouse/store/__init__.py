@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 from mailhouse.store.base import Store
+from mailhouse.store.wakeup import Wakeups
 
 StoreKind = Literal["sqlite", "memory"]
 STORE_KINDS: tuple[StoreKind, ...] = ("sqlite", "memory")
 
 
-def open_store(data_dir: Path, kind: str = "sqlite") -> Store:
+def open_store(data_dir: Path, kind: str = "sqlite", *,
+               wakeups: Wakeups | None = None) -> Store:
     """A store for `data_dir`, not yet opened: the caller awaits `store.open()` (which creates or
     migrates the schema and reaps crash leftovers) and later `store.close()`.
 
