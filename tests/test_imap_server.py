@@ -226,6 +226,11 @@ def test_each_worker_serves_logins_and_shutdown_is_clean(
         workers_server: MailhouseImap) -> None:
     server = workers_server
     first, second = imap_workers(server)
+    # Every process that changes or watches mailboxes has its wake-up socket (store/wakeup.py):
+    # main (deliveries), the queue process (bounces), each IMAP worker (sessions).
+    wakeups = server.server.data_dir / "run" / "wakeup"
+    assert wait_until(lambda: len(list(wakeups.glob("*.sock"))) == 4, timeout=10), sorted(
+        p.name for p in wakeups.glob("*.sock"))
     for _ in range(6):
         assert login_once(server) == "OK"
     # Each child serves: with one stopped, the other takes every connection.
@@ -243,6 +248,7 @@ def test_each_worker_serves_logins_and_shutdown_is_clean(
     assert set(roles) == {"imap-1", "imap-2"}, roles
     assert sum(roles.values()) == 11
     assert server.server.stop() == 0
+    assert list(wakeups.glob("*.sock")) == []  # each closed its own
     log = server.server.log_path.read_text()
     assert log.count("event=imap.process_exit ") == 2
     assert "Traceback" not in log
