@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from mailhouse.app import imap_core_config, imap_settings
+from mailhouse.config import config_from_table
+from mailhouse.service.imap import CAPABILITIES, ENABLEABLE
 from tests.helpers.mailhouse_imap import (
     FAILURE_DELAY,
     MailhouseImap,
@@ -45,6 +48,28 @@ def caps(client: imaplib.IMAP4) -> set[str]:
     typ, data = client.capability()
     assert typ == "OK"
     return set(data[-1].decode().upper().split())
+
+
+# --- what the config gives the core --------------------------------------------------------------
+
+def test_the_core_gets_the_configured_limits(tmp_path: Path) -> None:
+    config = config_from_table({"limits": {"max_message_size": 5000, "max_errors": 7}},
+                               base_dir=tmp_path)
+    settings = imap_settings(config)
+    core = imap_core_config(config, settings)
+    # APPENDLIMIT defaults to what SMTP accepts; the parser refuses more before reading it.
+    assert settings.append_limit == core.parser.max_append_size == 5000
+    assert "APPENDLIMIT=5000" in core.capabilities
+    assert set(CAPABILITIES) <= set(core.capabilities) and core.enableable == ENABLEABLE
+    assert (core.allow_plaintext_auth, core.max_errors) == (False, 7)
+    config = config_from_table({"imap": {"append_limit": 123, "allow_plaintext_auth": True,
+                                         "fetch_batch": 9, "search_content_limit": 8}},
+                               base_dir=tmp_path)
+    settings = imap_settings(config)
+    core = imap_core_config(config, settings)
+    assert (settings.append_limit, settings.fetch_batch, settings.search_content_limit) == (
+        123, 9, 8)
+    assert "APPENDLIMIT=123" in core.capabilities and core.allow_plaintext_auth
 
 
 # --- one process ---------------------------------------------------------------------------------
