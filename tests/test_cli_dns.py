@@ -89,6 +89,39 @@ def test_dns_records_prints_every_record_and_makes_keys(
     assert capsys.readouterr().out == out
 
 
+def test_dns_records_advertise_imap_and_pop3_as_served(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Production defaults: every listener, so clients find IMAP (RFC 6186 §3, implicit TLS
+    # first, RFC 8314 §3), POP3 after it, each on its standard port.
+    config = make_config(tmp_path)
+    add_domain(config, "example.test")
+    assert run_cli(config, "dns-records", "example.test") == EXIT_OK
+    records = capsys.readouterr().out.splitlines()
+    srv = [line for line in records if " IN SRV " in line]
+    assert srv == [
+        "_submissions._tcp.example.test. IN SRV 0 1 465 mx.example.test.",
+        "_submission._tcp.example.test. IN SRV 10 1 587 mx.example.test.",
+        "_imaps._tcp.example.test. IN SRV 0 1 993 mx.example.test.",
+        "_imap._tcp.example.test. IN SRV 10 1 143 mx.example.test.",
+        "_pop3s._tcp.example.test. IN SRV 20 1 995 mx.example.test.",
+        "_pop3._tcp.example.test. IN SRV 30 1 110 mx.example.test.",
+    ]
+
+
+def test_dns_records_mark_services_without_a_listener_not_available(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # RFC 6186 §4: a service the domain does not offer is published with the target ".".
+    config = make_config(tmp_path, listen={"imap": [], "pop3": [], "pop3s": []})
+    add_domain(config, "example.test")
+    assert run_cli(config, "dns-records", "example.test") == EXIT_OK
+    records = capsys.readouterr().out.splitlines()
+    assert "_imaps._tcp.example.test. IN SRV 0 1 993 mx.example.test." in records
+    assert "_imap._tcp.example.test. IN SRV 0 0 0 ." in records
+    assert "_pop3s._tcp.example.test. IN SRV 0 0 0 ." in records
+    assert "_pop3._tcp.example.test. IN SRV 0 0 0 ." in records
+    assert "_submission._tcp.example.test. IN SRV 10 1 587 mx.example.test." in records
+
+
 def test_dns_records_refuses_a_domain_we_do_not_host(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = make_config(tmp_path)

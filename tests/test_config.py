@@ -198,6 +198,23 @@ def test_pop3_workers_default_to_the_cpus(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[pop3]\nworkers = 0\n"))
 
 
+def test_imap_section_defaults_and_keys(tmp_path: Path) -> None:
+    imap = load_config(write(tmp_path, "")).imap
+    assert imap.workers == max(1, os.cpu_count() or 1)
+    assert imap.idle_timeout == 1800.0  # RFC 9051 §5.4: at least 30 minutes
+    assert imap.allow_plaintext_auth is False
+    assert imap.append_limit is None  # limits.max_message_size
+    assert (imap.fetch_batch, imap.search_content_limit) == (500, 100_000)
+    config = load_config(write(tmp_path, (
+        "[imap]\nworkers = 1\nidle_timeout = 3600\nallow_plaintext_auth = true\n"
+        "append_limit = 1048576\nfetch_batch = 50\nsearch_content_limit = 10\n"
+        "[limits]\nimap_max_connections = 40\nimap_max_connections_per_ip = 4\n")))
+    assert dataclasses.astuple(config.imap) == (3600.0, True, 1, 1_048_576, 50, 10)
+    assert (config.limits.imap_max_connections,
+            config.limits.imap_max_connections_per_ip) == (40, 4)
+    assert load_config(write(tmp_path, "[imap]\nidle_timeout = 1800\n")).imap.idle_timeout == 1800
+
+
 def test_plus_separator_may_be_disabled(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, '[smtp]\nplus_separator = ""\n')).smtp.plus_separator == ""
 
@@ -281,6 +298,18 @@ BAD = [
     ("[queue]\nprocess = 'thread'", "queue.process", '"separate", "inline"'),
     ("[queue]\nprocess = true", "queue.process", '"separate", "inline"'),
     ("[log]\nformat = 'json'", "log.format", "unknown key"),
+    ("[imap]\nidle_timeout = 1799", "imap.idle_timeout", ">= 1800 (RFC 9051 §5.4)"),
+    ("[imap]\nidle_timeout = 'long'", "imap.idle_timeout", "seconds"),
+    ("[imap]\nworkers = 0", "imap.workers", ">= 1"),
+    ("[imap]\nallow_plaintext_auth = 1", "imap.allow_plaintext_auth", "true or false"),
+    ("[imap]\nappend_limit = 0", "imap.append_limit", ">= 1"),
+    ("[imap]\nappend_limit = '50M'", "imap.append_limit", ">= 1"),
+    ("[imap]\nfetch_batch = 0", "imap.fetch_batch", ">= 1"),
+    ("[imap]\nsearch_content_limit = -1", "imap.search_content_limit", ">= 1"),
+    ("[imap]\nidle_timout = 5", "imap.idle_timout", "did you mean imap.idle_timeout"),
+    ("[limits]\nimap_max_connections = 0", "limits.imap_max_connections", ">= 1"),
+    ("[limits]\nimap_max_connections_per_ip = 0", "limits.imap_max_connections_per_ip",
+     ">= 1"),
 ]
 
 

@@ -4,8 +4,12 @@ One event loop (uvloop when installed) for every listening socket; blocking data
 work runs in the store's threads. The outbound queue runs in a child process with its own loop
 (`[queue] process = "separate"`, queue_process.py) or on this loop ("inline"). With
 `[pop3] workers` > 1 this process binds the pop3/pop3s sockets and that many supervised
-children serve them (pop3_process.py) (docs/decisions.md: how mailhouse uses the machine's
-cores).
+children serve them (worker_process.py); `[imap] workers` likewise for imap/imaps
+(docs/decisions.md: how mailhouse uses the machine's cores).
+
+Every process that changes mailboxes others watch (this one delivers, the queue process
+bounces, IMAP and POP3 workers store and expunge) gives its store a `SocketWakeups`, so IMAP
+sessions anywhere learn of the change within a second (store/wakeup.py).
 """
 
 from __future__ import annotations
@@ -20,18 +24,20 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
 from mailhouse.message.dkim import DkimKeys, DkimSigner
+from mailhouse.net.imap import ImapEndpoint
 from mailhouse.net.listener import (
     ConnectionLimits,
     ConnectionPool,
     ConnectionTracker,
     Listener,
+    SessionFactory,
     bind_sockets,
 )
 from mailhouse.net.pop3 import Pop3Endpoint
@@ -48,12 +54,15 @@ from mailhouse.privileges import (
     service_account,
     tighten_data_dir,
 )
+from mailhouse.proto.imap.config import ParserConfig as ImapParserConfig
+from mailhouse.proto.imap.server import ImapServerConfig
 from mailhouse.proto.pop3.server import Pop3ServerConfig
 from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
 from mailhouse.queue_process import QUEUE_GRACE, Outbound, QueueSupervisor, build_outbound
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.directory import DirectoryCache
+from mailhouse.service.imap import ENABLEABLE, ImapMailService, ImapSettings, capabilities
 from mailhouse.service.inbound import InboundPolicy, InboundService
 from mailhouse.service.pop3 import Pop3Service
 from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
@@ -61,6 +70,7 @@ from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.service.throttle_channel import ThrottleServer
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
+from mailhouse.store.wakeup import SocketWakeups, Wakeups
 from mailhouse.supervisor import ChildSupervisor, configure_logging
 
 log = logging.getLogger("mailhouse")
@@ -69,14 +79,17 @@ DEMO_DOMAIN = "mailhouse.test"
 DEMO_USER = f"demo@{DEMO_DOMAIN}"
 SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
-NOT_BUILT = ("imap", "imaps")
+NOT_BUILT: tuple[str, ...] = ()
 POP3_PROTOCOLS = ("pop3", "pop3s")
-CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 worker closes its store
+IMAP_PROTOCOLS = ("imap", "imaps")
+CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 or IMAP worker closes its store
 # Connections are capped per service (net/listener.py ConnectionPool): its listeners, and its
-# weight in the split of limits.max_connections when the config sets no total for it.
+# weight in the split of limits.max_connections when the config sets no total for it. IMAP
+# clients hold their connections for hours (IDLE, a connection per watched folder, several
+# devices per user), so IMAP gets the largest share (docs/decisions.md).
 SERVICES = {"smtp": ("smtp",), "submission": ("submission", "submissions"),
-            "pop3": ("pop3", "pop3s")}
-SERVICE_WEIGHTS = {"smtp": 2, "submission": 1, "pop3": 1}
+            "pop3": POP3_PROTOCOLS, "imap": IMAP_PROTOCOLS}
+SERVICE_WEIGHTS = {"smtp": 2, "submission": 1, "pop3": 1, "imap": 4}
 
 
 def enabled_services(config: Config) -> list[str]:
@@ -94,6 +107,7 @@ def service_limits(config: Config, service: str) -> ConnectionLimits:
         "submission": (limits.submission_max_connections,
                        limits.submission_max_connections_per_ip),
         "pop3": (limits.pop3_max_connections, limits.pop3_max_connections_per_ip),
+        "imap": (limits.imap_max_connections, limits.imap_max_connections_per_ip),
     }[service]
     if total is None:
         weights = sum(SERVICE_WEIGHTS[name] for name in enabled_services(config)) or 1
@@ -116,9 +130,11 @@ def pop3_lock_dir(config: Config) -> Path:
 
 def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
                    pool: ConnectionPool, tls: ssl.SSLContext,
-                   sockets: dict[str, list[socket.socket]] | None = None) -> list[Listener]:
+                   sockets: dict[str, list[socket.socket]] | None = None,
+                   wakeups: Wakeups | None = None) -> list[Listener]:
     """`pop3` (110: STLS, then USER/PASS or AUTH) and `pop3s` (995: implicit TLS). `sockets`:
-    already bound listening sockets by listener name (a worker process), else bind here."""
+    already bound listening sockets by listener name (a worker process), else bind here.
+    `wakeups`: unused (POP3 sessions watch nothing; their store publishes)."""
     plain = config.listen_endpoints("pop3")
     implicit = config.listen_endpoints("pop3s")
     if not plain and not implicit:
@@ -134,12 +150,92 @@ def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
             endpoint = Pop3Endpoint(core, service, pool, tls, config.pop3.idle_timeout,
                                     config.limits.session_lifetime, implicit_tls,
                                     deadlines(config, config.limits.login_timeout))
-            out.append(Listener(name, endpoints, endpoint.factory,
-                                ssl_context=tls if implicit_tls else None,
-                                sockets=(sockets or {}).get(name),
-                                load=(lambda: pool.total) if sockets else None, pool=pool,
-                                handshake_timeout=config.limits.tls_handshake_timeout))
+            out.append(_listener(config, name, endpoints, endpoint.factory, pool, tls,
+                                 implicit_tls, sockets))
     return out
+
+
+def imap_settings(config: Config) -> ImapSettings:
+    """The IMAP service's limits from `[imap]` (append_limit unset: max_message_size)."""
+    imap = config.imap
+    return ImapSettings(append_limit=imap.append_limit or config.limits.max_message_size,
+                        fetch_batch=imap.fetch_batch,
+                        search_content_limit=imap.search_content_limit)
+
+
+def imap_core_config(config: Config, settings: ImapSettings) -> ImapServerConfig:
+    """What the IMAP core announces and bounds: exactly the service's capabilities."""
+    return ImapServerConfig(
+        hostname=config.hostname, capabilities=capabilities(settings), enableable=ENABLEABLE,
+        allow_plaintext_auth=config.imap.allow_plaintext_auth,
+        max_errors=config.limits.max_errors,
+        parser=ImapParserConfig(max_append_size=settings.append_limit))
+
+
+def imap_listeners(config: Config, store: Store, guard: LoginGuard,
+                   pool: ConnectionPool, tls: ssl.SSLContext,
+                   sockets: dict[str, list[socket.socket]] | None = None,
+                   wakeups: Wakeups | None = None) -> list[Listener]:
+    """`imap` (143: STARTTLS, LOGINDISABLED before it) and `imaps` (993: implicit TLS, RFC
+    8314). `wakeups`: what sessions watch for other processes' changes (IDLE, NOOP)."""
+    plain = config.listen_endpoints("imap")
+    implicit = config.listen_endpoints("imaps")
+    if not plain and not implicit:
+        return []
+    settings = imap_settings(config)
+    service = ImapMailService(store, guard, wakeups=wakeups, settings=settings)
+    core = imap_core_config(config, settings)
+    out: list[Listener] = []
+    for name, endpoints, implicit_tls in (("imap", plain, False), ("imaps", implicit, True)):
+        if endpoints:
+            endpoint = ImapEndpoint(core, service, pool, tls, config.imap.idle_timeout,
+                                    config.limits.session_lifetime, implicit_tls,
+                                    deadlines(config, config.limits.login_timeout))
+            out.append(_listener(config, name, endpoints, endpoint.factory, pool, tls,
+                                 implicit_tls, sockets))
+    return out
+
+
+def _listener(config: Config, name: str, endpoints: list[tuple[str, int]],
+              factory: SessionFactory, pool: ConnectionPool, tls: ssl.SSLContext,
+              implicit_tls: bool, sockets: dict[str, list[socket.socket]] | None) -> Listener:
+    return Listener(name, endpoints, factory,
+                    ssl_context=tls if implicit_tls else None,
+                    sockets=(sockets or {}).get(name),
+                    load=(lambda: pool.total) if sockets else None, pool=pool,
+                    handshake_timeout=config.limits.tls_handshake_timeout)
+
+
+ListenerBuilder = Callable[[Config, Store, LoginGuard, ConnectionPool, ssl.SSLContext,
+                            "dict[str, list[socket.socket]] | None", "Wakeups | None"],
+                           list[Listener]]
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxService:
+    """A service that may run in worker processes (`[<name>] workers`): its listeners, how
+    many processes serve them, the child's entry module (worker_process.py)."""
+
+    name: str  # the SERVICES key, the log prefix and the workers' role prefix
+    protocols: tuple[str, ...]
+    module: str
+    listeners: ListenerBuilder
+    watches: bool  # its sessions watch wake-ups (else the store only publishes)
+
+    def workers(self, config: Config) -> int:
+        workers: int = getattr(config, self.name).workers
+        return workers
+
+    def configured(self, config: Config) -> bool:
+        return any(config.listen_endpoints(kind) for kind in self.protocols)
+
+
+MAILBOX_SERVICES = {
+    "pop3": MailboxService("pop3", POP3_PROTOCOLS, "mailhouse.pop3_process", pop3_listeners,
+                           watches=False),
+    "imap": MailboxService("imap", IMAP_PROTOCOLS, "mailhouse.imap_process", imap_listeners,
+                           watches=True),
+}
 
 
 class App:
@@ -150,14 +246,16 @@ class App:
         (default: keys under data_dir/dkim when dkim.enabled). `on_queued`: called after mail
         was queued (default: wake the queue worker)."""
         self.config = config
-        self.store: Store = open_store(config.data_dir)
+        # Deliveries here are published to IMAP sessions in every process (started in start()).
+        self.wakeups = SocketWakeups(config.data_dir)
+        self.store: Store = open_store(config.data_dir, wakeups=self.wakeups)
         self.directory = DirectoryCache(self.store)
         self.tracker = ConnectionTracker(config.limits.max_connections)
         self.listeners: list[Listener] = []
         self.demo_password: str | None = None
         self.passwords = passwords or Passwords()
         # One throttle for every protocol that takes passwords, so guesses spread over
-        # submission, IMAP and POP3 add up; POP3 workers reach it through `throttle_server`.
+        # submission, IMAP and POP3 add up; workers reach it through `throttle_server`.
         self.login_throttle = LoginThrottle.from_config(config.submission)
         self.login_guard = LoginGuard(Accounts(self.store, self.passwords), self.login_throttle,
                                       config.submission.auth_failure_delay)
@@ -172,9 +270,9 @@ class App:
         else:
             self.queue_process = QueueSupervisor(config)
         self.on_queued = on_queued or self._wake_queue
-        # POP3 in worker processes ([pop3] workers > 1): listeners bound here, served there.
-        self.pop3_workers: list[ChildSupervisor] = []
-        self._pop3_bound: list[Listener] = []
+        # POP3 and IMAP in worker processes (`workers` > 1): listeners bound here, served there.
+        self.workers: list[ChildSupervisor] = []
+        self._worker_bound: dict[str, list[Listener]] = {}  # by MailboxService name
         # Listening sockets bound as root before the drop, until a Listener serves them.
         self._bound: dict[str, list[socket.socket]] = {}
         self.throttle_server: ThrottleServer | None = None
@@ -191,7 +289,7 @@ class App:
         return ensure_self_signed(self.config.data_dir / "tls", self.config.hostname)
 
     def _load_tls(self) -> tuple[ssl.SSLContext, tuple[bytes, bytes]]:
-        """The server context and the PEM bytes for POP3 workers (pop3_process.py)."""
+        """The server context and the PEM bytes for the workers (worker_process.py)."""
         cert, key = self.tls_files()
         try:
             return server_context(cert, key), (cert.read_bytes(), key.read_bytes())
@@ -220,6 +318,7 @@ class App:
             config.data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         tighten_data_dir(config.data_dir)
         tls, pem = configured_tls or self._load_tls()
+        await self.wakeups.start()
         await self.store.open()
         if config.demo:
             await self._ensure_demo()
@@ -246,7 +345,8 @@ class App:
         if config.listen_endpoints("smtp"):
             self.listeners.append(Listener("smtp", config.listen_endpoints("smtp"), mx.factory))
         self._add_submission_listeners(core, tls, timeouts)
-        self._add_pop3_listeners(tls)
+        for service in MAILBOX_SERVICES.values():
+            self._add_mailbox_listeners(service, tls)
         for kind in NOT_BUILT:
             if config.listen_endpoints(kind):
                 log.info("event=listen.skipped service=%s reason=not_built_yet", kind)
@@ -254,18 +354,19 @@ class App:
         for listener in self.listeners:
             listener.sockets = self._bound.pop(listener.name, [])  # serve what root bound
             await listener.start()
-        for listener in self._pop3_bound:
-            listener.sockets = self._bound.pop(listener.name, [])
-            for sock in listener.sockets:
-                host, port = sock.getsockname()[:2]
-                log.info("event=listen service=%s address=%s:%d workers=%d", listener.name, host,
-                         port, config.pop3.workers)
+        for name, bound in self._worker_bound.items():
+            for listener in bound:
+                listener.sockets = self._bound.pop(listener.name, [])
+                for sock in listener.sockets:
+                    host, port = sock.getsockname()[:2]
+                    log.info("event=listen service=%s address=%s:%d workers=%d", listener.name,
+                             host, port, MAILBOX_SERVICES[name].workers(config))
         # The children run as this (unprivileged) process does; supervisor.py checks that the
         # interpreter is theirs to run before each spawn.
         if self.queue_process is not None:
             await self.queue_process.start()
-        if self._pop3_bound:
-            await self._start_pop3_workers(pem)
+        for name in self._worker_bound:
+            await self._start_workers(MAILBOX_SERVICES[name], pem)
 
     def _warn_about_caps(self) -> None:
         """Per-service caps set above the process total cannot all be reached: the total
@@ -325,38 +426,42 @@ class App:
                                            ssl_context=tls, pool=pool,
                                            handshake_timeout=config.limits.tls_handshake_timeout))
 
-    def _add_pop3_listeners(self, tls: ssl.SSLContext) -> None:
-        """POP3 on this loop (`[pop3] workers = 1`), or sockets bound here for the workers."""
+    def _add_mailbox_listeners(self, service: MailboxService, tls: ssl.SSLContext) -> None:
+        """POP3 or IMAP on this loop (`workers = 1`), or sockets bound here for the workers."""
         config = self.config
-        lock_dir = pop3_lock_dir(config)
-        if not any(config.listen_endpoints(name) for name in POP3_PROTOCOLS):
+        if not service.configured(config):
             return
-        lock_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
-        if config.pop3.workers <= 1:
-            pool = self.tracker.pool("pop3", service_limits(config, "pop3"))
-            self.listeners.extend(pop3_listeners(config, self.store, self.login_guard, pool,
-                                                 tls))
+        if service.name == "pop3":
+            pop3_lock_dir(config).mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
+        if service.workers(config) <= 1:
+            pool = self.tracker.pool(service.name, service_limits(config, service.name))
+            self.listeners.extend(service.listeners(config, self.store, self.login_guard, pool,
+                                                    tls, None, self.wakeups))
             return
-        for name in POP3_PROTOCOLS:
-            if config.listen_endpoints(name):
-                self._pop3_bound.append(Listener(name, config.listen_endpoints(name), None,
-                                                 ssl_context=tls if name == "pop3s" else None))
+        self._worker_bound[service.name] = [
+            Listener(name, config.listen_endpoints(name), None,
+                     ssl_context=tls if name.endswith("s") else None)
+            for name in service.protocols if config.listen_endpoints(name)]
 
-    async def _start_pop3_workers(self, pem: tuple[bytes, bytes] | None) -> None:
+    async def _start_workers(self, service: MailboxService,
+                             pem: tuple[bytes, bytes] | None) -> None:
         sockets = {listener.name: [s.fileno() for s in listener.sockets]
-                   for listener in self._pop3_bound}
+                   for listener in self._worker_bound[service.name]}
         fds = [fd for group in sockets.values() for fd in group]
-        count = self.config.pop3.workers
+        count = service.workers(self.config)
         # Each worker (each spawn) gets its own channel to this process's login throttle.
-        server = self.throttle_server = ThrottleServer(
-            self.login_throttle, max_pending=self.config.limits.max_connections)
+        if self.throttle_server is None:
+            self.throttle_server = ThrottleServer(
+                self.login_throttle, max_pending=self.config.limits.max_connections)
+        server = self.throttle_server
         for index in range(1, count + 1):
             worker = ChildSupervisor(
-                self.config, "mailhouse.pop3_process", name="pop3", label=f"worker={index}",
-                payload={"index": index, "workers": count, "sockets": sockets, "pem": pem},
+                self.config, service.module, name=service.name, label=f"worker={index}",
+                payload={"service": service.name, "index": index, "workers": count,
+                         "sockets": sockets, "pem": pem},
                 pass_fds=fds, channels=lambda: [server.open_channel()])
             await worker.start()
-            self.pop3_workers.append(worker)
+            self.workers.append(worker)
 
     async def _ensure_demo(self) -> None:
         """The try-it-now instance: a demo domain and user, password kept in data_dir."""
@@ -375,16 +480,17 @@ class App:
     async def stop(self) -> None:
         if self.queue_process is not None:
             self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
-        for worker in self.pop3_workers:
+        for worker in self.workers:
             worker.begin_stop()
         for listener in self.listeners:
             await listener.stop_accepting()
-        # POP3 workers finish their sessions (SIGTERM: the same grace) alongside ours.
+        # Workers finish their sessions (SIGTERM: the same grace) alongside ours.
         await asyncio.gather(self.tracker.shutdown(SHUTDOWN_GRACE),
                              *(w.stop(SHUTDOWN_GRACE + CHILD_CLOSE_MARGIN)
-                               for w in self.pop3_workers))
-        for listener in self._pop3_bound:
-            listener.close_sockets()
+                               for w in self.workers))
+        for bound in self._worker_bound.values():
+            for listener in bound:
+                listener.close_sockets()
         for sockets in self._bound.values():  # start-up failed before they were served
             for sock in sockets:
                 sock.close()
@@ -398,10 +504,12 @@ class App:
             await self.queue_process.stop(QUEUE_GRACE)
         await self.directory.stop()
         await self.store.close()
+        await self.wakeups.close()
 
     def banner(self) -> str:
         lines = ["mailhouse is running."]
-        for listener in [*self.listeners, *self._pop3_bound]:
+        bound = [listener for group in self._worker_bound.values() for listener in group]
+        for listener in [*self.listeners, *bound]:
             for (host, _), port in zip(listener.endpoints, listener.bound_ports(), strict=False):
                 lines.append(f"  {listener.name:<11} {host}:{port}")
         lines.append(f"  data        {self.config.data_dir}")

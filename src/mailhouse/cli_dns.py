@@ -27,7 +27,7 @@ from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
 from mailhouse.cli_common import error as _error
 from mailhouse.cli_common import out as _out
-from mailhouse.config import Config
+from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import MailError
 from mailhouse.message.dkim import DkimError, DkimKeys, dns_records
 from mailhouse.service.accounts import InvalidInput, canonical_domain
@@ -97,9 +97,18 @@ def dns_records_command(args: argparse.Namespace, config: Config) -> int:
         _error("note: dkim.enabled = false in the config: mail is not signed until it is "
                "true")
     _out(f"; DNS records for {domain}, served by {config.hostname}")
-    for line in dns_records(domain, config.hostname, keys):
+    for line in dns_records(domain, config.hostname, keys, offered_services(config)):
         _out(line)
     return EXIT_OK
+
+
+def offered_services(config: Config) -> frozenset[str]:
+    """The listener kinds `serve` answers on with this config: built, with an address. The
+    SRV records advertise these and mark the others "not available" (RFC 6186 §4)."""
+    from mailhouse.app import NOT_BUILT  # the server's modules only when the command runs
+
+    return frozenset(kind for kind in LISTENER_KINDS
+                     if kind not in NOT_BUILT and config.listen_endpoints(kind))
 
 
 async def _hosted_domains(data_dir: Path) -> frozenset[str]:
@@ -113,13 +122,7 @@ async def _hosted_domains(data_dir: Path) -> frozenset[str]:
         await store.close()
 
 
-
-
 def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return str(exc)
-
-
-
-

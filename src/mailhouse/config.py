@@ -73,6 +73,8 @@ MIN_TEXT_LINE: Final = 1000
 RFC_MIN_RECIPIENTS: Final = 100
 # RFC 5321 §4.5.3.2.7: the server timeout awaiting a command should be at least 5 minutes.
 RFC_MIN_IDLE_TIMEOUT: Final = 300.0
+# RFC 9051 §5.4: an IMAP server's inactivity autologout timer is at least 30 minutes.
+IMAP_MIN_IDLE_TIMEOUT: Final = 1800.0
 
 Check = Callable[[str, object], Any]
 _CHECK: Final = "mailhouse.config.check"
@@ -122,7 +124,7 @@ def _integer(minimum: int, maximum: int | None = None) -> Check:
 
 
 def default_pop3_workers() -> int:
-    """`[pop3] workers` when unset: one per CPU."""
+    """`[pop3] workers` and `[imap] workers` when unset: one per CPU."""
     return max(1, os.cpu_count() or 1)
 
 
@@ -343,9 +345,10 @@ class LimitsConfig:
     # From the connection to EHLO/HELO (SMTP) and to a successful login (POP3).
     helo_timeout: float = field(default=60.0, metadata=checked(_seconds))
     login_timeout: float = field(default=120.0, metadata=checked(_seconds))
-    # Per service (MX = smtp; submission = submission + submissions; pop3 = pop3 + pop3s).
-    # Unset: a service's total is its share of max_connections among the enabled services
-    # (MX 2, submission 1, POP3 1), its per-address cap is max_connections_per_ip.
+    # Per service (MX = smtp; submission = submission + submissions; pop3 = pop3 + pop3s;
+    # imap = imap + imaps). Unset: a service's total is its share of max_connections among the
+    # enabled services (MX 2, submission 1, POP3 1, IMAP 4), its per-address cap is
+    # max_connections_per_ip.
     smtp_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
     smtp_max_connections_per_ip: int | None = field(default=None,
                                                     metadata=checked(_integer(1)))
@@ -354,6 +357,9 @@ class LimitsConfig:
                                                           metadata=checked(_integer(1)))
     pop3_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
     pop3_max_connections_per_ip: int | None = field(default=None,
+                                                    metadata=checked(_integer(1)))
+    imap_max_connections: int | None = field(default=None, metadata=checked(_integer(1)))
+    imap_max_connections_per_ip: int | None = field(default=None,
                                                     metadata=checked(_integer(1)))
     # NOOP, RSET, EHLO… (SMTP) and CAPA, NOOP, STAT… (POP3) before each further one counts
     # toward max_errors too (Postfix's smtpd_junk_command_limit); forgiven after real work.
@@ -454,8 +460,39 @@ class Pop3Config:
     # USER/PASS and AUTH before STLS on port 110. Off: passwords never cross in cleartext.
     allow_plaintext_auth: bool = field(default=False, metadata=checked(_boolean))
     # Processes serving the pop3/pop3s listeners under `serve`: 1 = in the main process; more =
-    # that many supervised children sharing the listening sockets (pop3_process.py).
+    # that many supervised children sharing the listening sockets (worker_process.py).
     workers: int = field(default_factory=default_pop3_workers, metadata=checked(_integer(1)))
+
+
+def _imap_timeout(key: str, value: object) -> float:
+    # RFC 9051 §5.4: the autologout timer of an authenticated session MUST be at least 30
+    # minutes (before login, limits.login_timeout applies).
+    seconds = _seconds(key, value)
+    if seconds < IMAP_MIN_IDLE_TIMEOUT:
+        raise _wrong(key, f"a number of seconds >= {IMAP_MIN_IDLE_TIMEOUT:g} (RFC 9051 §5.4)",
+                     value)
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ImapConfig:
+    """IMAP (RFC 9051, RFC 3501) on the `imap` (STARTTLS) and `imaps` (implicit TLS)
+    listeners."""
+
+    # Seconds of silence from a logged-in client (IDLE included) before autologout.
+    idle_timeout: float = field(default=IMAP_MIN_IDLE_TIMEOUT, metadata=checked(_imap_timeout))
+    # LOGIN and AUTHENTICATE before STARTTLS on port 143. Off: LOGINDISABLED is announced and
+    # passwords never cross in cleartext (RFC 9051 §6.2.3, RFC 8314).
+    allow_plaintext_auth: bool = field(default=False, metadata=checked(_boolean))
+    # Processes serving the imap/imaps listeners under `serve`, as [pop3] workers.
+    workers: int = field(default_factory=default_pop3_workers, metadata=checked(_integer(1)))
+    # Octets of one APPENDed message (APPENDLIMIT, RFC 7889). Unset: limits.max_message_size,
+    # so what the server would accept by SMTP a client can also store.
+    append_limit: int | None = field(default=None, metadata=checked(_integer(1)))
+    # Messages read from the store per round of a FETCH or SEARCH (bounds a session's memory).
+    fetch_batch: int = field(default=500, metadata=checked(_integer(1)))
+    # Messages one body/text SEARCH may decode before it answers NO [LIMIT].
+    search_content_limit: int = field(default=100_000, metadata=checked(_integer(1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +523,7 @@ class Config:
                                      metadata=_section(DeliveryConfig))
     dkim: DkimConfig = field(default_factory=DkimConfig, metadata=_section(DkimConfig))
     pop3: Pop3Config = field(default_factory=Pop3Config, metadata=_section(Pop3Config))
+    imap: ImapConfig = field(default_factory=ImapConfig, metadata=_section(ImapConfig))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.
     source: Path | None = None

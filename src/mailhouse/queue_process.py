@@ -20,7 +20,7 @@ even while its loop is busy. The store's 1 s poll (`idle_wake`) stays: `mailhous
 only edits the database.
 
 The pipe, the restarts and the death with the parent are supervisor.py's, shared with the POP3
-workers (pop3_process.py).
+workers (worker_process.py).
 
 Supervision: a child that exits while the server runs is restarted after 1 s, doubling up to
 60 s while it keeps dying young; its death never touches the listeners, and mail they accept
@@ -47,6 +47,7 @@ from mailhouse.queue.worker import QueueWorker
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
+from mailhouse.store.wakeup import SocketWakeups
 from mailhouse.supervisor import ChildSupervisor, serve_until_stopped
 
 log = logging.getLogger("mailhouse.queue.process")
@@ -118,7 +119,10 @@ class QueueSupervisor(ChildSupervisor):
 # --- the child --------------------------------------------------------------------------------
 
 async def _run_child(config: Config, payload: dict[str, Any], control: int) -> None:
-    store = open_store(config.data_dir)
+    # Bounces land in local mailboxes: IMAP sessions in other processes hear of them.
+    wakeups = SocketWakeups(config.data_dir)
+    await wakeups.start()
+    store = open_store(config.data_dir, wakeups=wakeups)
     await store.open()
     directory = DirectoryCache(store)
     outbound: Outbound | None = None
@@ -135,6 +139,7 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
             await outbound.stop(0.0 if orphaned else QUEUE_GRACE)
         await directory.stop()
         await store.close()
+        await wakeups.close()
 
 
 def child_main(control: int = 0, run: Callable[..., object] | None = None) -> int:

@@ -1,5 +1,5 @@
 """Supervised child processes of `mailhouse serve`: the queue process (queue_process.py) and the
-POP3 workers (pop3_process.py) share this machinery.
+POP3 workers (worker_process.py) share this machinery.
 
 A child is a fresh interpreter, `python -m <module>`, started with asyncio's subprocess support
 after privileges were dropped (so it runs as the same unprivileged user). Before every spawn,

@@ -44,7 +44,8 @@ def start_mailhouse(
 ) -> MailhouseServer:
     """Create an instance in `base_dir`, add domains and users, and (by default) start it.
 
-    kwargs go to MailhouseServer (protocols, hostname, max_message_size, extra_toml, env).
+    kwargs go to MailhouseServer (protocols, hostname, max_message_size, extra_toml,
+    extra_limits, env).
     """
     server = MailhouseServer(base_dir, **kwargs)
     for domain in domains:

@@ -62,6 +62,7 @@ class MailhouseServer:
         hostname: str = DEFAULT_HOSTNAME,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         extra_toml: str = "",
+        extra_limits: str = "",
         user: str | None = None,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
@@ -70,6 +71,7 @@ class MailhouseServer:
 
         protocols: which [listen] entries get a free loopback port; the rest stay empty.
         extra_toml: appended verbatim to the config (e.g. a [tls] table).
+        extra_limits: lines added to the [limits] table this class writes (TOML allows one).
         user: the top-level ``user`` key (the account a server started as root drops to).
             Default: "root" when running as root, so the server keeps running as the test
             process does (its production default, a "mailhouse" system user, needs that user
@@ -86,6 +88,7 @@ class MailhouseServer:
         self.hostname = hostname
         self.max_message_size = max_message_size
         self.extra_toml = extra_toml
+        self.extra_limits = extra_limits
         self.user = user if user is not None else ("root" if os.geteuid() == 0 else None)
         self.python = python
         self.env = {**os.environ, **(env or {})}
@@ -125,7 +128,10 @@ class MailhouseServer:
         for protocol in PROTOCOLS:
             addresses = [f"{LOOPBACK}:{self.ports[protocol]}"] if protocol in self.ports else []
             lines.append(f"{protocol} = [{', '.join(_toml_str(a) for a in addresses)}]")
-        lines += ["", "[limits]", f"max_message_size = {self.max_message_size}", ""]
+        lines += ["", "[limits]", f"max_message_size = {self.max_message_size}"]
+        if self.extra_limits:
+            lines.append(self.extra_limits.strip())
+        lines.append("")
         if self.extra_toml:
             lines += [self.extra_toml.strip(), ""]
         return "\n".join(lines)

@@ -12,7 +12,7 @@ from mailhouse.app import service_limits
 from mailhouse.config import Config, ListenConfig, config_from_table
 from mailhouse.errors import ConfigError
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker
-from mailhouse.pop3_process import worker_limits
+from mailhouse.worker_process import worker_limits
 
 
 def test_ipv6_peers_are_counted_per_64() -> None:
@@ -69,10 +69,15 @@ def config(tmp_path: Path, limits: dict[str, object], listen: dict[str, list[str
 
 
 def test_max_connections_is_split_between_the_enabled_services(tmp_path: Path) -> None:
-    every = config(tmp_path, {})  # production defaults: every listener
-    assert service_limits(every, "smtp") == ConnectionLimits(500, 100)
-    assert service_limits(every, "submission") == ConnectionLimits(250, 100)
-    assert service_limits(every, "pop3") == ConnectionLimits(250, 100)
+    every = config(tmp_path, {})  # production defaults: every listener (weights 2:1:1:4)
+    assert service_limits(every, "smtp") == ConnectionLimits(250, 100)
+    assert service_limits(every, "submission") == ConnectionLimits(125, 100)
+    assert service_limits(every, "pop3") == ConnectionLimits(125, 100)
+    assert service_limits(every, "imap") == ConnectionLimits(500, 100)
+    no_imap = config(tmp_path, {}, {"smtp": ["127.0.0.1:0"], "submission": ["127.0.0.1:0"],
+                                    "pop3": ["127.0.0.1:0"]})
+    assert service_limits(no_imap, "smtp") == ConnectionLimits(500, 100)
+    assert service_limits(no_imap, "pop3") == ConnectionLimits(250, 100)
     mx_only = config(tmp_path, {"max_connections": 10}, {"smtp": ["127.0.0.1:0"]})
     assert service_limits(mx_only, "smtp") == ConnectionLimits(10, 100)
     mx_pop = config(tmp_path, {"max_connections": 9},
@@ -86,14 +91,18 @@ def test_per_service_keys_override_the_split(tmp_path: Path) -> None:
                             "pop3_max_connections": 40, "pop3_max_connections_per_ip": 7},
                  workers=4)
     assert service_limits(cfg, "smtp") == ConnectionLimits(700, 5)
-    assert service_limits(cfg, "submission") == ConnectionLimits(250, 100)
+    assert service_limits(cfg, "submission") == ConnectionLimits(125, 100)
     # Each of 4 POP3 worker processes admits a quarter (at least 1).
     assert worker_limits(cfg, 4) == ConnectionLimits(10, 1)
+    imap = config(tmp_path, {"imap_max_connections": 30, "imap_max_connections_per_ip": 9})
+    assert service_limits(imap, "imap") == ConnectionLimits(30, 9)
+    assert worker_limits(imap, 2, "imap") == ConnectionLimits(15, 4)
 
 
 @pytest.mark.parametrize("key", [
     "write_stall_timeout", "tls_handshake_timeout", "command_line_timeout", "helo_timeout",
     "login_timeout", "smtp_max_connections", "submission_max_connections_per_ip",
+    "imap_max_connections", "imap_max_connections_per_ip",
 ])
 def test_new_limits_keys_are_checked(tmp_path: Path, key: str) -> None:
     with pytest.raises(ConfigError, match=f"limits.{key}"):

@@ -56,7 +56,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -414,10 +414,15 @@ _SRV: Final = (("_submissions", "submissions", 0), ("_submission", "submission",
                ("_pop3s", "pop3s", 20), ("_pop3", "pop3", 30))
 
 
-def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey]) -> list[str]:
+def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey],
+                offered: Collection[str] | None = None) -> list[str]:
     """Zone-file lines (RFC 1035 §5.1 master file format, absolute names) the operator
     publishes for `domain` served by `hostname`: MX, SPF, one DKIM TXT per key, DMARC, the
-    RFC 6186 SRV records and an autoconfig CNAME for mail clients."""
+    RFC 6186 SRV records and an autoconfig CNAME for mail clients.
+
+    `offered`: the listener kinds the server serves (None: all). A client service not offered
+    gets the RFC 6186 §4 "not available" record (target "."), so clients stop looking rather
+    than trying a port where nothing answers."""
     zone = _canonical(domain) + "."
     host = _canonical(hostname) + "."
     lines = [
@@ -429,6 +434,7 @@ def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey]) -> list[str
     lines.append(f"_dmarc.{zone} IN TXT "
                  f"{_txt(f'v=DMARC1; p=quarantine; rua=mailto:postmaster@{zone[:-1]}')}")
     lines += [f"{label}._tcp.{zone} IN SRV {priority} 1 {STANDARD_PORTS[kind]} {host}"
+              if offered is None or kind in offered else f"{label}._tcp.{zone} IN SRV 0 0 0 ."
               for label, kind, priority in _SRV]
     # Thunderbird's autoconfig looks up autoconfig.<domain> (served over HTTP by us later).
     lines.append(f"autoconfig.{zone} IN CNAME {host}")

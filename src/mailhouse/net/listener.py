@@ -176,7 +176,7 @@ def address_of(peer: Any) -> tuple[str, str]:
 class Listener:
     """One named service (smtp, imaps…) on one or more endpoints.
 
-    `start()` binds and serves. For worker processes (pop3_process.py) the parent only
+    `start()` binds and serves. For worker processes (worker_process.py) the parent only
     `bind()`s (before dropping privileges) and hands the sockets on; each worker serves them with
     `Listener(..., sockets=...)`.
 

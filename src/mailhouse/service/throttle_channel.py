@@ -16,7 +16,7 @@ Keys travel as computed by `ip_key`/`user_key` in the worker (UTF-8, at most MAX
 with their `ip:`/`user:` prefixes). An acquire is one round trip; a release is a one-way frame,
 so a login costs the worker one round trip on a local socket. Anything malformed from a worker
 (unknown kind, bad length, bad UTF-8, a duplicate or unknown id) is logged and ends that
-worker's channel (its slots are released; the worker then restarts, see pop3_process.py),
+worker's channel (its slots are released; the worker then restarts, see worker_process.py),
 never the main process.
 
 A worker fails closed: while the main process does not answer (channel lost, or no reply within
