@@ -16,12 +16,12 @@ child ``Projects/2026`` one more (the hierarchy separator is "/"). Then:
   ``UID SEARCH HEADER Message-ID`` and fetches it by UID: the bytes must be exactly what the
   server holds; without the server's certificate curl refuses to connect.
 
-The servers are parametrized (`IMAP_SERVERS`). Today only "dovecot": a private Dovecot 2.3
-(tests/helpers/dovecot.py, root only) as the reference. When mailhouse serves IMAP, adding
-"mailhouse" to `IMAP_SERVERS` and a ``mailhouse_imap`` fixture returning an `ImapServer` runs
-every case against it too. The server's side is read without IMAP (Dovecot: its Maildir files
-and their flags), so a client's round trip is checked against what was stored, not against
-what the same server says.
+The servers are parametrized (`IMAP_SERVERS`): a private Dovecot 2.3 (tests/helpers/dovecot.py,
+root only) as the reference, and mailhouse (`mailhouse serve` with IMAP, as
+tests/helpers/mailhouse_imap.py starts it). The server's side is read without IMAP (Dovecot:
+its Maildir files and their flags; mailhouse: `mailhouse export --maildir`, flags in the
+Maildir info), so a client's round trip is checked against what was stored, not against what
+the same server says.
 
 TLS: the sync clients run over STARTTLS and implicit TLS, trusting exactly the server's
 self-signed certificate (never "verification off"; but offlineimap3 does not verify after
@@ -33,6 +33,7 @@ CI=true, where it fails. Each test takes a few seconds. Loopback only.
 from __future__ import annotations
 
 import base64
+import imaplib
 import random
 import re
 import shutil
@@ -60,6 +61,7 @@ from tests.helpers.imap_clients import (
     offlineimap_folder,
     offlineimap_sync,
 )
+from tests.helpers.mailhouse_imap import start_mailhouse_imap
 from tests.helpers.net import LOOPBACK
 from tests.helpers.tools import missing_programs, require_root, require_tools, under_ci
 
@@ -73,7 +75,7 @@ SEEN = "\\Seen"
 FLAGGED = "\\Flagged"
 
 # Every server the tests run against; each name needs a fixture NAME_imap -> ImapServer.
-IMAP_SERVERS = ["dovecot"]
+IMAP_SERVERS = ["dovecot", "mailhouse"]
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^>]+)>", re.IGNORECASE | re.MULTILINE)
 
@@ -181,6 +183,68 @@ def dovecot_imap() -> Iterator[ImapServer]:
     finally:
         print(server.log_tail(100))
         server.close()
+
+
+@pytest.fixture(scope="module")
+def mailhouse_imap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImapServer]:
+    """mailhouse serving IMAP (imap with STARTTLS, imaps); folders made and mail put in over
+    IMAP with imaplib, what it holds read back with `mailhouse export --maildir`."""
+    instance = start_mailhouse_imap(tmp_path_factory.mktemp("mailhouse-imap-interop"))
+    server = instance.server
+
+    def session(user: str, password: str) -> imaplib.IMAP4_SSL:
+        client = imaplib.IMAP4_SSL(instance.host, instance.ports["implicit"],
+                                   ssl_context=instance.ssl_context(), timeout=20)
+        client.login(user, password)
+        return client
+
+    def new_user() -> tuple[str, str]:
+        user, password = instance.new_user(PASSWORD)
+        with session(user, password) as client:
+            for folder in (SUBFOLDER, NESTED):
+                typ, data = client.create(folder)
+                assert typ == "OK", data
+        return user, password
+
+    def deliver(user: str, folder: str, data: bytes, flags: frozenset[str]) -> None:
+        with session(user, PASSWORD) as client:
+            typ, answer = client.append(folder, "(" + " ".join(sorted(flags)) + ")", None, data)
+            assert typ == "OK", answer
+
+    def stored(user: str, folder: str) -> list[ServerMessage]:
+        dest = Path(tempfile.mkdtemp(prefix="mh-export-", dir="/tmp"))
+        try:
+            server.export(user, dest / "maildir")
+            path = dest / "maildir"
+            if folder != "INBOX":
+                path = path / ("." + folder.replace("/", "."))
+            files = sorted(p for sub in ("new", "cur") if (path / sub).is_dir()
+                           for p in (path / sub).iterdir() if p.is_file())
+            return [ServerMessage(imap_flags(maildir_info(p.name)), to_crlf(p.read_bytes()))
+                    for p in files]
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    def tls_logins(user: str) -> list[bool]:
+        text = server.log_path.read_text(errors="replace")
+        return ["tls=yes" in line for line in text.splitlines()
+                if "event=imap.login " in line and "result=OK" in line and f"user={user}" in line]
+
+    try:
+        yield ImapServer(
+            name="mailhouse",
+            host=instance.host,
+            ports={"starttls": instance.ports["starttls"], "implicit": instance.ports["implicit"]},
+            cafile=instance.cafile,
+            new_user=new_user,
+            deliver=deliver,
+            stored=stored,
+            tls_logins=tls_logins,
+            diagnostics=lambda: server.log_tail(40),
+        )
+    finally:
+        print(server.log_tail(100))
+        instance.close()
 
 
 @pytest.fixture(params=IMAP_SERVERS)
