@@ -62,7 +62,7 @@ class TwoProcesses:
         "directory_serial", "directory", "list_domains", "get_account", "list_accounts",
         "list_aliases", "list_mailboxes", "get_mailbox", "list_messages", "list_expunged",
         "read_message", "read_blob", "queue_due", "queue_next_attempt", "queue_get",
-        "queue_list", "list_subscriptions", "structures", "read_range",
+        "queue_list", "list_subscriptions", "structures", "read_range", "read_ranges",
     })
 
     def __init__(self, data_dir: Path) -> None:

@@ -444,6 +444,13 @@ class Store(Protocol):
         meanwhile)."""
         ...
 
+    async def read_ranges(
+        self, ranges: Sequence[tuple[MessageInfo, int, int]]
+    ) -> list[bytes | None]:
+        """`read_range` for many messages at once, in order; None for a message whose blob is
+        gone. Lets a FETCH of many headers or small bodies read a batch in one go."""
+        ...
+
     async def structures(self, mailbox_id: int,
                          uids: Sequence[int]) -> dict[int, MessageStructure]:
         """The parsed structure (message/structure.py) of each message by UID; UIDs not in the

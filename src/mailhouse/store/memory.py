@@ -737,6 +737,16 @@ class MemoryStore(MemoryQueue):
             raise KeyError(message.blob_id)
         return blob.data[start:min(end, message.size)]
 
+    async def read_ranges(
+        self, ranges: Sequence[tuple[MessageInfo, int, int]]
+    ) -> list[bytes | None]:
+        self._check_open()
+        out: list[bytes | None] = []
+        for message, start, end in ranges:
+            blob = self._blobs.get(message.blob_id)
+            out.append(None if blob is None else blob.data[start:min(end, message.size)])
+        return out
+
     async def read_message(self, message: MessageInfo) -> AsyncIterator[bytes]:
         """Raises KeyError if the blob does not exist, as the embedded store does."""
         async for chunk in self.read_blob(message.blob_id):

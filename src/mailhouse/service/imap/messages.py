@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from mailhouse.errors import MailError
+from mailhouse.message.structure import MessageStructure
 from mailhouse.proto.imap import commands as cmd
 from mailhouse.proto.imap.fetch import FetchAttribute
 from mailhouse.proto.imap.responses import compact, date_time
@@ -167,6 +168,7 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
             continue
         structures = (await store.structures(selection.id, [r.uid for r in rows])
                       if needs_structure else {})
+        cached = await _prefetch(session, rows, structures, attributes)
         lines: list[bytes] = []
         pending = 0
         seen: list[int] = []
@@ -177,7 +179,10 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
                 found -= 1
                 continue
 
-            async def read(start: int, end: int, row: MessageInfo = row) -> bytes:
+            async def read(start: int, end: int, row: MessageInfo = row,
+                           head: bytes | None = cached.get(row.uid)) -> bytes:
+                if head is not None and end <= len(head):
+                    return head[start:end]
                 return await store.read_range(row, start, end)
 
             try:
@@ -207,6 +212,46 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
         return Completion("NO", "Some of the requested messages no longer exist",
                           "EXPUNGEISSUED")
     return Completion("OK", f"{'UID ' if command.uid else ''}FETCH completed")
+
+
+PREFETCH_WHOLE = 64 * 1024  # messages up to this size are read whole for BODY[]/RFC822/TEXT
+PREFETCH_BATCH = 8 * 1024 * 1024  # octets read ahead per batch at most
+
+
+async def _prefetch(session: ImapSession, rows: list[MessageInfo],
+                    structures: dict[int, MessageStructure],
+                    attributes: Sequence[FetchAttribute]) -> dict[int, bytes]:
+    """The leading octets each message's responses will need, read for the whole batch in one
+    store call: the header for HEADER/HEADER.FIELDS (Thunderbird's header download), the whole
+    message when it is small and a body is asked for. Anything else is read when needed."""
+    whole = header = False
+    for a in attributes:
+        if a.name in ("RFC822", "RFC822.TEXT", "BINARY") or (
+                a.name == "BODY" and a.section is not None
+                and not (a.section.text or "").startswith("HEADER")):
+            whole = True
+        elif a.name == "RFC822.HEADER" or (
+                a.name == "BODY" and a.section is not None and not a.section.part):
+            header = True
+    if not whole and not header:
+        return {}
+    wanted: list[tuple[MessageInfo, int, int]] = []
+    total = 0
+    for row in rows:
+        structure = structures.get(row.uid)
+        if whole and row.size <= PREFETCH_WHOLE:
+            end = row.size
+        elif structure is not None:
+            end = structure.root.body_start
+        else:
+            continue
+        if total + end > PREFETCH_BATCH:
+            break
+        total += end
+        wanted.append((row, 0, end))
+    found = await session.store.read_ranges(wanted)
+    return {row.uid: data for (row, _, _), data in zip(wanted, found, strict=True)
+            if data is not None}
 
 
 async def _fetch_rows(session: ImapSession, selection: Selection, uids: list[int],
