@@ -16,6 +16,7 @@ from mailhouse.service.imap_search import (
     Context,
     SearchError,
     compile_key,
+    content_from,
     content_of,
     needs_content,
 )
@@ -116,3 +117,31 @@ def test_a_large_mailbox_is_one_call_per_message() -> None:
     hits = sum(predicate(Candidate(i, i, frozenset(), NOW, 1, 1, fields), None)
                for i in range(1, 100_001))
     assert hits == 1000 + 95_001
+
+
+_CONTENT_SAMPLES = [
+    b"From: A <a@example.net>\r\nSubject: plain\r\n\r\nJust some Text here\r\n",
+    b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.net>\r\nSubject: =?iso-8859-1?q?caf=E9?=\r\n"
+    b"X-Folded: one\r\n two\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n"
+    b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable"
+    b"\r\n\r\nna=EFve soft=\r\nbreak\r\n--b\r\nContent-Type: text/html; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nPHA+w6l0w6k8L3A+\r\n--b--\r\n",
+    b"Subject: attached\r\nContent-Type: multipart/mixed; boundary=o\r\n\r\n--o\r\n"
+    b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body words\r\n--o\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"AAEC\r\n--o--\r\n",
+    b"Subject: odd charset\r\nContent-Type: text/plain; charset=x-unknown\r\n\r\nbytes \xe9\r\n",
+]
+
+
+@pytest.mark.parametrize("data", _CONTENT_SAMPLES)
+def test_content_from_the_structure_answers_as_the_stdlib_parse(data: bytes) -> None:
+    # content_from (the stored structure) must give HEADER/BODY/TEXT the same text to search as
+    # content_of (the stdlib parser) does.
+    fast, slow = content_from(parse_message(data), data), content_of(data)
+    assert fast.body_text == slow.body_text
+    assert fast.header_text == slow.header_text
+    # The stdlib keeps a folded value's CRLF; unfolded (as here) it is the same text.
+    assert fast.headers == {k: [v.replace("\r\n", "") for v in vs]
+                            for k, vs in slow.headers.items()}

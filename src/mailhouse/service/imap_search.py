@@ -14,14 +14,17 @@ folded when stored).
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import email
 import email.policy
+import quopri
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from mailhouse.message.searchfields import SearchFields, decode_words
+from mailhouse.message.structure import MessageStructure
 from mailhouse.proto.imap import search as sk
 from mailhouse.proto.imap.sequence import SequenceSet
 
@@ -219,4 +222,38 @@ def content_of(message: bytes) -> Content:
             texts.append(payload.decode(charset, "replace"))
         except LookupError:
             texts.append(payload.decode("utf-8", "replace"))
+    return Content(headers, header_text, "\n".join(texts).casefold())
+
+
+def content_from(structure: MessageStructure, message: bytes) -> Content:
+    """What content_of gives, from the structure stored at delivery instead of the stdlib
+    parser: the top-level header's fields, and every text part's body with its transfer
+    encoding and charset undone. Several times faster; same answers for HEADER/BODY/TEXT."""
+    root = structure.root
+    head = message[root.header_start:root.body_start]
+    head = head[:-4] if head.endswith(b"\r\n\r\n") else head.removesuffix(b"\r\n")
+    unfolded = head.decode("utf-8", "replace").replace("\r\n ", " ").replace("\r\n\t", " ")
+    header_text = decode_words(unfolded).casefold()
+    headers: dict[str, list[str]] = {}
+    for line in unfolded.split("\r\n"):
+        name, colon, value = line.partition(":")
+        if colon and name and " " not in name:
+            headers.setdefault(name.strip().upper(), []).append(
+                decode_words(value.strip()).casefold())
+    texts: list[str] = []
+    for part in root.walk():
+        content = part.content
+        if content.type != "text" or part.is_multipart:
+            continue
+        raw = message[part.body_start:part.body_end]
+        encoding = (content.encoding or "7bit").lower()
+        if encoding == "base64":
+            raw = binascii.a2b_base64(b"".join(raw.split()) + b"==")
+        elif encoding == "quoted-printable":
+            raw = quopri.decodestring(raw)
+        charset = dict(content.params).get("charset", "us-ascii")
+        try:
+            texts.append(raw.decode(charset, "replace"))
+        except LookupError:
+            texts.append(raw.decode("utf-8", "replace"))
     return Content(headers, header_text, "\n".join(texts).casefold())

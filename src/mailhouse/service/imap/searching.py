@@ -25,7 +25,7 @@ from mailhouse.service.imap_search import (
     Context,
     SearchError,
     compile_key,
-    content_of,
+    content_from,
     needs_content,
 )
 from mailhouse.service.imap_sort import ordered_subject, references, render_threads, sort_messages
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from mailhouse.service.imap.session import ImapSession
 
 _EMPTY_FIELDS: SearchFields = build_search_fields({})
+BATCH_READ_MAX = 256 * 1024  # messages a content search reads in one store call per batch
+BATCH_READ_TOTAL = 8 * 1024 * 1024  # ... and at most this much per batch
 
 
 class TooMuchContent(Exception):
@@ -83,6 +85,16 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
     async for rows in batches(session, selection, list(view.uids), factor):
         structures = (await store.structures(selection.id, [r.uid for r in rows])
                       if with_fields else {})
+        bodies: dict[int, bytes] = {}
+        if content:  # small messages of the batch in one store call
+            small, total = [], 0
+            for r in rows:
+                if r.size <= BATCH_READ_MAX and total + r.size <= BATCH_READ_TOTAL:
+                    small.append((r, 0, r.size))
+                    total += r.size
+            for (r, _, _), data in zip(small, await store.read_ranges(small), strict=True):
+                if data is not None:
+                    bodies[r.uid] = data
         for row in rows:
             seq = view.seq_of(row.uid)
             if seq is None:
@@ -99,10 +111,14 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
                 read += 1
                 if read > limit:
                     raise TooMuchContent
-                try:
-                    found = content_of(await store.read_range(row, 0, row.size))
-                except KeyError:  # expunged meanwhile
-                    continue
+                data = bodies.get(row.uid)
+                if data is None:
+                    try:
+                        data = await store.read_range(row, 0, row.size)
+                    except KeyError:  # expunged meanwhile
+                        continue
+                assert structure is not None
+                found = content_from(structure, data)
             if predicate(candidate, found):
                 yield candidate
 
