@@ -53,11 +53,13 @@ class Watch:
     """One subscriber (a session): the mailboxes of its account that changed since it last
     looked, coalesced (the highest MODSEQ per mailbox)."""
 
-    def __init__(self, account_id: int, on_close: Callable[[Watch], None]) -> None:
+    def __init__(self, account_id: int, on_close: Callable[[Watch], None],
+                 drain: Callable[[], None] | None = None) -> None:
         self.account_id = account_id
         self._pending: dict[int, int] = {}
         self._event = asyncio.Event()
         self._on_close = on_close
+        self._drain = drain
 
     def _add(self, change: Change) -> None:
         if change.modseq > self._pending.get(change.mailbox_id, -1):
@@ -69,6 +71,14 @@ class Watch:
         pending, self._pending = self._pending, {}
         self._event.clear()
         return pending
+
+    def poll(self) -> dict[int, int]:
+        """`take()` after reading every wake-up already sent to this process, so a change
+        committed before a client's next command (an SMTP 250, another session's OK) is seen
+        by that command even if the event loop has not read the datagram yet."""
+        if self._drain is not None:
+            self._drain()
+        return self.take()
 
     async def wait(self, timeout: float | None = None) -> dict[int, int]:
         """Wait until something changed (or `timeout` seconds); then `take()`."""
@@ -103,7 +113,7 @@ class _Fanout:
         self._watches: dict[int, set[Watch]] = {}
 
     def watch(self, account_id: int) -> Watch:
-        watch = Watch(account_id, self._forget)
+        watch = Watch(account_id, self._forget, self.drain)
         self._watches.setdefault(account_id, set()).add(watch)
         return watch
 
@@ -113,6 +123,9 @@ class _Fanout:
             watches.discard(watch)
             if not watches:
                 del self._watches[watch.account_id]
+
+    def drain(self) -> None:
+        """Read what other processes sent and not read yet (in-process: nothing to read)."""
 
     def dispatch(self, change: Change) -> None:
         for watch in self._watches.get(change.account_id, ()):
@@ -176,6 +189,10 @@ class SocketWakeups(_Fanout):
         self._sock, self._path = sock, path
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
+
+    def drain(self) -> None:
+        if self._sock is not None:
+            self._readable()
 
     def _readable(self) -> None:
         assert self._sock is not None

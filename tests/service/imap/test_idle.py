@@ -51,3 +51,38 @@ def test_idle_hears_deliveries_flags_and_expunges(kind: str, tmp_path: Path) -> 
             await store.close()
 
     asyncio.run(main())
+
+
+def test_commands_look_at_the_store_when_woken_or_after_the_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With wake-ups a command skips the store round trip unless one named its mailbox; a
+    # dropped wake-up is made up for by a look at least every FULL_SYNC_INTERVAL.
+    from mailhouse.service.imap import session as session_module
+
+    monkeypatch.setattr(session_module, "FULL_SYNC_INTERVAL", 0.2)
+
+    async def main() -> None:
+        wakeups = LocalWakeups()
+        store = open_store(tmp_path / "d", "sqlite", wakeups=wakeups)
+        await store.open()
+        try:
+            await store.add_domain("example.org")
+            account = await store.add_account("alice@example.org", "x")
+            client = Client(store, account, watch=wakeups.watch(account.id))
+            await client.login()
+            await client.ok(b"s SELECT INBOX")
+            await put(store, account, message(1))  # announced: seen at once
+            assert b"* 1 EXISTS" in await client.ok(b"a NOOP")
+            silent = open_store(tmp_path / "d", "sqlite")  # another writer, no wake-up sent
+            await silent.open()
+            try:
+                await put(silent, account, message(2))
+            finally:
+                await silent.close()
+            assert b"EXISTS" not in await client.ok(b"b NOOP")
+            await asyncio.sleep(0.25)
+            assert b"* 2 EXISTS" in await client.ok(b"c NOOP")
+        finally:
+            await store.close()
+
+    asyncio.run(main())

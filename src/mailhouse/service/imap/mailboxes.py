@@ -5,6 +5,7 @@ RFC 3348 CHILDREN, RFC 7162 CONDSTORE/QRESYNC, RFC 9208 QUOTA)."""
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING
 
 from mailhouse.proto.imap import commands as cmd
@@ -69,7 +70,8 @@ async def select(session: ImapSession, request: Request, respond: Responder) -> 
     keywords: set[str] = set()
     status = await store.status(info.id) or info
     view = MailboxView(uids)
-    selection = Selection(status, view, args.read_only, status.highest_modseq, keywords)
+    selection = Selection(status, view, args.read_only, status.highest_modseq, keywords,
+                          synced_at=time.monotonic())
     flags = flag_list(set(SYSTEM_FLAGS) | keywords)
     permanent = b"()" if args.read_only else flag_list(set(SYSTEM_FLAGS) | keywords | {"\\*"})
     lines = [

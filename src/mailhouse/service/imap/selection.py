@@ -41,7 +41,7 @@ class Selection:
     known_modseq: int  # every change up to this MODSEQ is in the view
     keywords: set[str] = field(default_factory=set)  # announced in FLAGS
     saved: frozenset[int] = frozenset()  # UIDs of SEARCH RETURN (SAVE), RFC 5182
-
+    synced_at: float = 0.0  # time.monotonic() of the last look at the store
     @property
     def id(self) -> int:
         return self.mailbox.id

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from mailhouse.errors import MailError
@@ -29,6 +30,7 @@ log = logging.getLogger("mailhouse.imap")
 # Commands during which EXPUNGE must not be sent (RFC 9051 §7.5.1); their UID forms may.
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH"})
 IDLE_POLL = 30.0  # seconds: look at the store during IDLE even without a wake-up
+FULL_SYNC_INTERVAL = 2.0  # seconds: look at the store at least this often between commands
 POLL_WITHOUT_WAKEUPS = 1.0  # seconds, when no wake-up channel exists (tests, one process)
 
 Handler = Callable[["ImapSession", Request, Responder], Awaitable[Completion]]
@@ -46,6 +48,7 @@ class ImapSession:
         self.condstore = False  # RFC 7162 §3.1: a CONDSTORE enabling command was seen
         self.appends = Appends(store, settings)
         self._closed = False
+        self._woken: set[int] = set()  # mailboxes a wake-up named since this session looked
 
     # --- what the session has turned on ------------------------------------------------------
     @property
@@ -90,13 +93,31 @@ class ImapSession:
                 await respond.send(lines)
         return done
 
+    def _stale(self, selection: Selection) -> bool:
+        """Whether the store may hold changes the view lacks. With wake-ups, only when one
+        came for this mailbox (or the last look is older than FULL_SYNC_INTERVAL, in case a
+        datagram was dropped under overload): most commands then skip the store round trip."""
+        watch = self._watch
+        now = time.monotonic()
+        if watch is None:
+            selection.synced_at = now
+            return True
+        changed = watch.poll()
+        if changed:
+            self._woken.update(changed)
+        if selection.id in self._woken or now - selection.synced_at >= FULL_SYNC_INTERVAL:
+            self._woken.discard(selection.id)
+            selection.synced_at = now
+            return True
+        return False
+
     async def refresh(self, respond: Responder, *, expunge_allowed: bool) -> bool:
         """Learn the store's changes and send what may be sent now. False: the mailbox is
         gone; the session is deselected and told BYE-free (a later command gets NO)."""
         selection = self.selection
         if selection is None:
             return True
-        if not await selection.sync(self.store):
+        if self._stale(selection) and not await selection.sync(self.store):
             self.selection = None
             await respond.send([b"OK [CLOSED] The mailbox was deleted"])
             return False
@@ -122,13 +143,13 @@ class ImapSession:
         """During IDLE: wait for a wake-up (or poll), then what may be told (RFC 2177)."""
         watch = self._watch
         if watch is not None:
-            await watch.wait(IDLE_POLL)
+            self._woken.update(await watch.wait(IDLE_POLL))
         else:
             await asyncio.sleep(POLL_WITHOUT_WAKEUPS)
         selection = self.selection
         if selection is None:
             return []
-        if not await selection.sync(self.store):
+        if self._stale(selection) and not await selection.sync(self.store):
             self.selection = None
             return [b"OK [CLOSED] The mailbox was deleted"]
         return self.updates(expunge_allowed=True)
