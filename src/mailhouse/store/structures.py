@@ -20,7 +20,10 @@ from mailhouse.store.blobs import BlobFiles
 
 READ_CHUNK = 256 * 1024
 INLINE_PARSE = 64 * 1024  # smaller messages are parsed on the event loop, larger in a thread
-_QUERY_CHUNK = 500  # UIDs per IN (...) list
+_QUERY_CHUNK = 500  # UIDs per query
+_SELECT = ("SELECT m.uid, m.blob_id, b.structure FROM messages m JOIN blobs b ON b.id = m.blob_id"
+           " WHERE m.mailbox_id = ?")
+_RANGE = _SELECT + " AND m.uid BETWEEN ? AND ?"
 
 
 def parse_bytes(data: bytes) -> bytes:
@@ -49,10 +52,16 @@ def load(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int,
     wanted = sorted(set(uids))
     for i in range(0, len(wanted), _QUERY_CHUNK):
         chunk = wanted[i:i + _QUERY_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            "SELECT m.uid, m.blob_id, b.structure FROM messages m JOIN blobs b ON b.id = m.blob_id"
-            f" WHERE m.mailbox_id = ? AND m.uid IN ({marks})", (mailbox_id, *chunk)).fetchall()
+        if chunk[-1] - chunk[0] < 4 * len(chunk):
+            # A dense run (the usual FETCH 1:*, SEARCH, SORT): one range scan of the
+            # (mailbox_id, uid) index, several times cheaper than an IN list of 500.
+            members = set(chunk)
+            rows = [r for r in conn.execute(_RANGE, (mailbox_id, chunk[0], chunk[-1]))
+                    if r[0] in members]
+        else:
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(_SELECT + f" AND m.uid IN ({marks})",
+                                (mailbox_id, *chunk)).fetchall()
         for uid, blob_id, data in rows:
             structure = None
             if data is not None:
