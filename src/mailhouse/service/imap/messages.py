@@ -9,12 +9,14 @@ FETCH over 100,000 messages never holds the mailbox in memory.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from mailhouse.errors import MailError
-from mailhouse.message.structure import MessageStructure
+from mailhouse.message.searchfields import build_search_fields
+from mailhouse.message.structure import MessageStructure, Part
 from mailhouse.proto.imap import commands as cmd
 from mailhouse.proto.imap.fetch import FetchAttribute
 from mailhouse.proto.imap.responses import compact, date_time
@@ -160,15 +162,22 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
     if names <= _ROW_ITEMS:
         return await _fetch_rows(session, selection, uids, attributes, args.changed_since,
                                  command.uid, respond)
+    header_only = needs_structure and all(
+        _top_header(a) for a in attributes if a.name in _NEEDS_STRUCTURE)
     async for rows in batches(session, selection, uids):
         found += len(rows)
         if args.changed_since is not None:
             rows = [row for row in rows if row.modseq > args.changed_since]
         if not rows:
             continue
-        structures = (await store.structures(selection.id, [r.uid for r in rows])
-                      if needs_structure else {})
-        cached = await _prefetch(session, rows, structures, attributes)
+        if header_only:
+            # Thunderbird's header download: the header's octets are all it needs, and
+            # where the header ends is found in them, without the stored structure.
+            structures, cached = await _headers(session, selection, rows)
+        else:
+            structures = (await store.structures(selection.id, [r.uid for r in rows])
+                          if needs_structure else {})
+            cached = await _prefetch(session, rows, structures, attributes)
         lines: list[bytes] = []
         pending = 0
         seen: list[int] = []
@@ -216,6 +225,55 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
 
 PREFETCH_WHOLE = 64 * 1024  # messages up to this size are read whole for BODY[]/RFC822/TEXT
 PREFETCH_BATCH = 8 * 1024 * 1024  # octets read ahead per batch at most
+
+
+HEADER_PROBE = 8 * 1024  # octets read to find where a header ends
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_NO_FIELDS = build_search_fields({})
+
+
+def _top_header(a: FetchAttribute) -> bool:
+    """Whether an item needs only the top-level header (RFC822.HEADER, BODY[HEADER],
+    BODY[HEADER.FIELDS (...)] and .NOT)."""
+    return a.name == "RFC822.HEADER" or (
+        a.name == "BODY" and a.section is not None and not a.section.part
+        and (a.section.text or "").startswith("HEADER"))
+
+
+def header_end(data: bytes) -> int | None:
+    """Where the body starts: after the first empty line (CRLF or a bare LF, as
+    message/structure.py decides); None when `data` has none."""
+    if data.startswith(b"\r\n"):
+        return 2
+    if data.startswith(b"\n"):
+        return 1
+    match = _BLANK_LINE.search(data)
+    return match.end() if match else None
+
+
+async def _headers(session: ImapSession, selection: Selection, rows: list[MessageInfo]
+                   ) -> tuple[dict[int, MessageStructure], dict[int, bytes]]:
+    """Each message's header octets in one store call, with a structure that knows only the
+    header's extent (all a header-only FETCH reads); the stored structure for a header longer
+    than HEADER_PROBE."""
+    wanted = [(row, 0, min(row.size, HEADER_PROBE)) for row in rows]
+    data = await session.store.read_ranges(wanted)
+    structures: dict[int, MessageStructure] = {}
+    cached: dict[int, bytes] = {}
+    long: list[int] = []
+    for row, head in zip(rows, data, strict=True):
+        if head is None:
+            continue
+        end = header_end(head)
+        if end is None and row.size > len(head):
+            long.append(row.uid)
+            continue
+        end = len(head) if end is None else end
+        structures[row.uid] = MessageStructure(Part(0, end, row.size), _NO_FIELDS, row.size)
+        cached[row.uid] = head
+    if long:
+        structures.update(await session.store.structures(selection.id, long))
+    return structures, cached
 
 
 async def _prefetch(session: ImapSession, rows: list[MessageInfo],
