@@ -259,11 +259,12 @@ async def test_a_live_version_1_store_upgrades_in_place(
         "INSERT INTO messages (mailbox_id, uid, modseq, flags, internal_date, size, blob_id)"
         " VALUES (?, ?, ?, ?, ?, 0 * ? + ?, ?)",
     )
-    # Nor a stored structure (version 8).
+    # Nor a stored structure (version 8) or search fields (version 9).
     monkeypatch.setattr(
         sqlite_messages,
         "_INSERT_BLOB",
-        "INSERT INTO blobs (id, size, refcount) VALUES (?, ?, ? + 0 * coalesce(length(?), 0))",
+        "INSERT INTO blobs (id, size, refcount)"
+        " VALUES (?, ?, ? + 0 * coalesce(length(?), 0) + 0 * coalesce(length(?), 0))",
     )
     # Nor a quota (version 7).
     monkeypatch.setattr(sqlite_messages, "quota_allows", lambda conn, account_id, adding: True)

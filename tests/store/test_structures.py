@@ -193,3 +193,36 @@ def test_spilled_spool_parses_like_the_whole_message(
     parsed = asyncio.run(write())
     if parsed is not None:
         assert from_bytes(parsed) == parse_message(data)
+
+
+async def test_search_fields_are_the_structures_own(store: Store) -> None:
+    inbox = await _inbox(store)
+    await deliver_bytes(store, MESSAGE, [DeliveryTarget(inbox.account_id)])
+    spool = store.new_spool()
+    await spool.write(MESSAGE.replace(b"Parts", b"Appended"))
+    await store.append(inbox.id, spool)
+    fields = await store.search_fields(inbox.id, [1, 2, 99])
+    structures = await store.structures(inbox.id, [1, 2])
+    assert set(fields) == {1, 2}
+    assert fields == {uid: s.search for uid, s in structures.items()}
+
+
+async def test_search_fields_stored_at_delivery_and_derived_for_old_rows(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "data")
+    await store.open()
+    try:
+        inbox = await _inbox(store)
+        await deliver_bytes(store, MESSAGE, [DeliveryTarget(inbox.account_id)])
+        db = tmp_path / "data" / "mailhouse.db"
+        with sqlite3.connect(db) as conn:
+            (search,) = conn.execute("SELECT search FROM blobs").fetchone()
+            assert search is not None and len(search) < 600
+            conn.execute("UPDATE blobs SET search = NULL")  # as a row stored before version 9
+        expected = parse_message(MESSAGE).search
+        assert (await store.search_fields(inbox.id, [1]))[1] == expected
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT search FROM blobs").fetchone()[0] is not None
+            conn.execute("UPDATE blobs SET search = ?", (b"[0, []]",))  # another version
+        assert (await store.search_fields(inbox.id, [1]))[1] == expected
+    finally:
+        await store.close()

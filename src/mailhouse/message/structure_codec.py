@@ -100,3 +100,23 @@ def from_bytes(blob: bytes) -> MessageStructure:
         raise
     except (ValueError, KeyError, IndexError, TypeError, RecursionError) as exc:
         raise StructureFormatError(f"damaged structure: {exc}") from exc
+
+
+def search_to_bytes(fields: SearchFields) -> bytes:
+    """The search and sort fields alone (a few hundred octets), so SEARCH on addresses and
+    subjects, SORT and THREAD read and decode only these, not the whole structure."""
+    doc = [FORMAT_VERSION, _search(fields)]
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode(
+        "utf-8", errors="surrogatepass")
+
+
+def search_from_bytes(blob: bytes) -> SearchFields:
+    try:
+        doc = json.loads(blob.decode("utf-8", errors="surrogatepass"))
+        if not isinstance(doc, list) or len(doc) != 2 or doc[0] != FORMAT_VERSION:
+            raise StructureFormatError(f"not version {FORMAT_VERSION} search fields")
+        return SearchFields(*doc[1])
+    except StructureFormatError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise StructureFormatError(f"damaged search fields: {exc}") from exc

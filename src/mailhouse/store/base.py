@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure
 from mailhouse.model import Account, Directory
 from mailhouse.store.wakeup import Wakeups
@@ -449,6 +450,12 @@ class Store(Protocol):
     ) -> list[bytes | None]:
         """`read_range` for many messages at once, in order; None for a message whose blob is
         gone. Lets a FETCH of many headers or small bodies read a batch in one go."""
+        ...
+
+    async def search_fields(self, mailbox_id: int,
+                            uids: Sequence[int]) -> dict[int, SearchFields]:
+        """The search and sort fields of each message by UID (`structures(...)[uid].search`,
+        kept apart so SEARCH on addresses and subjects, SORT and THREAD read only them)."""
         ...
 
     async def structures(self, mailbox_id: int,

@@ -75,6 +75,7 @@ class SealedBlob:
     blob_id: str
     size: int
     structure: bytes | None = None  # message/structure_codec bytes, stored with the blob row
+    search: bytes | None = None  # its search fields alone (structure_codec.search_to_bytes)
 
     @property
     def day(self) -> str:

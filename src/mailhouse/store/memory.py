@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure, parse_message
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
@@ -729,6 +730,10 @@ class MemoryStore(MemoryQueue):
                     blob.structure = parse_message(blob.data)
                 out[message.uid] = blob.structure
         return out
+
+    async def search_fields(self, mailbox_id: int,
+                            uids: Sequence[int]) -> dict[int, SearchFields]:
+        return {uid: s.search for uid, s in (await self.structures(mailbox_id, uids)).items()}
 
     async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:
         self._check_open()

@@ -61,6 +61,12 @@ Version 8 (issue 8, parse once at delivery):
   in the delivery's transaction and shared by every copy. NULL for blobs stored before (and
   for queue-only blobs): parsed on first use and saved then, as is a structure of an older
   codec version.
+
+Version 9 (issue 8, search without the structure):
+- `blobs.search`: the search and sort fields alone (message/structure_codec.search_to_bytes),
+  written beside the structure, so SEARCH on addresses and subjects, SORT and THREAD decode a
+  few hundred octets per message instead of the whole MIME tree. NULL for older blobs: derived
+  from the structure on first use and saved.
 """
 
 from __future__ import annotations
@@ -203,7 +209,11 @@ ALTER TABLE blobs ADD COLUMN structure BLOB;
 """
 
 # MIGRATIONS[i] upgrades version i to version i + 1. Append only.
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
+_V9 = """
+ALTER TABLE blobs ADD COLUMN search BLOB;
+"""
+
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9]
 
 
 def latest_version() -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.errors import MailError
+from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure
 from mailhouse.model import Account, Directory
 from mailhouse.store import (
@@ -405,7 +406,10 @@ class SqliteStore:
         blob = await spool.seal()
         if parse and data is None:
             structure = spool.parsed()
-        return dataclasses.replace(blob, structure=structure) if structure is not None else blob
+        if structure is None:
+            return blob
+        return dataclasses.replace(blob, structure=structure,
+                                   search=structures.search_of(structure))
 
     async def structures(self, mailbox_id: int,
                          uids: Sequence[int]) -> dict[int, MessageStructure]:
@@ -413,6 +417,15 @@ class SqliteStore:
             partial(structures.load, files=self._files, mailbox_id=mailbox_id, uids=uids))
         if parsed:
             await self._write(partial(structures.save, parsed=parsed))
+        return found
+
+    async def search_fields(self, mailbox_id: int,
+                            uids: Sequence[int]) -> dict[int, SearchFields]:
+        found, derived = await self._read(
+            partial(structures.load_search, files=self._files, mailbox_id=mailbox_id,
+                    uids=uids))
+        if derived:
+            await self._write(partial(structures.save_search, derived=derived))
         return found
 
     async def read_range(self, message: MessageInfo, start: int, end: int) -> bytes:

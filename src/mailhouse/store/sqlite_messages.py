@@ -165,11 +165,13 @@ def deliver(
     return outcomes
 
 
-_INSERT_BLOB = "INSERT INTO blobs (id, size, refcount, structure) VALUES (?, ?, ?, ?)"
+_INSERT_BLOB = ("INSERT INTO blobs (id, size, refcount, structure, search)"
+                " VALUES (?, ?, ?, ?, ?)")
 
 
 def _new_blob(conn: sqlite3.Connection, blob: SealedBlob, references: int) -> None:
-    conn.execute(_INSERT_BLOB, (blob.blob_id, blob.size, references, blob.structure))
+    conn.execute(_INSERT_BLOB,
+                 (blob.blob_id, blob.size, references, blob.structure, blob.search))
 
 
 def append(

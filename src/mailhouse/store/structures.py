@@ -14,22 +14,58 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure, StructureParser
-from mailhouse.message.structure_codec import StructureFormatError, from_bytes, to_bytes
+from mailhouse.message.structure_codec import (
+    StructureFormatError,
+    from_bytes,
+    search_from_bytes,
+    search_to_bytes,
+    to_bytes,
+)
 from mailhouse.store.blobs import BlobFiles
 
 READ_CHUNK = 256 * 1024
 INLINE_PARSE = 64 * 1024  # smaller messages are parsed on the event loop, larger in a thread
 _QUERY_CHUNK = 500  # UIDs per query
-_SELECT = ("SELECT m.uid, m.blob_id, b.structure FROM messages m JOIN blobs b ON b.id = m.blob_id"
+_SELECT = ("SELECT m.uid, m.blob_id, b.{column} FROM messages m JOIN blobs b ON b.id = m.blob_id"
            " WHERE m.mailbox_id = ?")
 _RANGE = _SELECT + " AND m.uid BETWEEN ? AND ?"
+
+
+def _rows(conn: sqlite3.Connection, column: str, mailbox_id: int,
+          uids: Sequence[int]) -> list[tuple[int, str, bytes | None]]:
+    """(uid, blob id, column) of these messages: a dense run of UIDs by one range scan of the
+    (mailbox_id, uid) index (the usual FETCH 1:*, SEARCH, SORT), several times cheaper than an
+    IN list; a sparse one by IN lists."""
+    out: list[tuple[int, str, bytes | None]] = []
+    wanted = sorted(set(uids))
+    for i in range(0, len(wanted), _QUERY_CHUNK):
+        chunk = wanted[i:i + _QUERY_CHUNK]
+        if chunk[-1] - chunk[0] < 4 * len(chunk):
+            members = set(chunk)
+            out += [r for r in conn.execute(_RANGE.format(column=column),
+                                            (mailbox_id, chunk[0], chunk[-1]))
+                    if r[0] in members]
+        else:
+            marks = ",".join("?" * len(chunk))
+            out += conn.execute(_SELECT.format(column=column) + f" AND m.uid IN ({marks})",
+                                (mailbox_id, *chunk)).fetchall()
+    return out
 
 
 def parse_bytes(data: bytes) -> bytes:
     parser = StructureParser()
     parser.feed(data)
     return to_bytes(parser.finish())
+
+
+def search_of(structure: bytes) -> bytes | None:
+    """The search-fields bytes of a structure's codec bytes (None if they are damaged)."""
+    try:
+        return search_to_bytes(from_bytes(structure).search)
+    except StructureFormatError:
+        return None
 
 
 def parse_file(files: BlobFiles, blob_id: str) -> bytes | None:
@@ -49,34 +85,49 @@ def load(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int,
     """Structures by UID, and (codec bytes, blob id) of those parsed now, to be saved."""
     found: dict[int, MessageStructure] = {}
     parsed: dict[str, bytes] = {}
-    wanted = sorted(set(uids))
-    for i in range(0, len(wanted), _QUERY_CHUNK):
-        chunk = wanted[i:i + _QUERY_CHUNK]
-        if chunk[-1] - chunk[0] < 4 * len(chunk):
-            # A dense run (the usual FETCH 1:*, SEARCH, SORT): one range scan of the
-            # (mailbox_id, uid) index, several times cheaper than an IN list of 500.
-            members = set(chunk)
-            rows = [r for r in conn.execute(_RANGE, (mailbox_id, chunk[0], chunk[-1]))
-                    if r[0] in members]
-        else:
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(_SELECT + f" AND m.uid IN ({marks})",
-                                (mailbox_id, *chunk)).fetchall()
-        for uid, blob_id, data in rows:
-            structure = None
-            if data is not None:
-                try:
-                    structure = from_bytes(data)
-                except StructureFormatError:
-                    structure = None
-            if structure is None:
-                fresh = parsed.get(blob_id) or parse_file(files, blob_id)
-                if fresh is None:
-                    continue  # the file is gone: the message is being expunged
-                parsed[blob_id] = fresh
-                structure = from_bytes(fresh)
-            found[uid] = structure
+    for uid, blob_id, data in _rows(conn, "structure", mailbox_id, uids):
+        structure = None
+        if data is not None:
+            try:
+                structure = from_bytes(data)
+            except StructureFormatError:
+                structure = None
+        if structure is None:
+            fresh = parsed.get(blob_id) or parse_file(files, blob_id)
+            if fresh is None:
+                continue  # the file is gone: the message is being expunged
+            parsed[blob_id] = fresh
+            structure = from_bytes(fresh)
+        found[uid] = structure
     return found, [(data, blob_id) for blob_id, data in parsed.items()]
+
+
+def load_search(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int, uids: Sequence[int]
+                ) -> tuple[dict[int, SearchFields], list[tuple[bytes, str]]]:
+    """Search fields by UID, and (bytes, blob id) of those derived now from the structure."""
+    found: dict[int, SearchFields] = {}
+    missing: list[int] = []
+    for uid, _blob_id, data in _rows(conn, "search", mailbox_id, uids):
+        try:
+            found[uid] = search_from_bytes(data) if data is not None else _missing()
+        except StructureFormatError:
+            missing.append(uid)
+    derived: list[tuple[bytes, str]] = []
+    if missing:
+        structures, _ = load(conn, files, mailbox_id, missing)
+        blob_of = {uid: blob_id for uid, blob_id, _ in _rows(conn, "size", mailbox_id, missing)}
+        for uid, structure in structures.items():
+            found[uid] = structure.search
+            derived.append((search_to_bytes(structure.search), blob_of[uid]))
+    return found, derived
+
+
+def _missing() -> SearchFields:
+    raise StructureFormatError("no search fields stored")
+
+
+def save_search(conn: sqlite3.Connection, derived: list[tuple[bytes, str]]) -> None:
+    conn.executemany("UPDATE blobs SET search = ? WHERE id = ?", derived)
 
 
 def save(conn: sqlite3.Connection, parsed: list[tuple[bytes, str]]) -> None:

@@ -83,8 +83,12 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
     limit = session.settings.search_content_limit
     factor = 1 if with_fields else ROW_BATCH_FACTOR
     async for rows in batches(session, selection, list(view.uids), factor):
-        structures = (await store.structures(selection.id, [r.uid for r in rows])
-                      if with_fields else {})
+        batch = [r.uid for r in rows]
+        # Content keys need the whole structure (text parts); others only the search fields.
+        structures = await store.structures(selection.id, batch) if content else {}
+        searchable = (await store.search_fields(selection.id, batch)
+                      if with_fields and not content else
+                      {uid: s.search for uid, s in structures.items()})
         bodies: dict[int, bytes] = {}
         if content:  # small messages of the batch in one store call
             small, total = [], 0
@@ -100,12 +104,12 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
             if seq is None:
                 continue
             structure = structures.get(row.uid)
-            if with_fields and structure is None:
+            searched = searchable.get(row.uid)
+            if with_fields and searched is None:
                 continue  # expunged meanwhile
             facts = _facts(row)
             candidate = Candidate(seq, row.uid, row.flags, facts.internal_date, row.size,
-                                  row.modseq,
-                                  structure.search if structure is not None else _EMPTY_FIELDS)
+                                  row.modseq, searched if searched is not None else _EMPTY_FIELDS)
             found = None
             if content:
                 read += 1
