@@ -74,6 +74,16 @@ def resolve_postmaster(directory: Directory) -> Resolution:
     return Resolution(Route.UNKNOWN_USER)
 
 
+def resolve_rcpt(directory: Directory, recipient: Address | None,
+                 plus_separator: str = "+") -> tuple[Address, Resolution]:
+    """An RCPT TO's recipient and where it goes; `None` is the bare <Postmaster> (named then
+    as the postmaster of our first domain)."""
+    if recipient is None:
+        return (Address("postmaster", min(directory.domains, default="invalid")),
+                resolve_postmaster(directory))
+    return recipient, resolve(directory, recipient, plus_separator)
+
+
 def _first_account(directory: Directory, domain: str) -> int | None:
     suffix = "@" + domain
     ids = [aid for key, aid in directory.users.items() if key.endswith(suffix)]

@@ -72,18 +72,21 @@ class SearchError(ValueError):
         self.code = code
 
 
-def needs_content(key: sk.SearchKey) -> bool:
-    if isinstance(key, sk.HeaderKey):
-        return True
-    if isinstance(key, sk.TextKey):
-        return key.field in ("BODY", "TEXT")
+def any_key(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
+    """Whether `test` holds for any leaf of the search tree (And, Or, Not walked)."""
     if isinstance(key, sk.And):
-        return any(needs_content(k) for k in key.keys)
+        return any(any_key(k, test) for k in key.keys)
     if isinstance(key, sk.Or):
-        return needs_content(key.left) or needs_content(key.right)
+        return any_key(key.left, test) or any_key(key.right, test)
     if isinstance(key, sk.Not):
-        return needs_content(key.key)
-    return False
+        return any_key(key.key, test)
+    return test(key)
+
+
+def needs_content(key: sk.SearchKey) -> bool:
+    """HEADER, BODY and TEXT read the message itself."""
+    return any_key(key, lambda k: isinstance(k, sk.HeaderKey) or (
+        isinstance(k, sk.TextKey) and k.field in ("BODY", "TEXT")))
 
 
 def compile_key(key: sk.SearchKey, context: Context) -> Predicate:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from mailhouse.errors import MailError, Reply, StorageFull
 from mailhouse.model import Address, Envelope
 from mailhouse.pipeline.modifiers import protocol_keyword, trace_headers
-from mailhouse.pipeline.router import Resolution, Route, resolve, resolve_postmaster
+from mailhouse.pipeline.router import Resolution, Route, resolve_rcpt
 from mailhouse.proto.smtp import events as ev
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.mailbox_quota import MAILBOX_FULL, grace_targets, has_limit, over_quota
@@ -130,12 +130,8 @@ class InboundSession:
         return RECIPIENT_OK
 
     def _resolve(self, event: ev.RcptTo) -> tuple[Address, Resolution]:
-        directory = self._service.directory.current
-        if event.recipient is None:
-            recipient = Address("postmaster", min(directory.domains, default="invalid"))
-            return recipient, resolve_postmaster(directory)
-        return event.recipient, resolve(directory, event.recipient,
-                                        self._service.policy.plus_separator)
+        return resolve_rcpt(self._service.directory.current, event.recipient,
+                            self._service.policy.plus_separator)
 
     def _add(self, recipient: Address, found: Resolution) -> None:
         self._recipients.append(recipient)

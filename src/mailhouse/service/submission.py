@@ -35,8 +35,7 @@ from mailhouse.pipeline.router import (
     MAX_ALIAS_DEPTH,
     Resolution,
     Route,
-    resolve,
-    resolve_postmaster,
+    resolve_rcpt,
 )
 from mailhouse.proto.smtp import events as ev
 from mailhouse.proto.smtp.server import AUTH_FAILED, AUTH_REQUIRED
@@ -252,12 +251,8 @@ class SubmissionSession:
         return RECIPIENT_OK
 
     def _resolve(self, event: ev.RcptTo) -> tuple[Address, Resolution]:
-        directory = self._service.directory.current
-        if event.recipient is None:
-            recipient = Address("postmaster", min(directory.domains, default="invalid"))
-            return recipient, resolve_postmaster(directory)
-        return event.recipient, resolve(directory, event.recipient,
-                                        self._service.policy.plus_separator)
+        return resolve_rcpt(self._service.directory.current, event.recipient,
+                            self._service.policy.plus_separator)
 
     def _add(self, recipient: Address, found: Resolution) -> None:
         self._recipients.append(recipient)

@@ -24,6 +24,7 @@ from mailhouse.service.imap_search import (
     Candidate,
     Context,
     SearchError,
+    any_key,
     compile_key,
     content_from,
     needs_content,
@@ -44,29 +45,12 @@ class TooMuchContent(Exception):
 
 def needs_fields(key: sk.SearchKey) -> bool:
     """Keys answered from the stored search fields (address and subject strings, Date)."""
-    if isinstance(key, sk.TextKey):
-        return key.field not in ("BODY", "TEXT")
-    if isinstance(key, sk.DateKey):
-        return key.sent
-    if isinstance(key, sk.And):
-        return any(needs_fields(k) for k in key.keys)
-    if isinstance(key, sk.Or):
-        return needs_fields(key.left) or needs_fields(key.right)
-    if isinstance(key, sk.Not):
-        return needs_fields(key.key)
-    return False
+    return any_key(key, lambda k: (isinstance(k, sk.TextKey) and k.field not in ("BODY", "TEXT"))
+                   or (isinstance(k, sk.DateKey) and k.sent))
 
 
 def uses_modseq(key: sk.SearchKey) -> bool:
-    if isinstance(key, sk.ModSeqKey):
-        return True
-    if isinstance(key, sk.And):
-        return any(uses_modseq(k) for k in key.keys)
-    if isinstance(key, sk.Or):
-        return uses_modseq(key.left) or uses_modseq(key.right)
-    if isinstance(key, sk.Not):
-        return uses_modseq(key.key)
-    return False
+    return any_key(key, lambda k: isinstance(k, sk.ModSeqKey))
 
 
 async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey,
