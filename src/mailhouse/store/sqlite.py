@@ -159,6 +159,15 @@ class SqliteStore:
             self._owners[mailbox_id] = account_id
         self._wakeups.publish(account_id, mailbox_id, modseq)
 
+    def _announce(self, changed: list[tuple[int, int, int]]) -> None:
+        """Publish what a committed write reported: (account id, mailbox id, its new
+        HIGHESTMODSEQ), learnt in the write itself, so no read follows it."""
+        if self._wakeups is None:
+            return
+        for account_id, mailbox_id, modseq in changed:
+            self._owners[mailbox_id] = account_id
+            self._wakeups.publish(account_id, mailbox_id, modseq)
+
     @property
     def writer_stats(self) -> WriterStats:
         """Batches and jobs committed so far: how well group commit is grouping."""
@@ -381,10 +390,7 @@ class SqliteStore:
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
-        if self._wakeups is not None:
-            for account_id, mailbox_id, modseq in changed:
-                self._owners[mailbox_id] = account_id
-                self._wakeups.publish(account_id, mailbox_id, modseq)
+        self._announce(changed)
         if queued is None and Outcome.DELIVERED not in outcomes:  # no row points at the file
             await asyncio.get_running_loop().run_in_executor(
                 self._open_pool(), partial(self._forget_blob, blob.blob_id, False)
@@ -566,10 +572,11 @@ class SqliteStore:
         return await asyncio.shield(self._expunge(mailbox_id, wanted))
 
     async def _expunge(self, mailbox_id: int, uids: list[int]) -> int:
-        apply = partial(sqlite_expunge.expunge, mailbox_id=mailbox_id, uids=uids)
+        changed: list[tuple[int, int, int]] = []
+        apply = partial(sqlite_expunge.expunge, mailbox_id=mailbox_id, uids=uids,
+                        changed=changed)
         removed, dead = await self._write(apply)
-        if removed:
-            await self._publish(mailbox_id)
+        self._announce(changed)
         if dead:  # the dropper unlinks drops arriving together as one group
             await asyncio.gather(*(self._drop_blob(blob_id) for blob_id in dead))
         return removed
@@ -596,6 +603,7 @@ class SqliteStore:
             raise
         date = time.time() if internal_date is None else internal_date
         blob = await self._seal_parsed(spool, parse=True)
+        changed: list[tuple[int, int, int]] = []
         apply = partial(
             sqlite_messages.append,
             mailbox_id=mailbox_id,
@@ -603,13 +611,14 @@ class SqliteStore:
             flags=encoded,
             internal_date=date,
             internal_zone=zone,
+            changed=changed,
         )
         result: tuple[int, int] = await writer.run(
             apply,
             sync_days=frozenset({blob.day}),
             on_failure=partial(self._forget_blob, blob.blob_id),
         )
-        await self._publish(mailbox_id)
+        self._announce(changed)
         return result
 
     async def store_flags(
@@ -620,6 +629,7 @@ class SqliteStore:
         flags: Sequence[str],
         unchanged_since: int | None = None,
     ) -> FlagUpdate:
+        changed: list[tuple[int, int, int]] = []
         apply = partial(
             sqlite_messages.store_flags,
             mailbox_id=mailbox_id,
@@ -627,33 +637,30 @@ class SqliteStore:
             op=op,
             flags=check_flags(flags),
             unchanged_since=unchanged_since,
+            changed=changed,
         )
         update: FlagUpdate = await self._write(apply)
-        if update.modseq:
-            await self._publish(mailbox_id, update.modseq)
+        self._announce(changed)
         return update
 
     async def copy_messages(
         self, source_id: int, uids: Sequence[int], target_id: int
     ) -> CopyResult:
-        apply = partial(
-            sqlite_messages.copy, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
-        )
+        changed: list[tuple[int, int, int]] = []
+        apply = partial(sqlite_messages.copy, source_id=source_id, uids=sorted(set(uids)),
+                        target_id=target_id, changed=changed)
         result: CopyResult = await self._write(apply)
-        if result.uids:
-            await self._publish(target_id)
+        self._announce(changed)
         return result
 
     async def move_messages(
         self, source_id: int, uids: Sequence[int], target_id: int
     ) -> CopyResult:
-        apply = partial(
-            sqlite_messages.move, source_id=source_id, uids=sorted(set(uids)), target_id=target_id
-        )
+        changed: list[tuple[int, int, int]] = []
+        apply = partial(sqlite_messages.move, source_id=source_id, uids=sorted(set(uids)),
+                        target_id=target_id, changed=changed)
         result: CopyResult = await self._write(apply)
-        if result.uids:
-            await self._publish(source_id)
-            await self._publish(target_id)
+        self._announce(changed)
         return result
 
     async def list_expunged(self, mailbox_id: int, since_modseq: int = 0) -> list[ExpungedMessage]:

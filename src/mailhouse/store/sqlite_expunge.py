@@ -21,10 +21,12 @@ from mailhouse.store.base import ExpungedMessage
 from mailhouse.store.rules import decode_flags, flag_counts
 
 
-def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: list[int]) -> tuple[int, list[str]]:
+def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: list[int],
+            changed: list[tuple[int, int, int]] | None = None) -> tuple[int, list[str]]:
     """Delete the rows, claim one MODSEQ for the whole change, record the history, and drop one
     blob reference per row. Returns how many rows went and the blobs now without references
-    (the caller unlinks them after the commit). json_each binds any number of UIDs as one
+    (the caller unlinks them after the commit); `changed` receives (account id, mailbox id,
+    MODSEQ) for wake-ups. json_each binds any number of UIDs as one
     parameter (no SQLITE_MAX_VARIABLE_NUMBER to split around)."""
     gone = conn.execute(
         "DELETE FROM messages WHERE mailbox_id = ? AND uid IN (SELECT value FROM json_each(?))"
@@ -36,10 +38,10 @@ def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: list[int]) -> tuple
     # RFC 7162 §3.1: the change gets a MODSEQ above every earlier one in the mailbox; all the
     # messages of one operation share it, as for a STORE on several messages.
     counts = [flag_counts(decode_flags(flags)) for _, _, flags, _ in gone]
-    (modseq,) = conn.execute(
+    modseq, account_id = conn.execute(
         "UPDATE mailboxes SET highest_modseq = highest_modseq + 1,"
         " message_count = message_count - ?, unseen = unseen - ?, deleted = deleted - ?,"
-        " total_size = total_size - ? WHERE id = ? RETURNING highest_modseq",
+        " total_size = total_size - ? WHERE id = ? RETURNING highest_modseq, account_id",
         (
             len(gone),
             sum(u for u, _ in counts),
@@ -48,6 +50,8 @@ def expunge(conn: sqlite3.Connection, mailbox_id: int, uids: list[int]) -> tuple
             mailbox_id,
         ),
     ).fetchone()
+    if changed is not None:
+        changed.append((account_id, mailbox_id, modseq))
     # UIDs are never reused in a mailbox (RFC 9051 §2.3.1.1), so a conflict cannot happen; if an
     # old row ever survived it, the newest MODSEQ is the one a resynchronising client needs.
     conn.executemany(

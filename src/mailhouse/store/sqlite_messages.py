@@ -181,6 +181,7 @@ def append(
     flags: str,
     internal_date: float,
     internal_zone: int,
+    changed: list[tuple[int, int, int]] | None = None,
 ) -> tuple[int, int]:
     owner = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?", (mailbox_id,))
     row = owner.fetchone()
@@ -197,6 +198,8 @@ def append(
         (mailbox_id, uid, modseq, flags, internal_date, internal_zone, blob.size, blob.blob_id),
     )
     _new_blob(conn, blob, 1)
+    if changed is not None:
+        changed.append((row[0], mailbox_id, modseq))
     return uidvalidity, uid
 
 
@@ -207,8 +210,11 @@ def store_flags(
     op: FlagOp,
     flags: frozenset[str],
     unchanged_since: int | None,
+    changed: list[tuple[int, int, int]] | None = None,
 ) -> FlagUpdate:
-    if conn.execute("SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)).fetchone() is None:
+    owner = conn.execute("SELECT account_id FROM mailboxes WHERE id = ?", (mailbox_id,))
+    found = owner.fetchone()
+    if found is None:
         raise NoSuchMailbox(mailbox_id)
     rows = conn.execute(
         "SELECT uid, flags, modseq FROM messages WHERE " + _SELECTED + " ORDER BY uid",
@@ -239,8 +245,10 @@ def store_flags(
         "UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?",
         [(encode_flags(new), modseq, mailbox_id, uid) for uid, new in changes],
     )
-    changed = tuple(MessageFlags(uid, new, modseq) for uid, new in changes)
-    return FlagUpdate(modseq, changed, tuple(failed))
+    if changed is not None:
+        changed.append((found[0], mailbox_id, modseq))
+    return FlagUpdate(modseq, tuple(MessageFlags(uid, new, modseq) for uid, new in changes),
+                      tuple(failed))
 
 
 def copy(
@@ -249,6 +257,7 @@ def copy(
     uids: list[int],
     target_id: int,
     quota_checked: bool = True,
+    changed: list[tuple[int, int, int]] | None = None,
 ) -> CopyResult:
     found = dict(
         conn.execute(
@@ -290,6 +299,8 @@ def copy(
     )
     for blob_id, count in sorted(Counter(row[5] for row in rows).items()):
         conn.execute("UPDATE blobs SET refcount = refcount + ? WHERE id = ?", (count, blob_id))
+    if changed is not None:
+        changed.append((found[target_id], target_id, modseq))
     return CopyResult(uidvalidity, tuple((row[0], first + i) for i, row in enumerate(rows)))
 
 
@@ -323,10 +334,12 @@ def set_quota(conn: sqlite3.Connection, address: str, limit: int | None) -> bool
 
 
 def move(
-    conn: sqlite3.Connection, source_id: int, uids: list[int], target_id: int
+    conn: sqlite3.Connection, source_id: int, uids: list[int], target_id: int,
+    changed: list[tuple[int, int, int]] | None = None,
 ) -> CopyResult:
     """The copies add their references before the originals drop theirs: no blob is ever at 0."""
-    result = copy(conn, source_id, uids, target_id, quota_checked=False)  # usage unchanged
+    result = copy(conn, source_id, uids, target_id, quota_checked=False,  # usage unchanged
+                  changed=changed)
     if result.uids:
-        sqlite_expunge.expunge(conn, source_id, [source for source, _ in result.uids])
+        sqlite_expunge.expunge(conn, source_id, [source for source, _ in result.uids], changed)
     return result
