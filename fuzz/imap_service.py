@@ -16,7 +16,8 @@ from fuzz.input import FuzzInput, expand, header
 from mailhouse.proto.imap.config import ParserConfig
 from mailhouse.proto.imap.server import ImapServerConfig
 from mailhouse.service.imap import CAPABILITIES, ENABLEABLE, ImapSettings
-from tests.service.imap.harness import Client, ParsingMemoryStore
+from mailhouse.store.memory import MemoryStore
+from tests.service.imap.harness import Client
 
 WORDS = (
     b"a ", b"b ", b"SELECT ", b"EXAMINE ", b"INBOX", b"Trash", b"Work/Sub", b"NOOP", b"\r\n",
@@ -47,7 +48,7 @@ _MESSAGES = (
 
 
 async def _run(streams: list[bytes], qresync: bool) -> list[bytes]:
-    store = ParsingMemoryStore()
+    store = MemoryStore()
     await store.open()
     await store.add_domain("example.org")
     account = await store.add_account("alice@example.org", "x")

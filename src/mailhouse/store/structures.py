@@ -109,9 +109,12 @@ def load_search(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int, uid
     missing: list[int] = []
     for uid, _blob_id, data in _rows(conn, "search", mailbox_id, uids):
         try:
-            found[uid] = search_from_bytes(data) if data is not None else _missing()
+            if data is not None:
+                found[uid] = search_from_bytes(data)
+                continue
         except StructureFormatError:
-            missing.append(uid)
+            pass
+        missing.append(uid)
     derived: list[tuple[bytes, str]] = []
     if missing:
         structures, _ = load(conn, files, mailbox_id, missing)
@@ -120,10 +123,6 @@ def load_search(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int, uid
             found[uid] = structure.search
             derived.append((search_to_bytes(structure.search), blob_of[uid]))
     return found, derived
-
-
-def _missing() -> SearchFields:
-    raise StructureFormatError("no search fields stored")
 
 
 def save_search(conn: sqlite3.Connection, derived: list[tuple[bytes, str]]) -> None:

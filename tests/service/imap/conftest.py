@@ -9,7 +9,8 @@ import pytest
 from mailhouse.model import Account
 from mailhouse.store import STORE_KINDS, open_store
 from mailhouse.store.base import Store
-from tests.service.imap.harness import Client, ParsingMemoryStore
+from mailhouse.store.memory import MemoryStore
+from tests.service.imap.harness import Client
 
 Scenario = Callable[[Store, Account], Awaitable[None]]
 Runner = Callable[[Scenario], None]
@@ -17,7 +18,7 @@ Runner = Callable[[Scenario], None]
 
 def run_scenario(scenario: Scenario, tmp_path: Path, kind: str = "memory") -> None:
     async def main() -> None:
-        store: Store = ParsingMemoryStore() if kind == "memory" else open_store(tmp_path / "d")
+        store: Store = MemoryStore() if kind == "memory" else open_store(tmp_path / "d")
         await store.open()
         try:
             await store.add_domain("example.org")

@@ -11,10 +11,7 @@ from mailhouse.proto.imap.server import ImapServer, ImapServerConfig, LoginOutco
 from mailhouse.service.imap import CAPABILITIES, ENABLEABLE, ImapSettings
 from mailhouse.service.imap.session import ImapSession
 from mailhouse.store.base import Store
-from mailhouse.store.memory import MemoryStore
 from mailhouse.store.wakeup import Watch
-
-ParsingMemoryStore = MemoryStore  # the memory store parses structures itself now
 
 
 class _Collect:

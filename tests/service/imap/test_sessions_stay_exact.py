@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailhouse.store.base import Store
+from mailhouse.store.memory import MemoryStore
 from tests.service.imap.conftest import message, put
-from tests.service.imap.harness import Client, ParsingMemoryStore
+from tests.service.imap.harness import Client
 
 _LINE = re.compile(rb"\* (\d+) (EXISTS|EXPUNGE|FETCH \(UID (\d+))|\* VANISHED (\S+)")
 
@@ -78,7 +79,7 @@ OPS = st.lists(st.tuples(
 @given(ops=OPS, qresync=st.booleans())
 def test_two_sessions_stay_exact(ops: list[tuple[str, int, int]], qresync: bool) -> None:
     async def main() -> None:
-        store: Store = ParsingMemoryStore()
+        store: Store = MemoryStore()
         await store.open()
         await store.add_domain("example.org")
         account = await store.add_account("alice@example.org", "x")

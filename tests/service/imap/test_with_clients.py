@@ -21,8 +21,8 @@ from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.imap import ENABLEABLE, ImapMailService, ImapSettings, capabilities
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.store.base import Store
+from mailhouse.store.memory import MemoryStore
 from tests.service.imap.conftest import message, put
-from tests.service.imap.harness import ParsingMemoryStore
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 T = TypeVar("T")
@@ -32,7 +32,7 @@ Client = Callable[[int, ssl.SSLContext], None]
 def serve_and_run(tmp_path: Path, client: Callable[[int, ssl.SSLContext], None],
                   prepare: Callable[[Store], object] | None = None) -> None:
     async def main() -> None:
-        store = ParsingMemoryStore()
+        store = MemoryStore()
         await store.open()
         accounts = Accounts(store, Passwords(CHEAP))
         await accounts.add_domain("example.org")

@@ -30,6 +30,7 @@ log = logging.getLogger("mailhouse.imap")
 # Commands during which EXPUNGE must not be sent (RFC 9051 §7.5.1); their UID forms may.
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH"})
 IDLE_POLL = 30.0  # seconds: look at the store during IDLE even without a wake-up
+MAILBOX_GONE = b"OK [CLOSED] The mailbox was deleted"
 FULL_SYNC_INTERVAL = 2.0  # seconds: look at the store at least this often between commands
 POLL_WITHOUT_WAKEUPS = 1.0  # seconds, when no wake-up channel exists (tests, one process)
 
@@ -111,15 +112,20 @@ class ImapSession:
             return True
         return False
 
+    async def _catch_up(self) -> bool:
+        """Sync the selected mailbox's view if it may be stale; False (and deselected) when
+        the mailbox is gone."""
+        selection = self.selection
+        if selection is None or not self._stale(selection) or await selection.sync(self.store):
+            return True
+        self.selection = None
+        return False
+
     async def refresh(self, respond: Responder, *, expunge_allowed: bool) -> bool:
         """Learn the store's changes and send what may be sent now. False: the mailbox is
         gone; the session is deselected and told BYE-free (a later command gets NO)."""
-        selection = self.selection
-        if selection is None:
-            return True
-        if self._stale(selection) and not await selection.sync(self.store):
-            self.selection = None
-            await respond.send([b"OK [CLOSED] The mailbox was deleted"])
+        if not await self._catch_up():
+            await respond.send([MAILBOX_GONE])
             return False
         lines = self.updates(expunge_allowed=expunge_allowed)
         if lines:
@@ -146,12 +152,8 @@ class ImapSession:
             self._woken.update(await watch.wait(IDLE_POLL))
         else:
             await asyncio.sleep(POLL_WITHOUT_WAKEUPS)
-        selection = self.selection
-        if selection is None:
-            return []
-        if self._stale(selection) and not await selection.sync(self.store):
-            self.selection = None
-            return [b"OK [CLOSED] The mailbox was deleted"]
+        if not await self._catch_up():
+            return [MAILBOX_GONE]
         return self.updates(expunge_allowed=True)
 
     def pending(self) -> list[bytes]:
