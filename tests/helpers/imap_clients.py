@@ -240,7 +240,8 @@ def _offlineimap_attempt(
 ) -> tuple[int, str, bool, bool]:
     """One offlineimap run, its output in WORK/offlineimap.log: (status, log, timed out,
     stuck), where stuck means killed because the log still ended at "Establishing
-    connection" (no login yet) `stuck_after` seconds after the start."""
+    connection" (no login yet) `stuck_after` seconds after the start, or dead by a signal
+    with the log ending there."""
     log_path = work / "offlineimap.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -267,7 +268,13 @@ def _offlineimap_attempt(
         if process.poll() is None:
             process.kill()
         status = process.wait()
-    return status, log_path.read_bytes().decode(errors="replace"), timed_out, stuck
+    log = log_path.read_bytes().decode(errors="replace")
+    if status < 0 and not (stuck or timed_out):
+        # The same race can crash imaplib2 instead (SIGSEGV, seen once in a full run): a
+        # death by a signal before any login is that symptom too.
+        lines = log.strip().splitlines()
+        stuck = bool(lines) and lines[-1].startswith("Establishing connection")
+    return status, log, timed_out, stuck
 
 
 def offlineimap_sync(
