@@ -9,6 +9,7 @@ named by its range (`ByteRange`) so the writer can stream it rather than hold it
 from __future__ import annotations
 
 import binascii
+import functools
 import quopri
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,6 +78,48 @@ def section_name(section: Section) -> bytes:
 def header_fields(header: bytes, fields: Sequence[str], *, exclude: bool) -> bytes:
     """The header lines (with their continuations) whose names are in `fields` (or not, with
     `exclude`), then the blank line that ends a header (RFC 9051 §6.4.5: HEADER.FIELDS)."""
+    if exclude or (b"\r" in header and header.count(b"\r") != header.count(b"\r\n")):
+        return header_fields_by_line(header, fields, exclude=exclude)  # .NOT, or a bare CR
+    if header.startswith((b"\r\n", b"\n")):
+        return b"\r\n"
+    ends = [i for i in (header.find(b"\n\r\n"), header.find(b"\n\n")) if i >= 0]
+    if ends:
+        header = header[:min(ends) + 1]
+    pattern = _fields_pattern(tuple(fields))
+    if pattern is None:
+        return b"\r\n"
+    return b"".join(pattern.findall(header)) + b"\r\n"
+
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_LINE_END = rb"(?:\r\n|\n|\Z)"
+
+
+@functools.lru_cache(maxsize=256)
+def _fields_pattern(fields: tuple[str, ...]) -> re.Pattern[bytes] | None:
+    """One expression that finds every wanted field with its continuation lines, for a
+    header whose lines end in CRLF or LF (so `^` of MULTILINE starts every line): the C
+    regex engine walks the header once instead of a Python loop over its lines. A name that
+    no header field could have (not printable ASCII, with a colon) matches nothing."""
+    names = set()
+    for field in fields:
+        try:
+            name = field.upper().encode("ascii")
+        except UnicodeEncodeError:
+            continue
+        if _FIELD_NAME.fullmatch(name):
+            names.add(re.escape(name))
+    if not names:
+        return None
+    return re.compile(
+        rb"^(?:" + b"|".join(sorted(names)) + rb")[ \t]*:[^\r\n]*" + _LINE_END
+        + rb"(?:[ \t][^\r\n]*" + _LINE_END + rb")*",
+        re.IGNORECASE | re.MULTILINE)
+
+
+def header_fields_by_line(header: bytes, fields: Sequence[str], *, exclude: bool) -> bytes:
+    """header_fields as a walk over the lines: HEADER.FIELDS.NOT, and the reference the
+    expression above is tested against."""
     wanted = {f.upper() for f in fields}
     out = bytearray()
     keep = False

@@ -29,7 +29,7 @@ from mailhouse.proto.imap import search as sk
 from mailhouse.proto.imap.sequence import SequenceSet
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Candidate:
     """One message as SEARCH sees it."""
 
@@ -172,8 +172,9 @@ def _flag(key: sk.FlagKey) -> Predicate:
         return lambda m, c: not present
     if key.flag == "OLD":
         return lambda m, c: present
-    flag = key.flag.casefold()  # keywords compare case-insensitively, as Dovecot's do
-    return lambda m, c: any(f.casefold() == flag for f in m.flags) == present
+    exact, flag = key.flag, key.flag.casefold()  # keywords compare case-insensitively
+    # The exact spelling first (system flags are stored canonical): no loop for most messages.
+    return lambda m, c: (exact in m.flags or any(f.casefold() == flag for f in m.flags)) == present
 
 
 def _text_key(field: str, needle: str) -> Predicate:

@@ -11,27 +11,23 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from mailhouse.errors import MailError
 from mailhouse.message.searchfields import build_search_fields
 from mailhouse.message.structure import MessageStructure, Part
 from mailhouse.proto.imap import commands as cmd
-from mailhouse.proto.imap.fetch import FetchAttribute
-from mailhouse.proto.imap.responses import compact, date_time
+from mailhouse.proto.imap.fetch import FetchAttribute, Section
+from mailhouse.proto.imap.responses import compact
 from mailhouse.proto.imap.sequence import STAR, SequenceSet
 from mailhouse.proto.imap.server_events import Request
+from mailhouse.service.imap.row_fetch import ROW_ITEMS, HeaderPlan, facts, row_fetch
 from mailhouse.service.imap.selection import SYSTEM_FLAGS, Selection, flag_list, render
 from mailhouse.service.imap_api import Completion, Responder
 from mailhouse.service.imap_fetch import (
-    MessageFacts,
     UnknownEncoding,
     fetch_response,
     materialize,
-)
-from mailhouse.service.imap_fetch import (
-    flag_list as fetch_flag_list,
 )
 from mailhouse.store.base import (
     FlagOp,
@@ -51,8 +47,6 @@ SEND_BYTES = 256 * 1024  # responses gathered before a write (back-pressure betw
 _NEEDS_STRUCTURE = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY", "BINARY", "BINARY.SIZE",
                               "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 _OPS = {"+": FlagOp.ADD, "-": FlagOp.REMOVE, "": FlagOp.SET}
-# Items answered from the row alone: FETCH of only these takes the fast path (`row_fetch`).
-_ROW_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
 ROW_BATCH_FACTOR = 10  # rows alone are small: read them in bigger batches
 
 
@@ -107,30 +101,6 @@ async def batches(session: ImapSession, selection: Selection, uids: Sequence[int
         i = j
 
 
-def row_fetch(seq: int, names: Sequence[str], row: MessageInfo, uid: bool) -> bytes:
-    """What fetch_response says for items of the row alone (the flag syncs that are most
-    FETCHes), without its general machinery: one message costs a few microseconds."""
-    items = [b"UID %d" % row.uid] if uid and "UID" not in names else []
-    for name in names:
-        if name == "UID":
-            items.append(b"UID %d" % row.uid)
-        elif name == "FLAGS":
-            items.append(b"FLAGS " + fetch_flag_list(row.flags))
-        elif name == "RFC822.SIZE":
-            items.append(b"RFC822.SIZE %d" % row.size)
-        elif name == "MODSEQ":
-            items.append(b"MODSEQ (%d)" % row.modseq)
-        else:
-            items.append(b"INTERNALDATE " + date_time(_facts(row).internal_date))
-    return b"%d FETCH (" % seq + b" ".join(items) + b")"
-
-
-def _facts(row: MessageInfo) -> MessageFacts:
-    zone = timezone(timedelta(minutes=row.internal_zone)) if row.internal_zone else UTC
-    return MessageFacts(row.uid, row.flags, datetime.fromtimestamp(row.internal_date, zone),
-                        row.size, row.modseq)
-
-
 # --- FETCH -------------------------------------------------------------------------------------
 async def fetch(session: ImapSession, request: Request, respond: Responder) -> Completion:
     command = request.command
@@ -159,54 +129,71 @@ async def fetch(session: ImapSession, request: Request, respond: Responder) -> C
     store = session.store
     read_only = selection.read_only
     found = 0
-    if names <= _ROW_ITEMS:
+    if names <= ROW_ITEMS:
         return await _fetch_rows(session, selection, uids, attributes, args.changed_since,
                                  command.uid, respond)
     header_only = needs_structure and all(
         _top_header(a) for a in attributes if a.name in _NEEDS_STRUCTURE)
+    plan = HeaderPlan.of(attributes, command.uid) if header_only else None
+    whole_only = needs_structure and all(
+        a.name == "RFC822" or (a.name == "BODY" and a.section == _WHOLE)
+        for a in attributes if a.name in _NEEDS_STRUCTURE)
     async for rows in batches(session, selection, uids):
         found += len(rows)
         if args.changed_since is not None:
             rows = [row for row in rows if row.modseq > args.changed_since]
         if not rows:
             continue
+        heads: dict[int, bytes] = {}
         if header_only:
             # Thunderbird's header download: the header's octets are all it needs, and
             # where the header ends is found in them, without the stored structure.
-            structures, cached = await _headers(session, selection, rows)
+            heads, structures = await _headers(session, selection, rows)
+            cached = heads
         else:
-            structures = (await store.structures(selection.id, [r.uid for r in rows])
-                          if needs_structure else {})
+            if whole_only:  # BODY[] and RFC822 are the message's octets: no structure needed
+                structures = {r.uid: MessageStructure(Part(0, 0, r.size), _NO_FIELDS, r.size)
+                              for r in rows}
+            else:
+                structures = (await store.structures(selection.id, [r.uid for r in rows])
+                              if needs_structure else {})
             cached = await _prefetch(session, rows, structures, attributes)
         lines: list[bytes] = []
         pending = 0
         seen: list[int] = []
         for row in rows:
             seq = selection.view.seq_of(row.uid)
-            structure = structures.get(row.uid)
-            if seq is None or (needs_structure and structure is None):
-                found -= 1
-                continue
+            head = heads.get(row.uid)
+            if seq is not None and head is not None and plan is not None:
+                line = plan.render(seq, row, head)
+            else:
+                structure = structures.get(row.uid)
+                if structure is None and head is not None:
+                    structure = MessageStructure(Part(0, len(head), row.size), _NO_FIELDS,
+                                                 row.size)
+                if seq is None or (needs_structure and structure is None):
+                    found -= 1
+                    continue
 
-            async def read(start: int, end: int, row: MessageInfo = row,
-                           head: bytes | None = cached.get(row.uid)) -> bytes:
-                if head is not None and end <= len(head):
-                    return head[start:end]
-                return await store.read_range(row, start, end)
+                async def read(start: int, end: int, row: MessageInfo = row,
+                               head: bytes | None = cached.get(row.uid)) -> bytes:
+                    if head is not None and end <= len(head):
+                        return head[start:end]
+                    return await store.read_range(row, start, end)
 
-            try:
-                response = await fetch_response(
-                    seq, attributes, _facts(row), structure, read,  # type: ignore[arg-type]
-                    uid=command.uid, utf8=session.utf8, read_only=read_only)
-                line = await materialize(response, read)
-            except UnknownEncoding:
-                await _send_fetched(session, selection, seen, lines, respond)
-                return Completion("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
-            except KeyError:  # its file went with an expunge since the row was read
-                found -= 1
-                continue
-            if response.sets_seen:
-                seen.append(row.uid)
+                try:
+                    response = await fetch_response(
+                        seq, attributes, facts(row), structure, read,  # type: ignore[arg-type]
+                        uid=command.uid, utf8=session.utf8, read_only=read_only)
+                    line = await materialize(response, read)
+                except UnknownEncoding:
+                    await _send_fetched(session, selection, seen, lines, respond)
+                    return Completion("NO", "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE")
+                except KeyError:  # its file went with an expunge since the row was read
+                    found -= 1
+                    continue
+                if response.sets_seen:
+                    seen.append(row.uid)
             lines.append(line)
             pending += len(line)
             if pending >= SEND_BYTES:
@@ -230,6 +217,7 @@ PREFETCH_BATCH = 8 * 1024 * 1024  # octets read ahead per batch at most
 HEADER_PROBE = 8 * 1024  # octets read to find where a header ends
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _NO_FIELDS = build_search_fields({})
+_WHOLE = Section()  # BODY[]
 
 
 def _top_header(a: FetchAttribute) -> bool:
@@ -252,14 +240,13 @@ def header_end(data: bytes) -> int | None:
 
 
 async def _headers(session: ImapSession, selection: Selection, rows: list[MessageInfo]
-                   ) -> tuple[dict[int, MessageStructure], dict[int, bytes]]:
-    """Each message's header octets in one store call, with a structure that knows only the
-    header's extent (all a header-only FETCH reads); the stored structure for a header longer
-    than HEADER_PROBE."""
+                   ) -> tuple[dict[int, bytes], dict[int, MessageStructure]]:
+    """Each message's header, through the blank line that ends it, in one store call: all a
+    header-only FETCH reads. For a header longer than HEADER_PROBE, its stored structure
+    instead."""
     wanted = [(row, 0, min(row.size, HEADER_PROBE)) for row in rows]
     data = await session.store.read_ranges(wanted)
-    structures: dict[int, MessageStructure] = {}
-    cached: dict[int, bytes] = {}
+    heads: dict[int, bytes] = {}
     long: list[int] = []
     for row, head in zip(rows, data, strict=True):
         if head is None:
@@ -268,12 +255,9 @@ async def _headers(session: ImapSession, selection: Selection, rows: list[Messag
         if end is None and row.size > len(head):
             long.append(row.uid)
             continue
-        end = len(head) if end is None else end
-        structures[row.uid] = MessageStructure(Part(0, end, row.size), _NO_FIELDS, row.size)
-        cached[row.uid] = head
-    if long:
-        structures.update(await session.store.structures(selection.id, long))
-    return structures, cached
+        heads[row.uid] = head if end is None else head[:end]
+    structures = await session.store.structures(selection.id, long) if long else {}
+    return heads, structures
 
 
 async def _prefetch(session: ImapSession, rows: list[MessageInfo],

@@ -17,7 +17,8 @@ from mailhouse.proto.imap import commands as cmd
 from mailhouse.proto.imap import search as sk
 from mailhouse.proto.imap.responses import compact, quoted
 from mailhouse.proto.imap.server_events import Request
-from mailhouse.service.imap.messages import ROW_BATCH_FACTOR, _facts, batches, selected
+from mailhouse.service.imap.messages import ROW_BATCH_FACTOR, batches, selected
+from mailhouse.service.imap.row_fetch import internal_date
 from mailhouse.service.imap.selection import Selection
 from mailhouse.service.imap_api import Completion, Responder
 from mailhouse.service.imap_search import (
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from mailhouse.service.imap.session import ImapSession
 
 _EMPTY_FIELDS: SearchFields = build_search_fields({})
+_UNDATED = datetime(1970, 1, 1, tzinfo=UTC)  # the internal date of a candidate no key compares
 BATCH_READ_MAX = 256 * 1024  # messages a content search reads in one store call per batch
 BATCH_READ_TOTAL = 8 * 1024 * 1024  # ... and at most this much per batch
 
@@ -62,6 +64,9 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
     predicate = compile_key(key, context)  # SearchError for an unknown charset
     content = needs_content(key)
     with_fields = fields or needs_fields(key) or content
+    # The internal date as a datetime costs more than the rest of a candidate: only for the
+    # keys that compare it, and for SORT and THREAD (`fields`), which order by it.
+    dated = fields or any_key(key, lambda k: isinstance(k, sk.DateKey | sk.AgeKey))
     store = session.store
     read = 0
     limit = session.settings.search_content_limit
@@ -91,8 +96,8 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
             searched = searchable.get(row.uid)
             if with_fields and searched is None:
                 continue  # expunged meanwhile
-            facts = _facts(row)
-            candidate = Candidate(seq, row.uid, row.flags, facts.internal_date, row.size,
+            candidate = Candidate(seq, row.uid, row.flags,
+                                  internal_date(row) if dated else _UNDATED, row.size,
                                   row.modseq, searched if searched is not None else _EMPTY_FIELDS)
             found = None
             if content:
