@@ -110,6 +110,19 @@ def search_to_bytes(fields: SearchFields) -> bytes:
         "utf-8", errors="surrogatepass")
 
 
+SEARCH_PREFIX = b"[%d," % FORMAT_VERSION  # how search_to_bytes's output starts
+
+
+def literal_in_search_bytes(text: str) -> bytes | None:
+    """The octets by which `text`, when a search field holds it, appears inside
+    search_to_bytes's output; None when the encoding may write it otherwise (JSON escapes
+    quotation marks, backslashes and control characters). Lets a store narrow a SEARCH to
+    the messages whose stored fields contain a needle without decoding any of them."""
+    if any(c in '"\\' or c < " " for c in text):
+        return None
+    return text.encode("utf-8", errors="surrogatepass")
+
+
 def search_from_bytes(blob: bytes) -> SearchFields:
     try:
         doc = json.loads(blob.decode("utf-8", errors="surrogatepass"))

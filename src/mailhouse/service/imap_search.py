@@ -83,6 +83,25 @@ def any_key(key: sk.SearchKey, test: Callable[[sk.SearchKey], bool]) -> bool:
     return test(key)
 
 
+_FIELD_KEYS = frozenset({"FROM", "TO", "CC", "BCC", "SUBJECT"})
+
+
+def required_needles(key: sk.SearchKey, charset: str) -> list[str]:
+    """The case-folded strings of the FROM/TO/CC/BCC/SUBJECT keys every match must satisfy
+    (those of the top-level And, not under OR or NOT): a store can narrow the search to the
+    messages whose stored fields contain them all (Store.search_candidates)."""
+    keys = key.keys if isinstance(key, sk.And) else (key,)
+    out: list[str] = []
+    for k in keys:
+        if isinstance(k, sk.And):
+            out += required_needles(k, charset)
+        elif isinstance(k, sk.TextKey) and k.field in _FIELD_KEYS:
+            needle = _text(k.value, charset)
+            if needle:
+                out.append(needle)
+    return out
+
+
 def needs_content(key: sk.SearchKey) -> bool:
     """HEADER, BODY and TEXT read the message itself."""
     return any_key(key, lambda k: isinstance(k, sk.HeaderKey) or (

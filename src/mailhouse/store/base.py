@@ -452,6 +452,14 @@ class Store(Protocol):
         gone. Lets a FETCH of many headers or small bodies read a batch in one go."""
         ...
 
+    async def search_candidates(self, mailbox_id: int,
+                                needles: Sequence[str]) -> set[int] | None:
+        """The UIDs of a mailbox whose stored search fields may contain every one of
+        `needles` (case-folded text of FROM/TO/CC/BCC/SUBJECT keys that must all match): a
+        superset of the messages where one field holds each, so SEARCH decodes the fields of
+        these only. None when the store cannot narrow (the caller then looks at them all)."""
+        ...
+
     async def search_fields(self, mailbox_id: int,
                             uids: Sequence[int]) -> dict[int, SearchFields]:
         """The search and sort fields of each message by UID (`structures(...)[uid].search`,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure, parse_message
+from mailhouse.message.structure_codec import literal_in_search_bytes, search_to_bytes
 from mailhouse.model import Account, Directory
 from mailhouse.store.base import (
     DEFAULT_MAILBOXES,
@@ -730,6 +731,17 @@ class MemoryStore(MemoryQueue):
                     blob.structure = parse_message(blob.data)
                 out[message.uid] = blob.structure
         return out
+
+    async def search_candidates(self, mailbox_id: int,
+                                needles: Sequence[str]) -> set[int] | None:
+        literal = [b for b in map(literal_in_search_bytes, needles) if b]
+        if not literal:
+            return None
+        box = self._mailboxes.get(mailbox_id)
+        uids = [m.uid for m in box.messages.values()] if box is not None else []
+        found = await self.search_fields(mailbox_id, uids)
+        return {uid for uid, fields in found.items()
+                if all(b in search_to_bytes(fields) for b in literal)}
 
     async def search_fields(self, mailbox_id: int,
                             uids: Sequence[int]) -> dict[int, SearchFields]:

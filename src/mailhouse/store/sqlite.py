@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from mailhouse.errors import MailError
 from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure
+from mailhouse.message.structure_codec import literal_in_search_bytes
 from mailhouse.model import Account, Directory
 from mailhouse.store import (
     schema,
@@ -434,6 +435,14 @@ class SqliteStore:
         if parsed:
             await self._write(partial(structures.save, parsed=parsed))
         return found
+
+    async def search_candidates(self, mailbox_id: int,
+                                needles: Sequence[str]) -> set[int] | None:
+        literal = [b for b in map(literal_in_search_bytes, needles) if b]
+        if not literal:
+            return None
+        return await self._read(partial(structures.candidates, mailbox_id=mailbox_id,
+                                        needles=literal))
 
     async def search_fields(self, mailbox_id: int,
                             uids: Sequence[int]) -> dict[int, SearchFields]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from mailhouse.message.searchfields import SearchFields
 from mailhouse.message.structure import MessageStructure, StructureParser
 from mailhouse.message.structure_codec import (
+    SEARCH_PREFIX,
     StructureFormatError,
     from_bytes,
     search_from_bytes,
@@ -123,6 +124,18 @@ def load_search(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int, uid
             found[uid] = structure.search
             derived.append((search_to_bytes(structure.search), blob_of[uid]))
     return found, derived
+
+
+def candidates(conn: sqlite3.Connection, mailbox_id: int, needles: Sequence[bytes]) -> set[int]:
+    """UIDs whose stored search fields contain every needle (see Store.search_candidates),
+    found by SQLite's instr over the column, nothing decoded. A row without search fields, or
+    with another codec version's, stays a candidate."""
+    condition = " AND ".join("instr(b.search, ?) > 0" for _ in needles)
+    query = ("SELECT m.uid FROM messages m JOIN blobs b ON b.id = m.blob_id"
+             " WHERE m.mailbox_id = ? AND (b.search IS NULL"
+             " OR substr(b.search, 1, ?) != ? OR (" + condition + "))")
+    params = (mailbox_id, len(SEARCH_PREFIX), SEARCH_PREFIX, *needles)
+    return {uid for (uid,) in conn.execute(query, params)}
 
 
 def save_search(conn: sqlite3.Connection, derived: list[tuple[bytes, str]]) -> None:

@@ -29,6 +29,7 @@ from mailhouse.service.imap_search import (
     compile_key,
     content_from,
     needs_content,
+    required_needles,
 )
 from mailhouse.service.imap_sort import ordered_subject, references, render_threads, sort_messages
 
@@ -71,7 +72,10 @@ async def matching(session: ImapSession, selection: Selection, key: sk.SearchKey
     read = 0
     limit = session.settings.search_content_limit
     factor = 1 if with_fields else ROW_BATCH_FACTOR
-    async for rows in batches(session, selection, list(view.uids), factor):
+    needles = required_needles(key, charset)
+    narrowed = await store.search_candidates(selection.id, needles) if needles else None
+    uids = list(view.uids) if narrowed is None else [u for u in view.uids if u in narrowed]
+    async for rows in batches(session, selection, uids, factor):
         batch = [r.uid for r in rows]
         # Content keys need the whole structure (text parts); others only the search fields.
         structures = await store.structures(selection.id, batch) if content else {}
