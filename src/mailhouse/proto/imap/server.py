@@ -191,7 +191,7 @@ class ImapServer:
             self._transition(status)
             if status == "BAD":
                 self._count_error()
-        self._tagged(status.encode(), text.encode("utf-8"),
+        self._tagged(status.encode(), self._text(text),
                      code.encode("utf-8") if code else None)
         if self._name == "LOGOUT":
             self._close()
@@ -459,6 +459,13 @@ class ImapServer:
         self._pending = None
         return pending
 
+    def _text(self, text: str) -> bytes:
+        """resp-text: TEXT-CHAR is 7-bit in IMAP4rev1 (RFC 3501 §9); UTF-8 only for a session
+        that enabled it (RFC 9051 §9 text). A name the service echoes stays readable."""
+        if self.enabled & UTF8_MODES:
+            return text.encode("utf-8")
+        return text.encode("ascii", "backslashreplace")
+
     def _count_error(self) -> None:
         self._errors += 1
         if self._errors >= self.config.max_errors:
@@ -475,7 +482,7 @@ class ImapServer:
     def _reply(self, tag: str | None, status: bytes, text: str, code: str | None) -> None:
         prefix = tag.encode("ascii") if tag is not None else b"*"
         self._line(prefix + b" " + status + b" "
-                   + (b"[" + code.encode() + b"] " if code else b"") + text.encode("utf-8"))
+                   + (b"[" + code.encode() + b"] " if code else b"") + self._text(text))
 
     def _bye(self, text: bytes) -> None:
         self._line(b"* BYE " + text)
