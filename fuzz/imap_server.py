@@ -22,9 +22,11 @@ WORDS = (
     b"LOGOUT", b"ENABLE IMAP4rev2 CONDSTORE", b"UID SEARCH OR SEEN (FROM x) NOT 1:5", b" ",
     b"\r\n", b"\n", b"(", b")", b'"', b"\x00", b"\xff", b"&AOk-", b"CAPABILITY", b"ID NIL",
     b"STORE 1 +FLAGS.SILENT (\\Deleted)", b"UID EXPUNGE 1:*", b"LIST \"\" *", b"UNSELECT",
+    b"ENABLE UTF8=ACCEPT", b"UTF8 (", b"SEARCH CHARSET UTF-8 ALL",
 )
 _STATUS = re.compile(rb"(\* |\+ |[^ ]+ (OK|NO|BAD) )")
 _CONFIG = ImapServerConfig(hostname="fuzz.example", max_errors=50,
+                           capabilities=("UTF8=ACCEPT",), enableable=("UTF8=ACCEPT",),
                            parser=ParserConfig(max_line_length=512, max_literal_size=256,
                                                max_append_size=1024, max_depth=8))
 
@@ -32,6 +34,7 @@ _CONFIG = ImapServerConfig(hostname="fuzz.example", max_errors=50,
 def _drive(chunks: list[bytes], *, tls: bool, plaintext: bool) -> bytes:
     config = _CONFIG if not plaintext else ImapServerConfig(
         hostname=_CONFIG.hostname, max_errors=_CONFIG.max_errors, parser=_CONFIG.parser,
+        capabilities=_CONFIG.capabilities, enableable=_CONFIG.enableable,
         allow_plaintext_auth=True)
     return serve(ImapServer(config, tls_active=tls), chunks)
 

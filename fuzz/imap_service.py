@@ -31,7 +31,8 @@ WORDS = (
     b"LIST ", b'"" "*"', b'(SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (STATUS (MESSAGES SIZE))',
     b"LSUB ", b"STATUS ", b"(MESSAGES UIDNEXT UNSEEN DELETED SIZE HIGHESTMODSEQ)",
     b"SUBSCRIBE ", b"APPEND ", b"{5}\r\nhello", b"{3+}\r\nabc", b"GETQUOTAROOT ", b"IDLE",
-    b"DONE", b"ENABLE QRESYNC", b"(QRESYNC (1 1 1:5))", b" ",
+    b"DONE", b"ENABLE QRESYNC", b"(QRESYNC (1 1 1:5))", b" ", b"ENABLE UTF8=ACCEPT",
+    b"UTF8 (~{5}\r\nhello)", b'"\xc3\xa9t\xc3\xa9"', b"Subject: \xc3\xa9\r\n\r\n",
 )
 _STATUS = re.compile(rb"(\* |\+ |[^ ]+ (OK|NO|BAD) )")
 _CONFIG = ImapServerConfig(hostname="fuzz.example", capabilities=CAPABILITIES,

@@ -15,7 +15,8 @@ from mailhouse.proto.imap.config import ParserConfig
 from mailhouse.proto.imap.server import ImapServer, ImapServerConfig, LoginOutcome, State
 from tests.proto.imap.driver import serve
 
-CONFIG = ImapServerConfig(hostname="imap.example.test", capabilities=("UIDPLUS", "MOVE"),
+CONFIG = ImapServerConfig(hostname="imap.example.test",
+                          capabilities=("UIDPLUS", "MOVE", "CONDSTORE"),
                           enableable=("CONDSTORE",), max_errors=5)
 
 

@@ -103,6 +103,7 @@ class AppendMessage:
     flags: tuple[str, ...] = ()
     internal_date: datetime | None = None
     binary: bool = False  # literal8 (RFC 3516 §4.4)
+    utf8: bool = False  # sent as APPEND's UTF8 data item (RFC 6855 §4): may hold UTF-8 headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,11 +54,13 @@ def head(reader: Reader) -> tuple[str, str, bool]:
     return tag, name, uid
 
 
-def parse(parts: list[Part], config: ParserConfig, *, utf8: bool) -> Parsed:
-    """Parse a whole command. Raises ParseError (BAD) or PolicyError (NO)."""
+def parse(parts: list[Part], config: ParserConfig, *, utf8: bool,
+          utf8_append: bool = False) -> Parsed:
+    """Parse a whole command. Raises ParseError (BAD) or PolicyError (NO). `utf8`: mailbox
+    names are UTF-8; `utf8_append`: APPEND's UTF8 data item is allowed (UTF8=ACCEPT)."""
     reader = Reader(parts)
     tag, name, uid = head(reader)
-    grammar = _Grammar(reader, config, utf8)
+    grammar = _Grammar(reader, config, utf8, utf8_append)
     if uid and name == "EXPUNGE":
         reader.sp()
         args: c.Arguments = c.Expunge(grammar.sequence_set())
@@ -72,25 +74,32 @@ def parse(parts: list[Part], config: ParserConfig, *, utf8: bool) -> Parsed:
     return Parsed(tag, name, uid, args)
 
 
-def check_append_prefix(parts: list[Part], config: ParserConfig, *, utf8: bool) -> None:
+def check_append_prefix(parts: list[Part], config: ParserConfig, *, utf8: bool,
+                        utf8_append: bool = False) -> bool:
     """Before an APPEND message literal is accepted: the text so far must be a valid APPEND up
-    to that literal (the last part is lexer.PENDING). Raises like parse()."""
+    to that literal (the last part is lexer.PENDING). Raises like parse(). True when that
+    literal stands inside "UTF8 (", where only a literal8 may (RFC 6855 §4)."""
     reader = Reader(parts)
     head(reader)
-    _Grammar(reader, config, utf8).append_messages(stop_at_pending=True)
+    grammar = _Grammar(reader, config, utf8, utf8_append)
+    grammar.append_messages(stop_at_pending=True)
+    return grammar.pending_utf8
 
 
 class _Grammar:
-    def __init__(self, reader: Reader, config: ParserConfig, utf8: bool) -> None:
+    def __init__(self, reader: Reader, config: ParserConfig, utf8: bool,
+                 utf8_append: bool = False) -> None:
         self.r = reader
         self.config = config
         self.utf8 = utf8
+        self.utf8_append = utf8_append
+        self.pending_utf8 = False  # the literal check_append_prefix stopped at is UTF8's
 
     # -- shared pieces -------------------------------------------------------------------------
 
-    def mailbox(self, *, create: bool = False) -> str:
+    def mailbox(self, *, create: bool = False, new: bool = False) -> str:
         return mailbox.mailbox(self.r.astring(), utf8=self.utf8, delimiter=self.config.delimiter,
-                               create=create)
+                               create=create, new=new)
 
     def pattern(self, wire: bytes) -> str:
         return mailbox.decode_name(wire, utf8=self.utf8)
@@ -240,7 +249,7 @@ class _Grammar:
         self.r.sp()
         old = self.mailbox()
         self.r.sp()
-        return c.Rename(old, self.mailbox())
+        return c.Rename(old, self.mailbox(new=True))
 
     def list(self, name: str) -> c.Arguments:
         r = self.r
@@ -294,7 +303,9 @@ class _Grammar:
         return self.append_messages(stop_at_pending=False)
 
     def append_messages(self, *, stop_at_pending: bool) -> c.Append:
-        """mailbox 1*(SP [flag-list SP] [date-time SP] literal) (RFC 3502 §6.3.11)."""
+        """mailbox 1*(SP [flag-list SP] [date-time SP] (literal / "UTF8 (" literal8 ")"))
+        (RFC 3502 §6.3.11; the UTF8 data item of RFC 6855 §4, only once UTF8=ACCEPT is
+        enabled, a syntax error before)."""
         r = self.r
         r.sp()
         box = self.mailbox()
@@ -311,13 +322,23 @@ class _Grammar:
             if r.peek() == 0x22:
                 internal_date = values.date_time(r)
                 r.sp()
+            utf8 = r.peek_ci(b"UTF8 (")
+            if utf8:
+                if not self.utf8_append:
+                    raise ParseError("APPEND UTF8 needs ENABLE UTF8=ACCEPT")
+                r.expect(b"UTF8 (")
             if stop_at_pending and r.at_pending():
+                self.pending_utf8 = utf8
                 return c.Append(box, tuple(messages))
             part = r.literal()
             if not isinstance(part, MessageRef):
                 raise ParseError("Expected a message literal")
+            if utf8:
+                if not part.binary:
+                    raise ParseError("UTF8 takes a literal8 (~{n})")
+                r.expect(b")")
             messages.append(c.AppendMessage(part.index, part.size, flags, internal_date,
-                                            part.binary))
+                                            part.binary, utf8))
         if stop_at_pending:
             raise ParseError("Expected a message literal")
         return c.Append(box, tuple(messages))

@@ -5,6 +5,9 @@ UTF-7, invalid UTF-8, NUL, CR, LF) are a syntax error, tagged BAD; a name that d
 our naming rules (other control characters, "." or ".." components, empty components, a leading
 or trailing delimiter, over MAX_NAME_LENGTH) is refused by policy with NO [CANNOT] (RFC 5530),
 as RFC 3501 §5.1.3 has servers refuse invalid names for CREATE rather than misparse them.
+A new name (CREATE, RENAME's target) must also be in Unicode NFC: names are Net-Unicode
+(RFC 9051 §5.1, RFC 6855 §3, RFC 5198 §2), and refusing a denormalised one, rather than
+normalising it, keeps every name a client can create the name it later finds in LIST.
 """
 
 from __future__ import annotations
@@ -55,12 +58,23 @@ def check_name(name: str, delimiter: str = "/") -> None:
             raise PolicyError("Empty, '.' or '..' component in a mailbox name", "CANNOT")
 
 
-def mailbox(wire: bytes, *, utf8: bool, delimiter: str = "/", create: bool = False) -> str:
+def check_new_name(name: str) -> None:
+    """Raise PolicyError unless `name` is in NFC (RFC 9051 §5.1: "Server implementations MUST
+    prohibit the creation of 8-bit mailbox names that do not comply with Net-Unicode")."""
+    if not unicodedata.is_normalized("NFC", name):
+        raise PolicyError("Mailbox name is not in Unicode NFC", "CANNOT")
+
+
+def mailbox(wire: bytes, *, utf8: bool, delimiter: str = "/", create: bool = False,
+            new: bool = False) -> str:
     """A mailbox argument: decoded, INBOX normalised, checked. `create`: CREATE's name, whose
-    one trailing delimiter only declares that children will follow (RFC 9051 §6.3.4)."""
+    one trailing delimiter only declares that children will follow (RFC 9051 §6.3.4); `new`
+    (implied by `create`): a name about to be given to a mailbox (RENAME's target)."""
     name = decode_name(wire, utf8=utf8)
     if create and len(name) > 1 and name.endswith(delimiter):
         name = name[:-1]
     name = normalise_inbox(name, delimiter)
     check_name(name, delimiter)
+    if create or new:
+        check_new_name(name)
     return name

@@ -82,11 +82,13 @@ class _Wait(Enum):
 
 class CommandParser:
     """One per connection. `utf8` is set by the server once the client enabled IMAP4rev2 or
-    UTF8=ACCEPT (mailbox names are UTF-8 then, not modified UTF-7)."""
+    UTF8=ACCEPT (mailbox names are UTF-8 then, not modified UTF-7); `utf8_append` once it
+    enabled UTF8=ACCEPT (APPEND's UTF8 data item, RFC 6855 §4)."""
 
     def __init__(self, config: ParserConfig | None = None) -> None:
         self.config = config or ParserConfig()
         self.utf8 = False
+        self.utf8_append = False
         self._buf = InputBuffer()
         self._state = _State.LINE
         self._mode = Mode.COMMANDS
@@ -270,8 +272,11 @@ class CommandParser:
                 if binary and not message:
                     raise ParseError("literal8 is for message data only")  # RFC 3516 §4
                 if message:
-                    grammar.check_append_prefix([*self._parts, PENDING], config,
-                                                utf8=self.utf8)
+                    needs_literal8 = grammar.check_append_prefix(
+                        [*self._parts, PENDING], config, utf8=self.utf8,
+                        utf8_append=self.utf8_append)
+                    if needs_literal8 and not binary:
+                        raise ParseError("UTF8 takes a literal8 (~{n})")  # RFC 6855 §4
             except ParseError as exc:
                 self._doom(Bad(self._tag, exc.text, exc.code))
             except PolicyError as exc:
@@ -310,7 +315,8 @@ class CommandParser:
             out.append(self._doomed)
         else:
             try:
-                parsed = grammar.parse(self._parts, self.config, utf8=self.utf8)
+                parsed = grammar.parse(self._parts, self.config, utf8=self.utf8,
+                                       utf8_append=self.utf8_append)
             except ParseError as exc:
                 out.append(Bad(self._tag, exc.text, exc.code))
             except PolicyError as exc:

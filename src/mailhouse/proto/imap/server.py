@@ -69,8 +69,11 @@ SELECTED_ONLY = frozenset({
     "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT",
     "THREAD", "CHECK",
 })
-# ENABLE-able here (RFC 5161); the service says which of the others it implements.
-CORE_ENABLE = frozenset({"IMAP4REV2", "UTF8=ACCEPT"})
+# ENABLE-able here (RFC 5161) when rev2 is announced; the service says which of the others it
+# implements (UTF8=ACCEPT, RFC 6855, among them), and only announced ones are enabled.
+CORE_ENABLE = frozenset({"IMAP4REV2"})
+# Enabling either makes mailbox names and quoted strings UTF-8 (RFC 9051 §5.1, RFC 6855 §3).
+UTF8_MODES = frozenset({"IMAP4REV2", "UTF8=ACCEPT"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +191,7 @@ class ImapServer:
             self._transition(status)
             if status == "BAD":
                 self._count_error()
-        self._tagged(status.encode(), text.encode("utf-8"),
+        self._tagged(status.encode(), self._text(text),
                      code.encode("utf-8") if code else None)
         if self._name == "LOGOUT":
             self._close()
@@ -250,6 +253,11 @@ class ImapServer:
                 self._queue.extend(self._parser.resume())
             self._tagged(b"BAD", name.encode() + b" is not valid in this state")
             return self._aborted(command.tag) if name == "APPEND" else None
+        conflict = self._charset_conflict(command)
+        if conflict is not None:
+            self._count_error()
+            self._tagged(b"BAD", conflict.encode())
+            return None
         handler = _CORE.get(name)
         if handler is not None:
             return handler(self, command)
@@ -266,6 +274,20 @@ class ImapServer:
         if name == "ENABLE":  # RFC 5161 §3.1: only before a mailbox is selected
             return self.state is State.AUTHENTICATED
         return name in AUTHENTICATED or (self.state is State.SELECTED and name in SELECTED_ONLY)
+
+    def _charset_conflict(self, command: Command) -> str | None:
+        """RFC 6855 §3 (and its verified erratum 4029): once UTF8=ACCEPT is enabled, strings
+        are UTF-8, so a SEARCH naming a charset, or a SORT/THREAD naming one other than UTF-8,
+        carries conflicting labels: BAD. IMAP4rev2 keeps SEARCH's CHARSET (RFC 9051 §6.4.4),
+        so a session that enabled it is left to the rev2 rules."""
+        if "UTF8=ACCEPT" not in self.enabled or "IMAP4REV2" in self.enabled:
+            return None
+        args = command.args
+        if isinstance(args, cmd.Search) and args.charset is not None:
+            return "No CHARSET in SEARCH once UTF8=ACCEPT is enabled"
+        if isinstance(args, cmd.Sort | cmd.Thread) and args.charset != "UTF-8":
+            return f"{command.name} takes only UTF-8 once UTF8=ACCEPT is enabled"
+        return None
 
     # --- commands the core answers -----------------------------------------------------------
     def _capability(self, command: Command) -> None:
@@ -299,13 +321,17 @@ class ImapServer:
     def _enable(self, command: Command) -> None:
         args = command.args
         assert isinstance(args, cmd.Enable)
-        allowed = CORE_ENABLE | {c.upper() for c in self.config.enableable}
-        if not self.config.rev2:
-            allowed -= {"IMAP4REV2"}
+        # RFC 5161 §3.1: what the server does not announce is not enabled (nor listed).
+        announced = {c.upper() for c in self.config.capabilities}
+        allowed = {c.upper() for c in self.config.enableable} & announced
+        if self.config.rev2:
+            allowed |= CORE_ENABLE
         newly = [c for c in args.capabilities if c in allowed and c not in self.enabled]
         self.enabled.update(newly)
-        if self.enabled & {"IMAP4REV2", "UTF8=ACCEPT"}:
+        if self.enabled & UTF8_MODES:
             self._parser.utf8 = True  # mailbox names are UTF-8 from here on (RFC 9051 §5.1)
+        # RFC 6855 §4: APPEND's UTF8 data item exists only for UTF8=ACCEPT sessions.
+        self._parser.utf8_append = "UTF8=ACCEPT" in self.enabled
         self._queue.extend(self._parser.resume())  # the parser waited for this (events.py)
         # RFC 5161 §3.1: only what this command newly enabled.
         self._line(b"* ENABLED" + b"".join(b" " + c.encode() for c in newly))
@@ -433,6 +459,13 @@ class ImapServer:
         self._pending = None
         return pending
 
+    def _text(self, text: str) -> bytes:
+        """resp-text: TEXT-CHAR is 7-bit in IMAP4rev1 (RFC 3501 §9); UTF-8 only for a session
+        that enabled it (RFC 9051 §9 text). A name the service echoes stays readable."""
+        if self.enabled & UTF8_MODES:
+            return text.encode("utf-8")
+        return text.encode("ascii", "backslashreplace")
+
     def _count_error(self) -> None:
         self._errors += 1
         if self._errors >= self.config.max_errors:
@@ -449,7 +482,7 @@ class ImapServer:
     def _reply(self, tag: str | None, status: bytes, text: str, code: str | None) -> None:
         prefix = tag.encode("ascii") if tag is not None else b"*"
         self._line(prefix + b" " + status + b" "
-                   + (b"[" + code.encode() + b"] " if code else b"") + text.encode("utf-8"))
+                   + (b"[" + code.encode() + b"] " if code else b"") + self._text(text))
 
     def _bye(self, text: bytes) -> None:
         self._line(b"* BYE " + text)

@@ -4,6 +4,10 @@ The core streams each message as `AppendChunk`s before the APPEND request itself
 straight into a store spool, so a 50 MB message never sits whole in memory. The spools wait,
 keyed by (tag, message index), until the request arrives (and commits them) or the command is
 refused (`abort`), or the connection drops (`close`).
+
+As the octets pass, each message's header section is watched for 8-bit octets: RFC 6855 §4
+has a server that announces UTF8=ACCEPT refuse such a message from a session that did not
+enable it (messages.py decides, once it knows what the session enabled).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 
 from mailhouse.errors import MailError
 from mailhouse.proto.imap.server_events import AppendChunk
@@ -18,6 +23,33 @@ from mailhouse.service.imap.settings import ImapSettings
 from mailhouse.store.base import Spool, Store
 
 log = logging.getLogger("mailhouse.imap")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_EIGHT_BIT = re.compile(rb"[\x80-\xff]")
+
+
+class HeaderScan:
+    """Whether a message's header section (up to its first empty line, RFC 5322 §2.1) holds an
+    8-bit octet, fed chunk by chunk: each octet is looked at once, plus three carried over so
+    that an empty line split between chunks is still found."""
+
+    __slots__ = ("_done", "_tail", "eight_bit")
+
+    def __init__(self) -> None:
+        self.eight_bit = False
+        self._done = False
+        self._tail = b""
+
+    def feed(self, data: bytes) -> None:
+        if self._done:
+            return
+        window = self._tail + data
+        end = _HEADER_END.search(window)
+        header = window if end is None else window[: end.start()]
+        if _EIGHT_BIT.search(header):
+            self.eight_bit = True
+        if end is not None or self.eight_bit:
+            self._done = True
+        self._tail = window[-3:]
 
 
 class Appends:
@@ -25,6 +57,7 @@ class Appends:
         self._store = store
         self._settings = settings
         self._spools: dict[tuple[str, int], Spool] = {}
+        self._headers: dict[tuple[str, int], HeaderScan] = {}
         self._too_big: set[str] = set()  # tags with a message over the APPENDLIMIT
         self._failed: set[str] = set()  # tags whose spooling failed (disk full …)
         self._cleanup: set[asyncio.Task[None]] = set()
@@ -36,6 +69,8 @@ class Appends:
         spool = self._spools.get(key)
         if spool is None:
             spool = self._spools[key] = self._store.new_spool()
+            self._headers[key] = HeaderScan()
+        self._headers[key].feed(chunk.data)
         if spool.size + len(chunk.data) > self._settings.append_limit:
             # The parser's limit normally refuses first ([TOOBIG] before the octets come).
             self._too_big.add(chunk.tag)
@@ -52,6 +87,11 @@ class Appends:
     def take(self, tag: str, index: int) -> Spool | None:
         return self._spools.pop((tag, index), None)
 
+    def eight_bit_header(self, tag: str, index: int) -> bool:
+        """Whether that message's header section held an 8-bit octet."""
+        scan = self._headers.get((tag, index))
+        return scan is not None and scan.eight_bit
+
     def outcome(self, tag: str) -> str | None:
         """Why the octets of `tag` were not kept: "TOOBIG", "UNAVAILABLE" or None (kept)."""
         if tag in self._too_big:
@@ -66,7 +106,12 @@ class Appends:
         self._failed.discard(tag)
         await self._drop_tag(tag)
 
+    def _forget_headers(self, tag: str) -> None:
+        for key in [k for k in self._headers if k[0] == tag]:
+            del self._headers[key]
+
     async def _drop_tag(self, tag: str) -> None:
+        self._forget_headers(tag)
         for key in [k for k in self._spools if k[0] == tag]:
             spool = self._spools.pop(key)
             with contextlib.suppress(MailError, OSError):
@@ -75,6 +120,7 @@ class Appends:
     def abort(self, tag: str) -> None:
         self._too_big.discard(tag)
         self._failed.discard(tag)
+        self._forget_headers(tag)
         self._later(tag)
 
     def close(self) -> None:

@@ -491,6 +491,10 @@ async def _append(session: ImapSession, tag: str, args: cmd.Append,
     target = await session.store.get_mailbox(session.account.id, args.mailbox)
     if target is None:
         return Completion("NO", "No such mailbox", "TRYCREATE")  # RFC 9051 §6.3.12
+    if not session.utf8 and any(appends.eight_bit_header(tag, m.index) for m in args.messages):
+        # RFC 6855 §4: with UTF8=ACCEPT announced, a session that did not enable it (nor
+        # IMAP4rev2, RFC 9051 §6.3.12) may not store 8-bit header fields (docs/decisions.md).
+        return Completion("NO", "8-bit header fields need ENABLE UTF8=ACCEPT", "CANNOT")
     spools: list[Spool] = []
     for message in args.messages:
         spool = appends.take(tag, message.index)

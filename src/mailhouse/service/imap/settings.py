@@ -10,9 +10,11 @@ CAPABILITIES: tuple[str, ...] = (
     "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "SPECIAL-USE", "CREATE-SPECIAL-USE",
     "LIST-EXTENDED", "LIST-STATUS", "ESEARCH", "SEARCHRES", "STATUS=SIZE", "MULTIAPPEND",
     "BINARY", "CONDSTORE", "QRESYNC", "QUOTA", "QUOTA=RES-STORAGE", "SORT", "SORT=DISPLAY",
-    "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES",
+    "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "UTF8=ACCEPT",
 )
-ENABLEABLE: tuple[str, ...] = ("CONDSTORE", "QRESYNC")
+# UTF8=ONLY (RFC 6855 §6) is not announced: sessions that do not enable UTF-8 keep modified
+# UTF-7 names.
+ENABLEABLE: tuple[str, ...] = ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT")
 
 
 @dataclass(frozen=True, slots=True)
