@@ -59,6 +59,7 @@ class FetchResponse:
     sets_seen: bool
 
 
+@functools.lru_cache(maxsize=4096)
 def flag_list(flags: frozenset[str]) -> bytes:
     return b"(" + " ".join(sorted(flags)).encode("utf-8") + b")"
 

@@ -3,6 +3,7 @@ tests cannot drift from the embedded one on anything a client can observe."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from mailhouse.store.base import FlagOp, MailboxExists, MailboxNotAllowed, NoSuchMailbox
@@ -127,7 +128,10 @@ def encode_flags(flags: frozenset[str]) -> str:
     return " ".join(sorted(flags))
 
 
+@functools.lru_cache(maxsize=4096)
 def decode_flags(text: str) -> frozenset[str]:
+    """Memoised: a mailbox has few distinct flag sets, and equal rows then share one
+    frozenset (whose hash, and FETCH's rendering of it, are then computed once)."""
     return frozenset(text.split()) if text else frozenset()
 
 
