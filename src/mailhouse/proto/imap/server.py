@@ -67,7 +67,7 @@ AUTHENTICATED = frozenset({
 })
 SELECTED_ONLY = frozenset({
     "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT",
-    "THREAD", "CHECK",
+    "THREAD", "CHECK", "CANCELUPDATE",
 })
 # ENABLE-able here (RFC 5161); the service says which of the others it implements.
 CORE_ENABLE = frozenset({"IMAP4REV2", "UTF8=ACCEPT"})

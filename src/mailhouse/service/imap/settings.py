@@ -22,6 +22,7 @@ class ImapSettings:
     append_limit: int = 50 * 1024 * 1024  # APPENDLIMIT (RFC 7889), octets per message
     fetch_batch: int = 500  # messages read from the store per round of a FETCH / SEARCH
     search_content_limit: int = 100_000  # messages a body/text SEARCH may decode
+    max_search_updates: int = 16  # live SEARCH/SORT results (RFC 5267 UPDATE) per session
 
 
 def capabilities(settings: ImapSettings) -> tuple[str, ...]:
