@@ -90,8 +90,12 @@ class ImapSession:
             await searching.refresh_live(self, self.selection)  # this command's own changes
         # Removals go out only after the command has used the numbers the client sent it
         # with, and never at the end of FETCH, STORE or SEARCH (RFC 9051 §7.5.1).
-        if selected and (command.uid or command.name not in _NO_EXPUNGE):
-            lines = self.updates(expunge_allowed=True)
+        if selected and self.selection is not None:
+            if command.uid or command.name not in _NO_EXPUNGE:
+                lines = self.updates(expunge_allowed=True)
+            else:  # live results may still be told (RFC 5267 §4.3.2), numbered as now
+                live, view = self.selection.live, self.selection.view
+                lines = live.removal_lines(view) + live.addition_lines(view) if live else []
             if lines:
                 await respond.send(lines)
         return done
