@@ -416,3 +416,38 @@ def test_live_results_equal_a_fresh_search(ops: list[tuple[str, int, int]],
         await store.close()
 
     asyncio.run(main())
+
+
+def test_announced(imap: Runner) -> None:
+    async def scenario(store: Store, account: Account) -> None:
+        client = await logged_in(store, account)
+        out = await client.ok(b"c CAPABILITY")
+        for atom in (b" ESORT", b" CONTEXT=SEARCH", b" CONTEXT=SORT", b" SORT", b" ESEARCH"):
+            assert atom + b" " in out or atom + b"\r\n" in out, atom
+
+    imap(scenario)
+
+
+def test_sequence_numbers_and_saved_result_are_fixed_when_the_command_runs(
+        imap: Runner) -> None:
+    async def scenario(store: Store, account: Account) -> None:
+        a = await logged_in(store, account)
+        b = await logged_in(store, account)
+        await _inbox(a, store, account, ["a", "b", "c", "d"])
+        await b.ok(b"s SELECT INBOX")
+        out = await a.ok(b"B01 UID SEARCH RETURN (UPDATE ALL) 1:2 UNSEEN")
+        assert b'* ESEARCH (TAG "B01") UID ALL 1:2\r\n' in out
+        await a.ok(b"x SEARCH RETURN (SAVE) 3")
+        # "$" is UID 3 when the command runs; the live program keeps UID 3.
+        out = await a.ok(b"B02 UID SEARCH RETURN (UPDATE SAVE ALL) $ UNSEEN")
+        assert b'* ESEARCH (TAG "B02") UID ALL 3\r\n' in out
+        await b.ok(b"y STORE 1 +FLAGS (\\Deleted)")
+        await b.ok(b"y EXPUNGE")
+        await b.ok(b"y STORE 1,3 +FLAGS (\\Seen)")  # UIDs 2 and 4
+        await b.ok(b"y STORE 1,3 -FLAGS (\\Seen)")
+        out = await a.ok(b"n NOOP")
+        # UID 3 became number 2 and UID 4 number 3: neither joins B01; UID 4 not B02.
+        assert b'* ESEARCH (TAG "B01") UID REMOVEFROM (0 1)\r\n' in out
+        assert b"ADDTO" not in out
+
+    imap(scenario)

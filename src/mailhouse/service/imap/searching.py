@@ -220,6 +220,8 @@ async def _extended(session: ImapSession, request: Request, respond: Responder,
     update = "UPDATE" in options
     if update and command.tag in selection.live.contexts:
         return Completion("BAD", "Tag reuse")  # RFC 5267 §4.3: SHALL be BAD
+    # Before SAVE replaces "$": the live program keeps the "$" this command searched.
+    frozen = _frozen(key, selection) if update else key
     modseq = uses_modseq(key)
     if modseq:
         session.enable_condstore()
@@ -235,6 +237,7 @@ async def _extended(session: ImapSession, request: Request, respond: Responder,
             found = sort_messages([c async for c in matching(
                 session, selection, key, charset, fields=True)], criteria)
             uids = [c.uid for c in found]
+            highest = max((c.modseq for c in found), default=0)
     except (SearchError, TooMuchContent) as exc:
         if "SAVE" in options:
             selection.saved = frozenset()  # RFC 5182 §2.1: a failed SEARCH empties $
@@ -253,8 +256,7 @@ async def _extended(session: ImapSession, request: Request, respond: Responder,
         refusal = _update_refusal(session, key)
         if refusal is None:
             selection.live.contexts[command.tag] = _live(
-                command.tag, command.uid, _frozen(key, selection), charset, criteria, found,
-                uids)
+                command.tag, command.uid, frozen, charset, criteria, found, uids)
             done += ", will notify"
         else:
             lines.append(b"NO [NOUPDATE " + quoted(command.tag) + b"] " + refusal)
