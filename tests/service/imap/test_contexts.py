@@ -451,3 +451,23 @@ def test_sequence_numbers_and_saved_result_are_fixed_when_the_command_runs(
         assert b"ADDTO" not in out
 
     imap(scenario)
+
+
+def test_live_result_dropped_when_it_cannot_be_kept(imap: Runner) -> None:
+    async def scenario(store: Store, account: Account) -> None:
+        a = Client(store, account, settings=ImapSettings(search_content_limit=1))
+        await a.login()
+        await _inbox(a, store, account, ["a"])
+        out = await a.ok(b"B01 UID SEARCH RETURN (UPDATE COUNT) BODY x")
+        assert b"COUNT 1" in out and b"will notify" in out
+        await put(store, account, message(2, body="x"))
+        await put(store, account, message(3, body="x"))
+        out = await a.ok(b"n NOOP")  # two bodies to read, one allowed: no more updates
+        assert b'* NO [NOUPDATE "B01"]' in out and b"ADDTO" not in out
+        await put(store, account, message(4, body="x"))
+        out = await a.ok(b"n NOOP")
+        assert b"ESEARCH" not in out and b"NOUPDATE" not in out
+        out = await a.cmd(b'c CANCELUPDATE "B01"')
+        assert out.startswith(b"c NO"), out
+
+    imap(scenario)
