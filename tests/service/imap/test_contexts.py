@@ -340,11 +340,21 @@ def test_live_results_during_idle(imap: Runner) -> None:
     async def scenario(store: Store, account: Account) -> None:
         a = await logged_in(store, account)
         await _inbox(a, store, account, ["a"])
+        b = await logged_in(store, account)
+        await b.ok(b"s SELECT INBOX")
         await a.ok(b"B01 UID SEARCH RETURN (UPDATE) UNSEEN")
+        await a.ok(b"C01 SEARCH RETURN (UPDATE) UNSEEN")
         await a.raw(b"i IDLE\r\n")
         await put(store, account, message(2))
         lines = await a.idle_changes()
-        assert lines == [b"2 EXISTS", b'ESEARCH (TAG "B01") UID ADDTO (0 2)']
+        assert lines == [b"2 EXISTS", b'ESEARCH (TAG "B01") UID ADDTO (0 2)',
+                         b'ESEARCH (TAG "C01") ADDTO (0 2)']
+        # During IDLE an expunge is told at once: each REMOVEFROM before it (§4.3.4).
+        await b.ok(b"x STORE 1 +FLAGS.SILENT (\\Deleted)")
+        await b.ok(b"y EXPUNGE")
+        lines = await a.idle_changes()
+        assert lines == [b'ESEARCH (TAG "B01") UID REMOVEFROM (0 1)',
+                         b'ESEARCH (TAG "C01") REMOVEFROM (0 1)', b"1 EXPUNGE"]
         out = await a.raw(b"DONE\r\n")
         assert b"i OK" in out
 
@@ -362,7 +372,7 @@ _CONTEXTS = [
 ]
 _OPS = st.lists(st.tuples(
     st.sampled_from(["deliver", "seen", "unseen", "flag", "delete", "expunge", "noop",
-                     "fetch"]),
+                     "fetch", "move", "uidexpunge", "search"]),
     st.integers(0, 1), st.integers(1, 6)), max_size=25)
 
 
@@ -405,6 +415,12 @@ def test_live_results_equal_a_fresh_search(ops: list[tuple[str, int, int]],
                 out = await c.ok(b"x EXPUNGE")
             elif op == "fetch":
                 out = await c.cmd(b"x FETCH 1:* (FLAGS)")  # EXPUNGE held back here
+            elif op == "search":
+                out = await c.ok(b"x SEARCH UNSEEN")  # and here
+            elif op == "move":
+                out = await c.ok(b"x UID MOVE %d Trash" % n)  # REMOVEFROM, then EXPUNGE
+            elif op == "uidexpunge":
+                out = await c.ok(b"x UID EXPUNGE 1:%d" % n)
             else:
                 out = await c.ok(b"x NOOP")
             if c is a:
