@@ -4,7 +4,8 @@ The core (proto/imap/server.py) has already checked that each command is valid i
 this class performs it against the store. Untagged updates about other sessions' changes go out
 only where RFC 9051 §7.5.1 allows: before a command's own responses (EXISTS and flag changes
 always; EXPUNGE except during FETCH, STORE and SEARCH, whose UID forms are fine), during IDLE,
-and never while no command is in progress.
+and never while no command is in progress. Live SEARCH/SORT results (RFC 5267, search_updates.py)
+are re-tested in the same catch-up step and told around those updates.
 """
 
 from __future__ import annotations
