@@ -33,6 +33,8 @@ WORDS = (
     b"SUBSCRIBE ", b"APPEND ", b"{5}\r\nhello", b"{3+}\r\nabc", b"GETQUOTAROOT ", b"IDLE",
     b"DONE", b"ENABLE QRESYNC", b"(QRESYNC (1 1 1:5))", b" ", b"ENABLE UTF8=ACCEPT",
     b"UTF8 (~{5}\r\nhello)", b'"\xc3\xa9t\xc3\xa9"', b"Subject: \xc3\xa9\r\n\r\n",
+    b"RETURN (UPDATE PARTIAL 1:2) ", b"SORT RETURN (MIN ALL UPDATE) (SUBJECT) UTF-8 UNSEEN",
+    b'CANCELUPDATE "a" "b"',
 )
 _STATUS = re.compile(rb"(\* |\+ |[^ ]+ (OK|NO|BAD) )")
 _CONFIG = ImapServerConfig(hostname="fuzz.example", capabilities=CAPABILITIES,
@@ -98,6 +100,10 @@ SESSIONS = (
     b"d APPEND Old/Sub {5}\r\nhello\r\ne STATUS Old/Sub (MESSAGES SIZE)\r\nf DELETE Old/Sub\r\n",
     b"a EXAMINE INBOX\r\nb UID SEARCH RETURN (SAVE) SEEN\r\nc UID FETCH $ BODY[]\r\n"
     b"d UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)\r\n",
+    b"a SELECT INBOX\r\nb UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNSEEN\r\n"
+    b"c SEARCH RETURN (UPDATE PARTIAL 1:2) NOT DELETED\r\nd STORE 1:* +FLAGS (\\Seen)\r\n"
+    b"e STORE 1 +FLAGS (\\Deleted)\r\nf EXPUNGE\r\ng APPEND INBOX {5}\r\nhello\r\n"
+    b'h CANCELUPDATE "b"\r\ni NOOP\r\n',
 )
 
 

@@ -208,8 +208,9 @@ def test_imap_section_defaults_and_keys(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, (
         "[imap]\nworkers = 1\nidle_timeout = 3600\nallow_plaintext_auth = true\n"
         "append_limit = 1048576\nfetch_batch = 50\nsearch_content_limit = 10\n"
+        "max_search_updates = 3\n"
         "[limits]\nimap_max_connections = 40\nimap_max_connections_per_ip = 4\n")))
-    assert dataclasses.astuple(config.imap) == (3600.0, True, 1, 1_048_576, 50, 10)
+    assert dataclasses.astuple(config.imap) == (3600.0, True, 1, 1_048_576, 50, 10, 3)
     assert (config.limits.imap_max_connections,
             config.limits.imap_max_connections_per_ip) == (40, 4)
     assert load_config(write(tmp_path, "[imap]\nidle_timeout = 1800\n")).imap.idle_timeout == 1800
@@ -306,6 +307,7 @@ BAD = [
     ("[imap]\nappend_limit = '50M'", "imap.append_limit", ">= 1"),
     ("[imap]\nfetch_batch = 0", "imap.fetch_batch", ">= 1"),
     ("[imap]\nsearch_content_limit = -1", "imap.search_content_limit", ">= 1"),
+    ("[imap]\nmax_search_updates = 0", "imap.max_search_updates", ">= 1"),
     ("[imap]\nidle_timout = 5", "imap.idle_timout", "did you mean imap.idle_timeout"),
     ("[limits]\nimap_max_connections = 0", "limits.imap_max_connections", ">= 1"),
     ("[limits]\nimap_max_connections_per_ip = 0", "limits.imap_max_connections_per_ip",

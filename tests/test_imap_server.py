@@ -63,12 +63,13 @@ def test_the_core_gets_the_configured_limits(tmp_path: Path) -> None:
     assert set(CAPABILITIES) <= set(core.capabilities) and core.enableable == ENABLEABLE
     assert (core.allow_plaintext_auth, core.max_errors) == (False, 7)
     config = config_from_table({"imap": {"append_limit": 123, "allow_plaintext_auth": True,
-                                         "fetch_batch": 9, "search_content_limit": 8}},
+                                         "fetch_batch": 9, "search_content_limit": 8,
+                                         "max_search_updates": 2}},
                                base_dir=tmp_path)
     settings = imap_settings(config)
     core = imap_core_config(config, settings)
-    assert (settings.append_limit, settings.fetch_batch, settings.search_content_limit) == (
-        123, 9, 8)
+    assert (settings.append_limit, settings.fetch_batch, settings.search_content_limit,
+            settings.max_search_updates) == (123, 9, 8, 2)
     assert "APPENDLIMIT=123" in core.capabilities and core.allow_plaintext_auth
 
 

@@ -160,7 +160,8 @@ def imap_settings(config: Config) -> ImapSettings:
     imap = config.imap
     return ImapSettings(append_limit=imap.append_limit or config.limits.max_message_size,
                         fetch_batch=imap.fetch_batch,
-                        search_content_limit=imap.search_content_limit)
+                        search_content_limit=imap.search_content_limit,
+                        max_search_updates=imap.max_search_updates)
 
 
 def imap_core_config(config: Config, settings: ImapSettings) -> ImapServerConfig:

@@ -493,6 +493,8 @@ class ImapConfig:
     fetch_batch: int = field(default=500, metadata=checked(_integer(1)))
     # Messages one body/text SEARCH may decode before it answers NO [LIMIT].
     search_content_limit: int = field(default=100_000, metadata=checked(_integer(1)))
+    # Live SEARCH/SORT results (RFC 5267 UPDATE) one session may hold; at least 1 (§4.3.1).
+    max_search_updates: int = field(default=16, metadata=checked(_integer(1)))
 
 
 @dataclass(frozen=True, slots=True)

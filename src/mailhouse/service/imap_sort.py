@@ -38,6 +38,11 @@ _KEY: dict[str, Callable[[Candidate], Any]] = {
 }
 
 
+def sort_values(m: Candidate, criteria: Sequence[tuple[str, bool]]) -> tuple[Any, ...]:
+    """The values `sort_messages` orders `m` by, one per criterion (ties: by UID)."""
+    return tuple(_KEY[name](m) for name, _ in criteria)
+
+
 def sort_messages(messages: Iterable[Candidate],
                   criteria: Sequence[tuple[str, bool]]) -> list[Candidate]:
     """Messages in SORT order; `criteria` are (key, reversed) as the parser gives them."""

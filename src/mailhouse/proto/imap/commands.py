@@ -194,6 +194,13 @@ class Sort:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelUpdate:
+    """RFC 5267 §4.3.5: CANCELUPDATE with the tags of the searching commands to silence."""
+
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Thread:
     algorithm: str
     charset: str
@@ -203,5 +210,5 @@ class Thread:
 Arguments = (
     NoArguments | Login | Authenticate | Select | Create | MailboxArgument | Rename
     | ListMailboxes | Status | Append | Enable | Id | GetQuota | SetQuota | Search | Fetch
-    | Store | Copy | Expunge | Sort | Thread
+    | Store | Copy | Expunge | Sort | Thread | CancelUpdate
 )

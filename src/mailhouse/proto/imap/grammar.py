@@ -140,6 +140,8 @@ class _Grammar:
                 r.sp()
             word = r.word()
             if word == "PARTIAL":
+                if partial is not None:  # RFC 5267 §4.4: one PARTIAL at most
+                    raise ParseError("PARTIAL can be given only once")
                 r.sp()
                 partial = self._partial_range()
             elif word in SEARCH_RETURN:
@@ -479,6 +481,15 @@ class _Grammar:
         r.sp()
         return c.Sort(tuple(criteria), charset, self.search_keys(), returns)
 
+    def cancelupdate(self, _name: str) -> c.Arguments:
+        """CANCELUPDATE 1*(SP quoted) (RFC 5267 §5)."""
+        tags: list[str] = []
+        while self.r.skip(b" "):
+            tags.append(self.text(self.r.quoted(), "A tag"))
+        if not tags:
+            raise ParseError("CANCELUPDATE needs the tags of searching commands")
+        return c.CancelUpdate(tuple(tags))
+
     def thread(self, _name: str) -> c.Arguments:
         r = self.r
         r.sp()
@@ -499,5 +510,5 @@ _PARSERS: dict[str, Callable[[_Grammar, str], c.Arguments]] = {
     "ID": _Grammar.id, "GETQUOTA": _Grammar.getquota, "SETQUOTA": _Grammar.setquota,
     "SEARCH": _Grammar.search, "FETCH": _Grammar.fetch, "STORE": _Grammar.store,
     "COPY": _Grammar.copy, "MOVE": _Grammar.copy, "SORT": _Grammar.sort,
-    "THREAD": _Grammar.thread,
+    "THREAD": _Grammar.thread, "CANCELUPDATE": _Grammar.cancelupdate,
 }

@@ -67,7 +67,7 @@ AUTHENTICATED = frozenset({
 })
 SELECTED_ONLY = frozenset({
     "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "SORT",
-    "THREAD", "CHECK",
+    "THREAD", "CHECK", "CANCELUPDATE",
 })
 # ENABLE-able here (RFC 5161) when rev2 is announced; the service says which of the others it
 # implements (UTF8=ACCEPT, RFC 6855, among them), and only announced ones are enabled.

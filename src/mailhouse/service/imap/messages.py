@@ -22,7 +22,7 @@ from mailhouse.proto.imap.responses import compact
 from mailhouse.proto.imap.sequence import STAR, SequenceSet
 from mailhouse.proto.imap.server_events import Request
 from mailhouse.service.imap.row_fetch import ROW_ITEMS, HeaderPlan, facts, row_fetch
-from mailhouse.service.imap.selection import SYSTEM_FLAGS, Selection, flag_list, render
+from mailhouse.service.imap.selection import SYSTEM_FLAGS, Selection, flag_list
 from mailhouse.service.imap_api import Completion, Responder
 from mailhouse.service.imap_fetch import (
     UnknownEncoding,
@@ -327,6 +327,7 @@ async def _send_fetched(session: ImapSession, selection: Selection, seen: list[i
         before = selection.known_modseq
         update = await session.store.store_flags(selection.id, seen, FlagOp.ADD, [SEEN])
         selection.own_change(before, update.modseq)
+        selection.live.note_changed(m.uid for m in update.changed)
     return not lines or await respond.send(lines)
 
 
@@ -364,6 +365,7 @@ async def store(session: ImapSession, request: Request, respond: Responder) -> C
         except ValueError:
             return Completion("BAD", "Invalid flag")
         selection.own_change(before, update.modseq)
+        selection.live.note_changed(m.uid for m in update.changed)
         failed.extend(update.failed)
         lines: list[bytes] = []
         if args.silent:
@@ -439,8 +441,7 @@ async def copy(session: ImapSession, request: Request, respond: Responder) -> Co
     # RFC 6851 §4.3: COPYUID in an untagged OK before the expunges, then the tagged OK.
     lines = [b"OK [" + code.encode("ascii") + b"] Moved"] if code else []
     moved = [s for s, _ in result.uids]
-    lines += render(selection.view.expunged_by_self(moved, vanished=session.qresync),
-                    condstore=session.condstore)
+    lines += session.removed_by_self(selection, moved)
     if lines:
         await respond.send(lines)
     if target.id == selection.id:
@@ -462,8 +463,7 @@ async def expunge(session: ImapSession, request: Request, respond: Responder) ->
                and (within is None or f.uid in within)]
     if deleted:
         await session.store.expunge(selection.id, deleted)
-        lines = render(selection.view.expunged_by_self(deleted, vanished=session.qresync),
-                       condstore=session.condstore)
+        lines = session.removed_by_self(selection, deleted)
         await respond.send(lines)
     return Completion("OK", f"{'UID ' if command.uid else ''}EXPUNGE completed")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mailhouse.proto.imap.responses import compact
+from mailhouse.service.imap.search_updates import LiveResults
 from mailhouse.service.mailbox_view import (
     Exists,
     Expunge,
@@ -42,6 +43,8 @@ class Selection:
     keywords: set[str] = field(default_factory=set)  # announced in FLAGS
     saved: frozenset[int] = frozenset()  # UIDs of SEARCH RETURN (SAVE), RFC 5182
     synced_at: float = 0.0  # time.monotonic() of the last look at the store
+    live: LiveResults = field(default_factory=LiveResults)  # RFC 5267 UPDATE contexts
+
     @property
     def id(self) -> int:
         return self.mailbox.id
@@ -66,6 +69,8 @@ class Selection:
                 view.note_flags(m.uid, m.flags, m.modseq)
         if changes.expunged:
             view.note_removed(changes.expunged)
+            self.live.note_gone(changes.expunged)
+        self.live.note_changed(m.uid for m in changes.changed)
         self.known_modseq = info.highest_modseq
         return True
 

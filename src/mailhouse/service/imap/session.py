@@ -4,7 +4,8 @@ The core (proto/imap/server.py) has already checked that each command is valid i
 this class performs it against the store. Untagged updates about other sessions' changes go out
 only where RFC 9051 §7.5.1 allows: before a command's own responses (EXISTS and flag changes
 always; EXPUNGE except during FETCH, STORE and SEARCH, whose UID forms are fine), during IDLE,
-and never while no command is in progress.
+and never while no command is in progress. Live SEARCH/SORT results (RFC 5267, search_updates.py)
+are re-tested in the same catch-up step and told around those updates.
 """
 
 from __future__ import annotations
@@ -86,10 +87,16 @@ class ImapSession:
             log.warning("event=imap.store_failed account=%s command=%s", self.account.address,
                         command.name, exc_info=True)
             return Completion("NO", "Temporary server failure, try again later", "UNAVAILABLE")
+        if self.selection is not None and self.selection.live.changed:
+            await searching.refresh_live(self, self.selection)  # this command's own changes
         # Removals go out only after the command has used the numbers the client sent it
         # with, and never at the end of FETCH, STORE or SEARCH (RFC 9051 §7.5.1).
-        if selected and (command.uid or command.name not in _NO_EXPUNGE):
-            lines = self.updates(expunge_allowed=True)
+        if selected and self.selection is not None:
+            if command.uid or command.name not in _NO_EXPUNGE:
+                lines = self.updates(expunge_allowed=True)
+            else:  # live results may still be told (RFC 5267 §4.3.2), numbered as now
+                live, view = self.selection.live, self.selection.view
+                lines = live.removal_lines(view) + live.addition_lines(view) if live else []
             if lines:
                 await respond.send(lines)
         return done
@@ -116,10 +123,14 @@ class ImapSession:
         """Sync the selected mailbox's view if it may be stale; False (and deselected) when
         the mailbox is gone."""
         selection = self.selection
-        if selection is None or not self._stale(selection) or await selection.sync(self.store):
+        if selection is None:
             return True
-        self.selection = None
-        return False
+        if self._stale(selection) and not await selection.sync(self.store):
+            self.selection = None
+            return False
+        if selection.live.changed:
+            await searching.refresh_live(self, selection)  # RFC 5267 §4.3 live results
+        return True
 
     async def refresh(self, respond: Responder, *, expunge_allowed: bool) -> bool:
         """Learn the store's changes and send what may be sent now. False: the mailbox is
@@ -136,8 +147,22 @@ class ImapSession:
         selection = self.selection
         if selection is None:
             return []
-        items = selection.view.pending(expunge_allowed=expunge_allowed, vanished=self.qresync)
-        return render(items, condstore=self.condstore)
+        view, live = selection.view, selection.live
+        # RFC 5267 §4.3.3-4.3.4: REMOVEFROM before the EXPUNGE, ADDTO after the EXISTS.
+        lines = live.removal_lines(view) if live else []
+        items = view.pending(expunge_allowed=expunge_allowed, vanished=self.qresync)
+        lines += render(items, condstore=self.condstore)
+        if live:
+            lines += live.addition_lines(view)
+        return lines
+
+    def removed_by_self(self, selection: Selection, uids: list[int]) -> list[bytes]:
+        """This session's own EXPUNGE or MOVE, told at once (RFC 9051 §6.4.3, RFC 6851 §4.3),
+        each live result's REMOVEFROM first (RFC 5267 §4.3.4)."""
+        selection.live.note_gone(uids)
+        lines = selection.live.removal_lines(selection.view) if selection.live else []
+        items = selection.view.expunged_by_self(uids, vanished=self.qresync)
+        return lines + render(items, condstore=self.condstore)
 
     async def append_chunk(self, chunk: AppendChunk) -> None:
         await self.appends.chunk(chunk)
@@ -218,4 +243,5 @@ _HANDLERS: dict[str, Handler] = {
     "SEARCH": searching.search,
     "SORT": searching.sort,
     "THREAD": searching.thread,
+    "CANCELUPDATE": searching.cancel_update,
 }
