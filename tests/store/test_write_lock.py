@@ -339,3 +339,15 @@ def test_the_lock_is_closed_with_the_writer(tmp_path: Path) -> None:
     stopper.join(10)
     lock.close()  # and so is a second close
     conn.close()
+
+
+async def test_a_link_planted_at_the_lock_file_is_never_followed(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    data_dir.mkdir()
+    target = tmp_path / "elsewhere"
+    (data_dir / WRITE_LOCK_NAME).symlink_to(target)
+    store = SqliteStore(data_dir)
+    with pytest.raises(OSError):
+        await store.open()
+    assert not target.exists()

@@ -8,7 +8,7 @@ Threads, and why:
 The event loop thread never touches SQLite or a file.
 
 Several processes may open one data directory (the CLI edits accounts while the server runs):
-their writers queue on a flock around each write transaction (`locks/write.lock`,
+their writers queue on a flock around each write transaction (`write.lock`,
 sqlite_writer.py), SQLite's busy handler (`busy_timeout`, `BEGIN IMMEDIATE`) backs it up, and a
 flock on `store.lock` makes sure orphan blobs are only reaped when no other process can have a
 delivery in flight.
@@ -96,7 +96,9 @@ T = TypeVar("T")
 
 DB_NAME = "mailhouse.db"
 LOCK_NAME = "store.lock"
-WRITE_LOCK_NAME = "locks/write.lock"  # not store.lock: that one is held for the store's life
+# Not store.lock (held for the store's life), and not under locks/: the store creates no
+# directory a planted link could stand in for (tests/test_privileges.py).
+WRITE_LOCK_NAME = "write.lock"
 PRIVATE_DIR_MODE = 0o700  # data_dir holds password hashes and mail: its owner only
 PRIVATE_FILE_MODE = 0o600
 
@@ -208,10 +210,7 @@ class SqliteStore:
                 days = self._files.recent_days(self._reap_days)
                 self._files.reap_orphans(days, partial(_referenced_in_day, conn))
             fcntl.flock(lock_fd, fcntl.LOCK_SH)  # others may now open, but not reap
-            write_lock = None
-            if self._write_lock:
-                (self.data_dir / WRITE_LOCK_NAME).parent.mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
-                write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME)
+            write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME) if self._write_lock else None
         except BaseException:
             if conn is not None:
                 conn.close()

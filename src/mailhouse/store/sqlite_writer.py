@@ -96,7 +96,8 @@ class WriteLock:
         self._fd = self._open()
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_FILE_MODE)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a planted link: refused
+        return os.open(self.path, flags, LOCK_FILE_MODE)
 
     def acquire(self) -> None:
         """Block until this writer holds the lock (no timeout: the holder keeps it only for one
