@@ -8,8 +8,10 @@ Threads, and why:
 The event loop thread never touches SQLite or a file.
 
 Several processes may open one data directory (the CLI edits accounts while the server runs):
-SQLite serializes writers (`busy_timeout`, `BEGIN IMMEDIATE`) and a flock on `store.lock` makes
-sure orphan blobs are only reaped when no other process can have a delivery in flight.
+their writers queue on a flock around each write transaction (`write.lock`,
+sqlite_writer.py), SQLite's busy handler (`busy_timeout`, `BEGIN IMMEDIATE`) backs it up, and a
+flock on `store.lock` makes sure orphan blobs are only reaped when no other process can have a
+delivery in flight.
 
 Import this module only through `mailhouse.store.open_store`.
 """
@@ -86,7 +88,7 @@ from mailhouse.store.rules import (
     check_zone,
     encode_flags,
 )
-from mailhouse.store.sqlite_writer import GroupCommitWriter, WriterStats
+from mailhouse.store.sqlite_writer import GroupCommitWriter, WriteLock, WriterStats
 from mailhouse.store.wakeup import Wakeups
 
 log = logging.getLogger("mailhouse.store.sqlite")
@@ -95,6 +97,9 @@ T = TypeVar("T")
 
 DB_NAME = "mailhouse.db"
 LOCK_NAME = "store.lock"
+# Not store.lock (held for the store's life), and not under locks/: the store creates no
+# directory a planted link could stand in for (tests/test_privileges.py).
+WRITE_LOCK_NAME = "write.lock"
 PRIVATE_DIR_MODE = 0o700  # data_dir holds password hashes and mail: its owner only
 PRIVATE_FILE_MODE = 0o600
 INLINE_ROWS = 64  # reads of at most this many rows run on the caller's thread (`_read_small`)
@@ -113,8 +118,12 @@ class SqliteStore:
         spill_at: int = SPILL_AT,
         reap_days: int = 2,
         wakeups: Wakeups | None = None,
+        write_lock: bool = True,
     ) -> None:
+        """`write_lock`: take WRITE_LOCK_NAME around each write transaction (sqlite_writer.py);
+        False only to measure without it (bench/write_contention.py)."""
         self.data_dir = Path(data_dir)
+        self._write_lock = write_lock
         self._wakeups = wakeups
         self._owners: dict[int, int] = {}  # mailbox id -> account id (never changes)
         self._db_path = self.data_dir / DB_NAME
@@ -203,6 +212,7 @@ class SqliteStore:
                 days = self._files.recent_days(self._reap_days)
                 self._files.reap_orphans(days, partial(_referenced_in_day, conn))
             fcntl.flock(lock_fd, fcntl.LOCK_SH)  # others may now open, but not reap
+            write_lock = WriteLock(self.data_dir / WRITE_LOCK_NAME) if self._write_lock else None
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -212,7 +222,7 @@ class SqliteStore:
         self._conn = conn
         self._blob_pool = ThreadPoolExecutor(self._blob_threads, "mailhouse-store-blob")
         self._read_pool = ThreadPoolExecutor(self._read_threads, "mailhouse-store-read")
-        self._writer = GroupCommitWriter(conn, self._files.sync_days)
+        self._writer = GroupCommitWriter(conn, self._files.sync_days, lock=write_lock)
         self._writer.start()
 
     async def close(self) -> None:
@@ -224,8 +234,9 @@ class SqliteStore:
         writer.stop()
         stats = writer.stats
         log.info("event=store.writer_stats batches=%d jobs=%d largest_batch=%d busy_waits=%d "
-                 "busy_seconds=%.3f", stats.batches, stats.jobs, stats.largest_batch,
-                 stats.busy_waits, stats.busy_seconds)
+                 "busy_seconds=%.3f lock_waits=%d lock_seconds=%.3f", stats.batches, stats.jobs,
+                 stats.largest_batch, stats.busy_waits, stats.busy_seconds, stats.lock_waits,
+                 stats.lock_seconds)
         for pool in (self._blob_pool, self._read_pool):
             if pool is not None:
                 pool.shutdown(wait=True)

@@ -9,7 +9,9 @@ previous batch was committing, so batches grow with load and latency stays about
 One batch:
   1. take every pending job (block only for the first);
   2. fsync the blob directories the batch's deliveries touched, once each;
-  3. BEGIN IMMEDIATE; run each job inside its own SAVEPOINT; COMMIT (one WAL fsync);
+  3. take the WriteLock (below); BEGIN IMMEDIATE; take the jobs that arrived meanwhile (their
+     directories fsynced too); run each job inside its own SAVEPOINT; COMMIT (one WAL fsync);
+     drop the WriteLock;
   4. run after-commit hooks, then resolve every caller's future on its own event loop via
      `call_soon_threadsafe` (one wake-up per loop per batch).
 
@@ -21,19 +23,31 @@ still have reached the WAL, so `on_failure(maybe_committed=True)` tells deliveri
 blob file: a row never points at a missing blob, and a truly orphaned file is reaped at the next
 open. Callers then answer 451/452 and the sender retries: a duplicate is possible, a loss is not
 (qmail's rule, security.md §1).
+
+Across processes (the listener, the queue process, the POP3 and IMAP workers each have a writer):
+every writer takes `WriteLock`, a blocking flock on one file, before BEGIN IMMEDIATE and drops it
+after COMMIT/ROLLBACK. SQLite alone makes a writer that finds the database locked sleep in steps
+(1, 2, 5, 10 ms …) and poll; the flock wakes the next writer the moment the lock is free, and a
+writer takes into its batch every job that arrived while it waited, so group commit keeps working
+across processes (docs/decisions.md, "The cross-process write path"). Writers that do not take it
+(schema migration, the blob garbage collection at open and after an account's removal, a store
+opened with write_lock=False) still meet SQLite's busy handler, which stays the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mailhouse.errors import MailError
@@ -60,8 +74,51 @@ class WriteJob:
     error: BaseException | None = field(default=None)
 
 
-# A BEGIN IMMEDIATE slower than this waited for another process's write transaction.
+# A BEGIN IMMEDIATE (or a WriteLock acquisition) slower than this waited for another process's
+# write transaction.
 BUSY_WAIT: float = 0.001
+LOCK_FILE_MODE = 0o600
+
+
+class WriteLock:
+    """The cross-process write lock: flock(LOCK_EX) on `path`, held for one write transaction.
+
+    Why flock: the kernel wakes the waiters the moment the holder unlocks, where SQLite's busy
+    handler sleeps in steps and polls (and lets a writer that just committed take the lock again
+    ahead of one that has slept for 10 ms). It is dropped when its open file description goes,
+    so a holder killed with SIGKILL never leaves it taken. One open file description per
+    instance, used only by its writer thread (flock locks belong to the description: two
+    instances in one process exclude each other like two processes do).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC  # a planted link: refused
+        return os.open(self.path, flags, LOCK_FILE_MODE)
+
+    def acquire(self) -> None:
+        """Block until this writer holds the lock (no timeout: the holder keeps it only for one
+        transaction, and the kernel drops it if the holder dies)."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Never fails and never leaves the lock held: if unlocking errs, the descriptor is
+        closed (which drops the lock) and a fresh one opened."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError:
+            log.exception("store.write_lock.unlock_failed")
+            os.close(self._fd)
+            self._fd = -1
+            self._fd = self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 @dataclass(slots=True)
@@ -73,19 +130,27 @@ class WriterStats:
     # CLI): batches whose BEGIN IMMEDIATE waited, and the seconds spent waiting in all.
     busy_waits: int = 0
     busy_seconds: float = 0.0
+    # With a WriteLock: batches that waited for it, and the seconds spent waiting in all (the
+    # same contention, met in the kernel's queue instead of SQLite's busy handler).
+    lock_waits: int = 0
+    lock_seconds: float = 0.0
 
 
 class GroupCommitWriter:
-    """Owns `conn` (autocommit mode) from start() until stop()."""
+    """Owns `conn` (autocommit mode) from start() until stop(); and `lock`, when given, which it
+    holds around each batch transaction and closes at stop()."""
 
     def __init__(
         self,
         conn: sqlite3.Connection,
         sync_days: Callable[[Iterable[str]], None],
         name: str = "mailhouse-store-writer",
+        lock: WriteLock | None = None,
     ) -> None:
         self._conn = conn
         self._sync_days = sync_days
+        self._lock = lock
+        self._stop_seen = False  # the writer thread saw stop()'s sentinel
         self._queue: queue.SimpleQueue[WriteJob | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._closed = False
@@ -101,6 +166,8 @@ class GroupCommitWriter:
             self._queue.put(None)
         if self._thread.is_alive():
             self._thread.join()
+        if self._lock is not None:
+            self._lock.close()
 
     async def run(
         self,
@@ -124,23 +191,14 @@ class GroupCommitWriter:
 
     # --- writer thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
+        while not self._stop_seen:
             first = self._queue.get()
             batch: list[WriteJob] = []
             if first is None:
-                stopping = True
+                self._stop_seen = True
             else:
                 batch.append(first)
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stopping = True
-                else:
-                    batch.append(job)
+            self._drain(batch)
             if batch:
                 try:
                     self._commit(batch)
@@ -152,28 +210,94 @@ class GroupCommitWriter:
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 self._settle(batch)
 
-    def _commit(self, batch: list[WriteJob]) -> None:
-        days = {day for job in batch for day in job.sync_days}
-        if days:
+    def _drain(self, into: list[WriteJob]) -> None:
+        """Move every pending job into `into`, without blocking; note the stop sentinel."""
+        while True:
             try:
-                self._sync_days(days)
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is None:
+                self._stop_seen = True
+            else:
+                into.append(job)
+
+    def _synced(self, jobs: list[WriteJob]) -> list[WriteJob]:
+        """fsync the blob directories `jobs` touched, once each; the jobs that may go on (when
+        that fails, those that needed it fail)."""
+        days = {day for job in jobs for day in job.sync_days}
+        if not days:
+            return jobs
+        try:
+            self._sync_days(days)
+        except OSError as exc:
+            self._fail([job for job in jobs if job.sync_days], exc, maybe_committed=False)
+            return [job for job in jobs if not job.sync_days]
+        return jobs
+
+    def _commit(self, batch: list[WriteJob]) -> None:
+        """Commit `batch`, and the jobs that arrive while it waits for the locks (appended to
+        `batch`, so they are counted and settled with it)."""
+        ready = self._synced(list(batch))
+        if not ready:
+            return
+        lock = self._lock
+        if lock is None:
+            committed = self._transaction(ready, batch)
+        else:
+            began = time.perf_counter()
+            try:
+                lock.acquire()
             except OSError as exc:
-                needing = [job for job in batch if job.sync_days]
-                self._fail(needing, exc, maybe_committed=False)
-                batch = [job for job in batch if not job.sync_days]
-                if not batch:
-                    return
+                self._fail(ready, exc, maybe_committed=False)
+                return
+            waited = time.perf_counter() - began
+            if waited > BUSY_WAIT:
+                self.stats.lock_waits += 1
+                self.stats.lock_seconds += waited
+            try:
+                committed = self._transaction(ready, batch)
+            finally:  # the hooks below run unlocked: they may write (garbage) or take time
+                lock.release()
+        for job in committed:
+            if job.error is None and job.after_commit is not None:
+                try:
+                    job.after_commit()
+                except Exception:
+                    log.exception("store.writer.after_commit_failed")
+            elif job.error is not None and job.on_failure is not None:
+                job.on_failure(False)
+
+    def _transaction(self, ready: list[WriteJob], batch: list[WriteJob]) -> list[WriteJob]:
+        """BEGIN IMMEDIATE; take the jobs that came while it waited (group commit across
+        processes: a writer's batch grows while another process holds the lock); a savepoint
+        per job; COMMIT. The jobs committed, or [] when the batch failed (every job with it)."""
         conn = self._conn
         began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            self._fail(batch, exc, maybe_committed=False)
-            return
+            self._fail(ready, exc, maybe_committed=False)
+            return []
         waited = time.perf_counter() - began
         if waited > BUSY_WAIT:
             self.stats.busy_waits += 1
             self.stats.busy_seconds += waited
+        try:
+            late: list[WriteJob] = []
+            self._drain(late)
+            if late:
+                batch.extend(late)
+                ready = ready + self._synced(late)
+            return ready if self._jobs_and_commit(ready) else []
+        except BaseException:  # never leave SQLite's lock held once the WriteLock is gone
+            self._rollback()
+            raise
+
+    def _jobs_and_commit(self, batch: list[WriteJob]) -> bool:
+        """Inside BEGIN IMMEDIATE: each job in its savepoint, then COMMIT; False when the batch
+        failed (every job with it)."""
+        conn = self._conn
         try:
             for job in batch:
                 conn.execute("SAVEPOINT job")
@@ -186,21 +310,14 @@ class GroupCommitWriter:
         except sqlite3.Error as exc:  # the transaction itself is broken
             self._rollback()
             self._fail(batch, exc, maybe_committed=False)
-            return
+            return False
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             self._fail(batch, exc, maybe_committed=True)
-            return
-        for job in batch:
-            if job.error is None and job.after_commit is not None:
-                try:
-                    job.after_commit()
-                except Exception:
-                    log.exception("store.writer.after_commit_failed")
-            elif job.error is not None and job.on_failure is not None:
-                job.on_failure(False)
+            return False
+        return True
 
     def _rollback(self) -> None:
         try:
