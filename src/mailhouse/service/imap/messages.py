@@ -95,10 +95,27 @@ async def batches(session: ImapSession, selection: Selection, uids: Sequence[int
         while j < len(uids) and j - i < size and uids[j] - first < 4 * size:
             j += 1
         last = uids[j - 1]
-        rows = await session.store.list_messages_in(selection.id, first, last)
+        if last - first < 4 * (j - i):
+            rows = await session.store.list_messages_in(selection.id, first, last)
+        else:  # sparse (a SEARCH narrowed by the store): each run of near UIDs on its own
+            rows = []
+            for low, high in _runs(uids, i, j):
+                rows += await session.store.list_messages_in(selection.id, low, high)
         members = wanted if wanted is not None else set(uids[i:j])
         yield [row for row in rows if row.uid in members]
         i = j
+
+
+def _runs(uids: Sequence[int], i: int, j: int, gap: int = 4) -> list[tuple[int, int]]:
+    """uids[i:j] as (first, last) runs whose neighbours are at most `gap` apart: a read of each
+    reads at most `gap` rows per wanted one (and a short run is read without a thread hop)."""
+    runs = [(uids[i], uids[i])]
+    for uid in uids[i + 1:j]:
+        if uid - runs[-1][1] <= gap:
+            runs[-1] = (runs[-1][0], uid)
+        else:
+            runs.append((uid, uid))
+    return runs
 
 
 # --- FETCH -------------------------------------------------------------------------------------
