@@ -47,9 +47,8 @@ async def test_rows_without_current_search_fields_stay_candidates(tmp_path: Path
     try:
         inbox = await _filled(store)
         with sqlite3.connect(tmp_path / "data" / "mailhouse.db") as conn:
-            blob = "(SELECT blob_id FROM messages WHERE uid = ?)"
-            conn.execute(f"UPDATE blobs SET search = NULL WHERE id = {blob}", (1,))  # before v9
-            conn.execute(f"UPDATE blobs SET search = ? WHERE id = {blob}", (b"[0, []]", 2))
+            conn.execute("UPDATE message_search SET search = NULL WHERE uid = 1")  # before v9
+            conn.execute("UPDATE message_search SET search = ? WHERE uid = 2", (b"[0, []]",))
         assert await store.search_candidates(inbox.id, ["zeppelin"]) == {1, 2}
     finally:
         await store.close()

@@ -266,6 +266,9 @@ async def test_a_live_version_1_store_upgrades_in_place(
         "INSERT INTO blobs (id, size, refcount)"
         " VALUES (?, ?, ? + 0 * coalesce(length(?), 0) + 0 * coalesce(length(?), 0))",
     )
+    # Nor the message_search table (version 10).
+    monkeypatch.setattr(sqlite_messages, "_SET_SEARCH",
+                        "UPDATE blobs SET size = size WHERE 0 AND ? AND ? AND ?")
     # Nor a quota (version 7).
     monkeypatch.setattr(sqlite_messages, "quota_allows", lambda conn, account_id, adding: True)
     # Nor the STATUS counters (version 5): only message_count moves.

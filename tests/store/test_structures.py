@@ -218,11 +218,13 @@ async def test_search_fields_stored_at_delivery_and_derived_for_old_rows(tmp_pat
             (search,) = conn.execute("SELECT search FROM blobs").fetchone()
             assert search is not None and len(search) < 600
             conn.execute("UPDATE blobs SET search = NULL")  # as a row stored before version 9
+            conn.execute("UPDATE message_search SET search = NULL")
         expected = parse_message(MESSAGE).search
         assert (await store.search_fields(inbox.id, [1]))[1] == expected
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT search FROM blobs").fetchone()[0] is not None
             conn.execute("UPDATE blobs SET search = ?", (b"[0, []]",))  # another version
+            conn.execute("UPDATE message_search SET search = ?", (b"[0, []]",))
         assert (await store.search_fields(inbox.id, [1]))[1] == expected
     finally:
         await store.close()

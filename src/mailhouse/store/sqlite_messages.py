@@ -136,6 +136,7 @@ def deliver(
 ) -> list[Outcome]:
     """`changed` receives (account id, mailbox id, MODSEQ) of each copy, for wake-ups."""
     outcomes: list[Outcome] = []
+    placed: list[tuple[int, int]] = []
     for account_id, mailbox, flags, internal_date, ignore_quota in targets:
         unseen, deleted = flag_counts(decode_flags(flags))
         counts = (1, unseen, deleted, blob.size)
@@ -153,6 +154,7 @@ def deliver(
         conn.execute(
             _INSERT, (mailbox_id, uid, modseq, flags, internal_date, 0, blob.size, blob.blob_id)
         )
+        placed.append((mailbox_id, uid))
         outcomes.append(Outcome.DELIVERED)
         if changed is not None:
             changed.append((account_id, mailbox_id, modseq))
@@ -161,7 +163,7 @@ def deliver(
         sqlite_queue.insert(conn, blob, queued[0], queued[1], now)
         references += 1
     if references:
-        _new_blob(conn, blob, references)
+        _new_blob(conn, blob, references, placed)
     return outcomes
 
 
@@ -169,9 +171,17 @@ _INSERT_BLOB = ("INSERT INTO blobs (id, size, refcount, structure, search)"
                 " VALUES (?, ?, ?, ?, ?)")
 
 
-def _new_blob(conn: sqlite3.Connection, blob: SealedBlob, references: int) -> None:
+_SET_SEARCH = "UPDATE message_search SET search = ? WHERE mailbox_id = ? AND uid = ?"
+
+
+def _new_blob(conn: sqlite3.Connection, blob: SealedBlob, references: int,
+              placed: Sequence[tuple[int, int]] = ()) -> None:
+    """The blob's row, after the rows of the messages `placed` (mailbox id, UID) in it: the
+    trigger that gave them their `message_search` rows found no blob yet (schema.py v10)."""
     conn.execute(_INSERT_BLOB,
                  (blob.blob_id, blob.size, references, blob.structure, blob.search))
+    if blob.search is not None and placed:
+        conn.executemany(_SET_SEARCH, [(blob.search, box, uid) for box, uid in placed])
 
 
 def append(
@@ -197,7 +207,7 @@ def append(
         _INSERT,
         (mailbox_id, uid, modseq, flags, internal_date, internal_zone, blob.size, blob.blob_id),
     )
-    _new_blob(conn, blob, 1)
+    _new_blob(conn, blob, 1, [(mailbox_id, uid)])
     if changed is not None:
         changed.append((row[0], mailbox_id, modseq))
     return uidvalidity, uid

@@ -104,11 +104,12 @@ def load(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int,
 
 
 def load_search(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int, uids: Sequence[int]
-                ) -> tuple[dict[int, SearchFields], list[tuple[bytes, str]]]:
-    """Search fields by UID, and (bytes, blob id) of those derived now from the structure."""
+                ) -> tuple[dict[int, SearchFields], list[tuple[bytes, str, int, int]]]:
+    """Search fields by UID (from `message_search`, schema v10), and (bytes, blob id, mailbox
+    id, UID) of those derived now from the structure."""
     found: dict[int, SearchFields] = {}
     missing: list[int] = []
-    for uid, _blob_id, data in _rows(conn, "search", mailbox_id, uids):
+    for uid, data in _search_rows(conn, mailbox_id, uids):
         try:
             if data is not None:
                 found[uid] = search_from_bytes(data)
@@ -116,30 +117,56 @@ def load_search(conn: sqlite3.Connection, files: BlobFiles, mailbox_id: int, uid
         except StructureFormatError:
             pass
         missing.append(uid)
-    derived: list[tuple[bytes, str]] = []
+    derived: list[tuple[bytes, str, int, int]] = []
     if missing:
         structures, _ = load(conn, files, mailbox_id, missing)
         blob_of = {uid: blob_id for uid, blob_id, _ in _rows(conn, "size", mailbox_id, missing)}
         for uid, structure in structures.items():
             found[uid] = structure.search
-            derived.append((search_to_bytes(structure.search), blob_of[uid]))
+            derived.append((search_to_bytes(structure.search), blob_of[uid], mailbox_id, uid))
     return found, derived
+
+
+_SEARCH = "SELECT uid, search FROM message_search WHERE mailbox_id = ?"
+
+
+def _search_rows(conn: sqlite3.Connection, mailbox_id: int,
+                 uids: Sequence[int]) -> list[tuple[int, bytes | None]]:
+    """(uid, search fields) of these messages: a dense run by one range of the table's key, a
+    sparse one by IN lists (as `_rows`)."""
+    out: list[tuple[int, bytes | None]] = []
+    wanted = sorted(set(uids))
+    for i in range(0, len(wanted), _QUERY_CHUNK):
+        chunk = wanted[i:i + _QUERY_CHUNK]
+        if chunk[-1] - chunk[0] < 4 * len(chunk):
+            members = set(chunk)
+            out += [r for r in conn.execute(_SEARCH + " AND uid BETWEEN ? AND ?",
+                                            (mailbox_id, chunk[0], chunk[-1]))
+                    if r[0] in members]
+        else:
+            marks = ",".join("?" * len(chunk))
+            out += conn.execute(_SEARCH + f" AND uid IN ({marks})", (mailbox_id, *chunk))
+    return out
 
 
 def candidates(conn: sqlite3.Connection, mailbox_id: int, needles: Sequence[bytes]) -> set[int]:
     """UIDs whose stored search fields contain every needle (see Store.search_candidates),
     found by SQLite's instr over the column, nothing decoded. A row without search fields, or
     with another codec version's, stays a candidate."""
-    condition = " AND ".join("instr(b.search, ?) > 0" for _ in needles)
-    query = ("SELECT m.uid FROM messages m JOIN blobs b ON b.id = m.blob_id"
-             " WHERE m.mailbox_id = ? AND (b.search IS NULL"
-             " OR substr(b.search, 1, ?) != ? OR (" + condition + "))")
+    condition = " AND ".join("instr(search, ?) > 0" for _ in needles)
+    query = ("SELECT uid FROM message_search WHERE mailbox_id = ? AND (search IS NULL"
+             " OR substr(search, 1, ?) != ? OR (" + condition + "))")
     params = (mailbox_id, len(SEARCH_PREFIX), SEARCH_PREFIX, *needles)
     return {uid for (uid,) in conn.execute(query, params)}
 
 
-def save_search(conn: sqlite3.Connection, derived: list[tuple[bytes, str]]) -> None:
-    conn.executemany("UPDATE blobs SET search = ? WHERE id = ?", derived)
+def save_search(conn: sqlite3.Connection, derived: list[tuple[bytes, str, int, int]]) -> None:
+    """The derived fields on the blob (for every copy) and on the message they were derived
+    for (other copies' `message_search` rows derive theirs when first read)."""
+    conn.executemany("UPDATE blobs SET search = ? WHERE id = ?",
+                     [(data, blob_id) for data, blob_id, _, _ in derived])
+    conn.executemany("UPDATE message_search SET search = ? WHERE mailbox_id = ? AND uid = ?",
+                     [(data, mailbox_id, uid) for data, _, mailbox_id, uid in derived])
 
 
 def save(conn: sqlite3.Connection, parsed: list[tuple[bytes, str]]) -> None:
