@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mailhouse.message import imap_render as render
 from mailhouse.message.envelope import Address, Envelope
 from mailhouse.message.structure import parse_message
+from mailhouse.proto.imap.responses import nstring
 from tests.message.test_structure import RFC2046_EXAMPLE, RFC9051_SECTIONS
 from tests.message.test_structure_properties import junk
 
@@ -134,3 +135,10 @@ def test_every_rendering_reads_back(data: bytes, utf8: bool, extensible: bool) -
     assert s.root.envelope is not None
     subject = s.root.envelope.subject
     assert env[1] == (None if subject is None else subject.replace("\x00", ""))
+
+
+@given(st.text(max_size=1100), st.booleans())
+def test_istring_fast_path_says_what_nstring_says(value: str, utf8: bool) -> None:
+    # A plain value skips the general path: the bytes must be the same either way.
+    assert render.istring(value, utf8) == nstring(
+        value.replace("\x00", "").encode("utf-8", errors="replace"), utf8=utf8)

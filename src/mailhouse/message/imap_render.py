@@ -14,13 +14,16 @@ part, because the grammar requires at least one; message/rfc822 whose body was n
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from mailhouse.message.envelope import Address, Envelope
 from mailhouse.message.mime_headers import ContentInfo
 from mailhouse.message.structure import Part
-from mailhouse.proto.imap.responses import nstring
+from mailhouse.proto.imap.responses import QUOTED_MAX, nstring
 
+# Printable ASCII but the quoted-string specials: such a value is its own quoted string.
+_PLAIN = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
 _EMPTY_TEXT = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
 
 
@@ -29,6 +32,8 @@ def istring(value: str | None, utf8: bool = False) -> bytes:
     no header value should carry, is dropped rather than sent as literal8."""
     if value is None:
         return b"NIL"
+    if len(value) <= QUOTED_MAX and _PLAIN.fullmatch(value):
+        return b'"' + value.encode("ascii") + b'"'  # what quoted() makes of it, without escapes
     return nstring(value.replace("\x00", "").encode("utf-8", errors="replace"), utf8=utf8)
 
 
