@@ -13,14 +13,14 @@ from mailhouse.message.searchfields import build_search_fields
 from mailhouse.message.structure import MessageStructure, Part
 from mailhouse.proto.imap.fetch import FetchAttribute, Section
 from mailhouse.service.imap.messages import header_end
-from mailhouse.service.imap.row_fetch import HeaderPlan, facts
+from mailhouse.service.imap.row_fetch import HeaderPlan, facts, flag_renderer, row_fetch
 from mailhouse.service.imap_fetch import (
     fetch_response,
     header_fields,
     header_fields_by_line,
     materialize,
 )
-from mailhouse.store.base import MessageInfo
+from mailhouse.store.base import MessageFlags, MessageInfo
 
 NAMES = ["From", "To", "Subject", "X-A", "x-a", "Cc", "Date", "Message-ID", "a b", "Ünï", "X:Y"]
 line_piece = st.sampled_from([
@@ -93,3 +93,11 @@ def test_items_outside_a_plan_take_the_general_path() -> None:
         (FetchAttribute("BODY", Section(text="TEXT"), peek=True),),
     ]:
         assert HeaderPlan.of(attributes, True) is None
+
+
+def test_the_flag_renderer_says_what_row_fetch_says() -> None:
+    flags = MessageFlags(ROW.uid, ROW.flags, ROW.modseq)
+    for names in (["FLAGS"], ["UID", "FLAGS"], ["FLAGS", "UID"], ["MODSEQ"],
+                  ["FLAGS", "MODSEQ"], ["UID"], ["MODSEQ", "FLAGS", "UID"]):
+        for uid in (False, True):
+            assert flag_renderer(names, uid)(5, flags) == row_fetch(5, names, ROW, uid)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 from mailhouse.errors import MailError
 from mailhouse.message.searchfields import build_search_fields
@@ -21,7 +22,14 @@ from mailhouse.proto.imap.fetch import FetchAttribute, Section
 from mailhouse.proto.imap.responses import compact
 from mailhouse.proto.imap.sequence import STAR, SequenceSet
 from mailhouse.proto.imap.server_events import Request
-from mailhouse.service.imap.row_fetch import ROW_ITEMS, HeaderPlan, facts, row_fetch
+from mailhouse.service.imap.row_fetch import (
+    FLAG_ITEMS,
+    ROW_ITEMS,
+    HeaderPlan,
+    facts,
+    flag_renderer,
+    row_fetch,
+)
 from mailhouse.service.imap.selection import SYSTEM_FLAGS, Selection, flag_list
 from mailhouse.service.imap_api import Completion, Responder
 from mailhouse.service.imap_fetch import (
@@ -32,6 +40,7 @@ from mailhouse.service.imap_fetch import (
 from mailhouse.store.base import (
     FlagOp,
     MailboxError,
+    MessageFlags,
     MessageInfo,
     NoSuchMailbox,
     QuotaExceeded,
@@ -40,6 +49,8 @@ from mailhouse.store.base import (
 
 if TYPE_CHECKING:
     from mailhouse.service.imap.session import ImapSession
+
+_Row = TypeVar("_Row", MessageInfo, MessageFlags)
 
 SEEN = "\\Seen"
 DELETED = "\\Deleted"
@@ -86,7 +97,21 @@ async def batches(session: ImapSession, selection: Selection, uids: Sequence[int
                   factor: int = 1) -> AsyncIterator[list[MessageInfo]]:
     """The rows of these messages, ascending, a bounded batch at a time. A batch spans at most
     4 x `fetch_batch` UIDs, so a sparse set never reads a long range of rows it does not use."""
-    size = session.settings.fetch_batch * factor
+    async for rows in _batches(uids, session.settings.fetch_batch * factor,
+                               partial(session.store.list_messages_in, selection.id)):
+        yield rows
+
+
+async def flag_batches(session: ImapSession, selection: Selection, uids: Sequence[int]
+                       ) -> AsyncIterator[list[MessageFlags]]:
+    """As `batches`, the UID, flags and MODSEQ of each message alone (FETCH FLAGS)."""
+    async for rows in _batches(uids, session.settings.fetch_batch * ROW_BATCH_FACTOR,
+                               partial(session.store.list_flags, selection.id)):
+        yield rows
+
+
+async def _batches(uids: Sequence[int], size: int,
+                   read: Callable[[int, int], Awaitable[list[_Row]]]) -> AsyncIterator[list[_Row]]:
     wanted = set(uids) if len(uids) < 1_000_000 else None
     i = 0
     while i < len(uids):
@@ -96,11 +121,11 @@ async def batches(session: ImapSession, selection: Selection, uids: Sequence[int
             j += 1
         last = uids[j - 1]
         if last - first < 4 * (j - i):
-            rows = await session.store.list_messages_in(selection.id, first, last)
+            rows = await read(first, last)
         else:  # sparse (a SEARCH narrowed by the store): each run of near UIDs on its own
             rows = []
             for low, high in _runs(uids, i, j):
-                rows += await session.store.list_messages_in(selection.id, low, high)
+                rows += await read(low, high)
         members = wanted if wanted is not None else set(uids[i:j])
         yield [row for row in rows if row.uid in members]
         i = j
@@ -319,6 +344,21 @@ async def _fetch_rows(session: ImapSession, selection: Selection, uids: list[int
     names = [a.name for a in attributes]
     found = 0
     view = selection.view
+    if set(names) <= FLAG_ITEMS:  # the flag sync of every client: the rows' flags alone
+        render = flag_renderer(names, uid)
+        seq_of = view.seq_of
+        async for flagged in flag_batches(session, selection, uids):
+            found += len(flagged)
+            lines = []
+            for one in flagged:
+                seq = seq_of(one.uid)
+                if seq is None:
+                    found -= 1
+                elif changed_since is None or one.modseq > changed_since:
+                    lines.append(render(seq, one))
+            if lines and not await respond.send(lines):
+                return Completion("NO", "Connection closing")
+        return _fetched(found, uids, uid)
     async for rows in batches(session, selection, uids, ROW_BATCH_FACTOR):
         found += len(rows)
         lines = []
@@ -330,6 +370,10 @@ async def _fetch_rows(session: ImapSession, selection: Selection, uids: list[int
                 lines.append(row_fetch(seq, names, row, uid))
         if lines and not await respond.send(lines):
             return Completion("NO", "Connection closing")
+    return _fetched(found, uids, uid)
+
+
+def _fetched(found: int, uids: list[int], uid: bool) -> Completion:
     if found < len(uids):
         return Completion("NO", "Some of the requested messages no longer exist",
                           "EXPUNGEISSUED")

@@ -14,7 +14,7 @@ from mailhouse.proto.imap.fetch import FetchAttribute
 from mailhouse.proto.imap.responses import date_time
 from mailhouse.service.imap_fetch import MessageFacts, header_fields, section_name
 from mailhouse.service.imap_fetch import flag_list as fetch_flag_list
-from mailhouse.store.base import MessageInfo
+from mailhouse.store.base import MessageFlags, MessageInfo
 
 # Items answered from the row alone.
 ROW_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
@@ -43,6 +43,30 @@ def _row_item(name: str) -> Render:
     if name == "MODSEQ":
         return lambda row, _: b"MODSEQ (%d)" % row.modseq  # RFC 7162 §3.1.4.1
     return lambda row, _: b"INTERNALDATE " + date_time(internal_date(row))
+
+
+# Items a message's flags row (Store.list_flags) answers.
+FLAG_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
+
+
+def flag_renderer(names: Sequence[str], uid: bool) -> Callable[[int, MessageFlags], bytes]:
+    """The response for FLAG_ITEMS, as one format made once per command."""
+    parts: list[bytes] = []
+    getters: list[Callable[[MessageFlags], int | bytes]] = []
+    for name in (["UID"] if uid and "UID" not in names else []) + list(names):
+        if name == "UID":
+            parts.append(b"UID %d")
+            getters.append(lambda row: row.uid)
+        elif name == "FLAGS":
+            parts.append(b"FLAGS %s")
+            getters.append(lambda row: fetch_flag_list(row.flags))
+        else:
+            parts.append(b"MODSEQ (%d)")  # RFC 7162 §3.1.4.1
+            getters.append(lambda row: row.modseq)
+    fmt = b"%d FETCH (" + b" ".join(parts) + b")"
+    if parts == [b"UID %d", b"FLAGS %s"]:  # UID FETCH 1:* (FLAGS): most of them
+        return lambda seq, row: fmt % (seq, row.uid, fetch_flag_list(row.flags))
+    return lambda seq, row: fmt % (seq, *[get(row) for get in getters])
 
 
 def row_fetch(seq: int, names: Sequence[str], row: MessageInfo, uid: bool) -> bytes:
