@@ -254,7 +254,7 @@ class QueueWorker:
         for message in claimed:
             due = _due_addresses(message, now)
             if message.id in self._active:  # made due again during its round: see the module doc
-                self._claimed[message.id].update(due)
+                self._claimed.setdefault(message.id, set()).update(due)
                 continue
             self._claimed[message.id] = set(due)
             task = asyncio.create_task(
@@ -285,14 +285,16 @@ class QueueWorker:
         finally:
             # Claimed but not recorded: not started (stop()), cancelled (stop() again: due at
             # once for the next worker), claimed again during the round, or a local failure.
-            left = self._claimed.pop(message.id, set())
+            # A look at the queue during a release may claim more of them: hence the loop.
+            released = False
             try:
-                if left:
+                while left := self._claimed.pop(message.id, None):
                     at = self._clock() if release_at is None else release_at
                     await self._release(message.id, left, at)
+                    released = True
             finally:
                 self._active.pop(message.id, None)
-                if self._backlog or left:
+                if self._backlog or released:
                     self._wakeup.set()
 
     async def _release(self, message_id: int, addresses: set[str], at: float) -> None:
