@@ -419,6 +419,9 @@ class QueueConfig:
     delay_warning: float = field(default=14_400.0, metadata=checked(_integer_or_float_zero))
     max_concurrency: int = field(default=100, metadata=checked(_integer(1)))
     destination_concurrency: int = field(default=20, metadata=checked(_integer(1)))
+    # How long a claimed message is kept from every other claimer (queue/worker.py): longer
+    # than a round to one host takes at the RFC 5321 §4.5.3.2 timeouts, about 30 minutes.
+    claim_lease: float = field(default=3600.0, metadata=checked(_seconds))
     # "separate": `serve` runs the queue (scheduler, outbound SMTP, bounces) in a child process
     # with its own event loop; "inline": on the listeners' loop, in one process.
     process: str = field(default="separate", metadata=checked(_queue_process))

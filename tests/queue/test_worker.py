@@ -27,6 +27,7 @@ from mailhouse.store.base import (
     QueuedMessage,
     QueueRequest,
     RecipientStatus,
+    RecipientUpdate,
     Store,
 )
 
@@ -620,6 +621,119 @@ def test_a_delivery_that_raises_is_deferred_and_the_worker_goes_on() -> None:
             await until(lambda: gone(store, queue_id))
         finally:
             await s.worker.stop()
+
+    run(scenario())
+
+
+# --- the claim ------------------------------------------------------------------------------------
+def test_a_message_claimed_by_another_process_waits_for_its_lease(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = open_store(tmp_path / "data", "sqlite")
+        other = open_store(tmp_path / "data", "sqlite")  # another queue process, or node
+        await store.open()
+        await other.open()
+        try:
+            s = Setup(store, claim_lease=600.0)
+            queue_id = await enqueue(store, "bob@remote.example")
+            [claimed] = await other.queue_claim(s.clock.now, 10, 600.0)  # and then it died
+            assert claimed.id == queue_id
+            await s.worker.start()
+            try:
+                s.clock.advance(599)
+                s.worker.wake()
+                await asyncio.sleep(IDLE * 8)
+                assert s.delivery.calls == []
+                s.clock.advance(1)
+                s.worker.wake()
+                await until(lambda: gone(store, queue_id))
+            finally:
+                await s.worker.stop()
+            assert len(s.delivery.calls) == 1
+        finally:
+            await other.close()
+            await store.close()
+
+    run(scenario())
+
+
+def test_a_round_holds_its_recipients_for_the_configured_lease() -> None:
+    async def scenario() -> None:
+        store = await memory_store()
+        s = Setup(store, FakeDelivery(hold=True), claim_lease=1234.0)
+        queue_id = await enqueue(store, "bob@remote.example")
+        await s.worker.start()
+        try:
+            await until(lambda: s.delivery.total == 1)
+            message = await store.queue_get(queue_id)
+            assert message is not None
+            assert message.recipients[0].next_attempt == s.clock.now + 1234.0
+            assert await store.queue_claim(s.clock.now + 1233, 10, 1.0) == []  # nobody else
+            s.delivery.release.set()
+            await until(lambda: gone(store, queue_id))
+        finally:
+            await s.worker.stop()
+
+    assert QueueConfig().claim_lease >= 30 * 60  # RFC 5321 §4.5.3.2: 5+5+5+2+3+10 minutes
+    run(scenario())
+
+
+def test_a_round_that_fails_locally_releases_its_recipients_for_a_while() -> None:
+    async def scenario() -> None:
+        store = await memory_store()
+        s = Setup(store)
+        queue_id = await enqueue(store, "bob@remote.example")
+        real_update = store.queue_update
+        failures = [OSError("disk full")]
+
+        async def failing_update(*args: Any, **kw: Any) -> None:
+            if failures:
+                raise failures.pop()
+            await real_update(*args, **kw)
+
+        store.queue_update = failing_update  # type: ignore[method-assign]
+        await s.worker.start()
+        try:
+            await until(lambda: len(s.delivery.calls) == 1)
+            expected = s.clock.now + worker_module.ROUND_FAILURE_HOLD
+
+            async def held() -> bool:
+                return await store.queue_next_attempt() == expected
+
+            await until(held)
+            assert s.worker.in_flight == frozenset()
+            await asyncio.sleep(IDLE * 8)
+            assert len(s.delivery.calls) == 1  # not before the hold ends
+            s.clock.advance(worker_module.ROUND_FAILURE_HOLD)
+            s.worker.wake()
+            await until(lambda: gone(store, queue_id))
+        finally:
+            await s.worker.stop()
+        assert len(s.delivery.calls) == 2
+
+    run(scenario())
+
+
+def test_a_message_made_due_during_its_round_is_tried_when_the_round_ends() -> None:
+    """A flush while a round runs: not a second round at once, but the recipients the round did
+    not hold are released at its end instead of waiting for the lease."""
+    async def scenario() -> None:
+        store = await memory_store()
+        s = Setup(store, FakeDelivery(hold={"slow.example"}))
+        queue_id = await enqueue(store, "x@fast.example", "y@slow.example")
+        await store.queue_update(queue_id, [RecipientUpdate(
+            "x@fast.example", RecipientStatus.PENDING, s.clock.now + 500, "451 later")])
+        await s.worker.start()
+        try:
+            await until(lambda: s.delivery.total == 1)  # y, held
+            assert await store.queue_retry(queue_id, s.clock.now) == 2  # `queue retry ID`
+            await asyncio.sleep(IDLE * 8)  # claimed again, but no second round
+            assert [c.recipients for c in s.delivery.calls] == [["y@slow.example"]]
+            s.delivery.release.set()
+            await until(lambda: gone(store, queue_id))
+        finally:
+            await s.worker.stop()
+        assert [c.recipients for c in s.delivery.calls] == [
+            ["y@slow.example"], ["x@fast.example"]]
 
     run(scenario())
 

@@ -170,6 +170,98 @@ async def test_a_message_is_due_when_any_pending_recipient_is(store: Store) -> N
     assert await store.queue_next_attempt() == base + 500
 
 
+# --- claims (queue_claim, queue_release) ----------------------------------------------------------
+async def recipient_times(store: Store, message_id: int) -> dict[str, tuple[float, int]]:
+    message = await store.queue_get(message_id)
+    assert message is not None
+    return {r.address: (r.next_attempt, r.attempts) for r in message.recipients}
+
+
+async def test_a_claim_holds_a_message_until_its_lease_ends(store: Store) -> None:
+    base = 5_000_000.0
+    message = await enqueue(store, not_before=base)
+    [claimed] = await store.queue_claim(base + 1, 10, 100.0)
+    assert claimed == message  # as it stood before the claim: due at `base`
+    assert await store.queue_claim(base + 50, 10, 100.0) == []
+    assert await store.queue_due(base + 50, 10) == []
+    # What `queue list` and the scheduler see: the next attempt if this one never reports back.
+    assert await store.queue_next_attempt() == base + 101
+    assert await recipient_times(store, message.id) == {"bob@remote.example": (base + 101, 0)}
+    assert [m.id for m in await store.queue_claim(base + 101, 10, 100.0)] == [message.id]
+    assert await store.queue_next_attempt() == base + 201
+
+
+async def test_claims_are_oldest_first_limited_and_each_message_once(store: Store) -> None:
+    base = 6_000_000.0
+    third = await enqueue(store, not_before=base + 30)
+    first = await enqueue(store, ("a@x.example", "b@y.example"), not_before=base + 10)
+    second = await enqueue(store, not_before=base + 20)
+    later = await enqueue(store, not_before=base + 999)  # not due
+    assert await store.queue_claim(base + 100, 0, 60.0) == []
+    assert [m.id for m in await store.queue_claim(base + 100, 2, 60.0)] == [first.id, second.id]
+    assert [m.id for m in await store.queue_claim(base + 100, 10, 60.0)] == [third.id]
+    assert await store.queue_claim(base + 100, 10, 60.0) == []
+    assert (await recipient_times(store, later.id))["bob@remote.example"] == (base + 999, 0)
+
+
+async def test_a_claim_leases_only_the_due_recipients(store: Store) -> None:
+    base = 7_000_000.0
+    message = await enqueue(store, ("a@x.example", "b@y.example"), not_before=base)
+    await store.queue_update(
+        message.id, [RecipientUpdate("b@y.example", PENDING, base + 500, "451 4.3.0 later")]
+    )
+    [claimed] = await store.queue_claim(base, 10, 100.0)
+    assert [(r.address, r.next_attempt) for r in claimed.recipients] == [
+        ("a@x.example", base), ("b@y.example", base + 500)]
+    assert await recipient_times(store, message.id) == {
+        "a@x.example": (base + 100, 0), "b@y.example": (base + 500, 1)}
+
+
+async def test_updates_after_a_claim_record_as_before(store: Store) -> None:
+    base = 8_000_000.0
+    message = await enqueue(store, ("a@x.example", "b@y.example"), not_before=base)
+    await store.queue_claim(base, 10, 3600.0)
+    await store.queue_update(message.id, [
+        RecipientUpdate("a@x.example", PENDING, base + 300, "451 4.7.1 greylisted"),
+        RecipientUpdate("b@y.example", DELIVERED, 0, "250 2.0.0 ok"),
+    ])
+    assert await recipient_times(store, message.id) == {
+        "a@x.example": (base + 300, 1), "b@y.example": (base + 3600, 1)}
+    assert statuses(await store.queue_get(message.id))["b@y.example"] is DELIVERED
+    assert await store.queue_next_attempt() == base + 300  # the lease is over for both
+    assert [m.id for m in await store.queue_claim(base + 300, 10, 3600.0)] == [message.id]
+    await store.queue_update(message.id, [RecipientUpdate("a@x.example", FAILED, 0, "550")])
+    assert await store.queue_get(message.id) is None
+    assert await store.queue_claim(base + 10_000, 10, 3600.0) == []
+
+
+async def test_release_ends_a_claim_early_without_an_attempt(store: Store) -> None:
+    base = 9_000_000.0
+    message = await enqueue(store, ("a@x.example", "b@y.example", "c@z.example"),
+                            not_before=base)
+    await store.queue_update(message.id, [RecipientUpdate("c@z.example", DELIVERED, 0, "250")])
+    await store.queue_claim(base, 10, 3600.0)
+    await store.queue_release(message.id, ["a@x.example", "c@z.example", "nobody@x.example"],
+                              base + 30)
+    assert await recipient_times(store, message.id) == {
+        "a@x.example": (base + 30, 0), "b@y.example": (base + 3600, 0), "c@z.example": (base, 1)}
+    await store.queue_release(message.id, ["a@x.example"], base + 60)  # never postpones
+    assert (await recipient_times(store, message.id))["a@x.example"] == (base + 30, 0)
+    assert [m.id for m in await store.queue_claim(base + 30, 10, 3600.0)] == [message.id]
+    await store.queue_release(987_654, ["a@x.example"], base)  # an unknown message: ignored
+
+
+async def test_retry_ends_a_lease(store: Store) -> None:
+    """`mailhouse queue flush` during a round: the message may be claimed again (the
+    scheduler keeps its own rounds apart; another process could deliver it twice)."""
+    base = time.time()
+    message = await enqueue(store, not_before=base)
+    await store.queue_claim(base, 10, 3600.0)
+    assert await store.queue_claim(base + 1, 10, 3600.0) == []
+    assert await store.queue_retry(None, base + 1) == 1
+    assert [m.id for m in await store.queue_claim(base + 1, 10, 3600.0)] == [message.id]
+
+
 # --- recording attempts ---------------------------------------------------------------------------
 async def test_update_records_each_outcome(store: Store) -> None:
     base = 3_000_000.0

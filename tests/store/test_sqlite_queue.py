@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,30 @@ async def test_failed_queue_entry_stores_nothing(
         assert blob_files(data_dir) == []
     finally:
         await store.close()
+
+
+async def test_two_processes_claiming_at_once_never_take_the_same_message(data_dir: Path) -> None:
+    """Two queue processes on one data directory (or two nodes on one store): each due message
+    goes to exactly one claimer, whether the claims meet in one writer's batch or queue on the
+    write lock between the two."""
+    one, two = await opened(data_dir), await opened(data_dir)
+    try:
+        ids = [await queue_bytes(one, MESSAGE, (f"u{i}@x.example",)) for i in range(60)]
+        now = time.time() + 10
+
+        async def claimer(store: Store) -> list[int]:
+            taken: list[int] = []
+            while batch := await store.queue_claim(now, 3, 3600.0):
+                taken.extend(m.id for m in batch)
+            return taken
+
+        results = await asyncio.gather(*(claimer(s) for s in (one, two, one, two)))
+        assert sorted(i for taken in results for i in taken) == sorted(ids)  # each once
+        assert await two.queue_claim(now + 3599, 100, 3600.0) == []
+        assert len(await one.queue_claim(now + 3600, 100, 3600.0)) == 60
+    finally:
+        await two.close()
+        await one.close()
 
 
 async def test_another_process_edits_the_queue_of_a_running_store(data_dir: Path) -> None:

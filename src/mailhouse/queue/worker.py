@@ -17,21 +17,33 @@ One attempt round for one message:
      pending.
 Never a DSN for a message whose sender is <> (RFC 5321 §4.5.5, security.md checklist 36).
 
-A message is in at most one round at a time (`_active`); a new round starts only after the
-previous one has ended. `stop()` lets rounds in flight finish within a grace time, then cancels
-them: a cancelled delivery records nothing, so its recipients are still PENDING and still due,
-and the next worker (after a restart) tries them again. A duplicate is possible if the remote
-had accepted the message just before the cancel; a loss is not.
+The claim: each look at the queue takes due messages with `Store.queue_claim`, which moves their
+due recipients' next attempt `claim_lease` (default an hour) ahead in the same write
+transaction. No other claimer, another queue process on this data directory or another node
+sharing a store, takes them until the lease ends; the round's own updates then set the real
+next attempt. A worker that dies mid-round leaves its recipients leased: they are tried again
+when the lease ends, a delay (or a duplicate, if the remote had just accepted), never a loss.
+The lease is longer than one host's session can last at the RFC 5321 §4.5.3.2 timeouts the
+delivery uses (5 + 5 + 5 + 2 + 3 + 10 minutes); a round that outlives it (many hosts tried, a
+long wait for a domain slot) may see its message claimed elsewhere too: a duplicate again.
+
+A message is in at most one round at a time in one worker (`_active`); a new round starts only
+after the previous one has ended. A message that comes back from a claim while its round runs
+(`mailhouse queue flush` or `retry` ended its lease, or a recipient the round did not hold came
+due) is not started again; the recipients claimed for it are released when the round ends, so
+they are due at once. Across processes only the lease guards: a flush during a round lets
+another process deliver the same recipient too (a duplicate, never a loss).
+
+`stop()` lets rounds in flight finish within a grace time, then cancels them: a cancelled
+delivery records nothing, and its round releases the recipients it had claimed, so they are
+still PENDING and due, and the next worker (after a restart) tries them again. A duplicate is
+possible if the remote had accepted the message just before the cancel; a loss is not. A round
+that fails for a local reason releases its recipients `ROUND_FAILURE_HOLD` ahead.
 
 Wake-ups: `wake()` (new mail was queued by this process), the earliest next attempt, the end
 of a round when due messages were left waiting for room (`active_limit`), and at most every
 `idle_wake` seconds (default 1), which is how a `mailhouse queue flush` or `retry` from another
 process (it only edits the store) is noticed.
-
-The store interface has no way to claim a message, so each look at the queue re-reads the
-messages already in a round (they are still PENDING and due) and skips them; `active_limit`
-bounds that re-read. A PostgreSQL store shared by several nodes will need a claim (a lease
-column taken with FOR UPDATE SKIP LOCKED) instead.
 """
 
 from __future__ import annotations
@@ -67,8 +79,8 @@ log = logging.getLogger("mailhouse.queue")
 
 IDLE_WAKE = 1.0  # longest sleep: edits by other processes (queue flush) are seen this fast
 STOP_GRACE = 10.0  # how long stop() lets deliveries in flight finish before cancelling them
-# Messages held in rounds at once (Postfix: qmgr_message_active_limit). Each wake-up re-reads
-# this many due rows, so it stays modest; the concurrency limits, not this, bound the network.
+# Messages held in rounds at once (Postfix: qmgr_message_active_limit): at most this many are
+# claimed per look. The concurrency limits, not this, bound the network.
 ACTIVE_LIMIT = 1000
 # A round that failed for a local reason (the store is unavailable) is not retried at once.
 ROUND_FAILURE_HOLD = 30.0
@@ -165,8 +177,11 @@ class QueueWorker:
         self._idle_wake = idle_wake
         self._active_limit = active_limit
         self._limits = _Limits(config.max_concurrency, config.destination_concurrency)
+        self._lease = config.claim_lease
         self._active: dict[int, asyncio.Task[None]] = {}
-        self._held: dict[int, float] = {}  # message id -> clock time its hold ends
+        # Message id -> the recipients this worker claimed for it and has not recorded yet:
+        # what its round releases when it ends.
+        self._claimed: dict[int, set[str]] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -227,50 +242,75 @@ class QueueWorker:
                 await asyncio.sleep(0)  # let the rounds just started run
 
     async def _dispatch(self, now: float) -> bool:
-        """Start a round for each due message not already in one. True if the store may hold
-        more due messages than were fetched."""
-        self._held = {i: until for i, until in self._held.items() if until > now}
+        """Claim due messages and start a round for each not already in one. True if the store
+        may hold more due messages than were claimed."""
         room = self._active_limit - len(self._active)
         if room <= 0:
             self._backlog = True
             return False
-        skip = len(self._active) + len(self._held)
-        due = await self._store.queue_due(now, room + skip)
-        self._backlog = len(due) >= room + skip
+        claimed = await self._store.queue_claim(now, room, self._lease)
+        self._backlog = len(claimed) >= room
         started = 0
-        for message in due:
-            if started >= room:
-                break
-            if message.id in self._active or message.id in self._held:
+        for message in claimed:
+            due = _due_addresses(message, now)
+            if message.id in self._active:  # made due again during its round: see the module doc
+                self._claimed.setdefault(message.id, set()).update(due)
                 continue
-            task = asyncio.create_task(self._round(message), name=f"queue-round-{message.id}")
+            self._claimed[message.id] = set(due)
+            task = asyncio.create_task(
+                self._round(message, now), name=f"queue-round-{message.id}"
+            )
             self._active[message.id] = task
             started += 1
-        return started > 0 and len(due) >= room + skip
+        return started > 0 and self._backlog
 
     async def _sleep_time(self, scanned_at: float) -> float:
         next_at = await self._store.queue_next_attempt()
         if next_at is None:
             return self._idle_wake
         if next_at <= scanned_at:
-            # Due at the scan, so already in a round (or held, or over the active limit, and
-            # then the end of a round wakes us).
+            # Due at the scan but not claimed: over the active limit, and the end of a round
+            # wakes us.
             return self._idle_wake
         return min(self._idle_wake, max(0.0, next_at - self._clock()))
 
     # --- one message ----------------------------------------------------------------------------
-    async def _round(self, message: QueuedMessage) -> None:
+    async def _round(self, message: QueuedMessage, claimed_at: float) -> None:
+        release_at: float | None = None
         try:
-            await self._attempt(message)
+            await self._attempt(message, claimed_at)
         except Exception:
             log.exception("event=queue.round_failed id=%d", message.id)
-            self._held[message.id] = self._clock() + ROUND_FAILURE_HOLD
+            release_at = self._clock() + ROUND_FAILURE_HOLD
         finally:
-            self._active.pop(message.id, None)
-            if self._backlog:
-                self._wakeup.set()
+            # Claimed but not recorded: not started (stop()), cancelled (stop() again: due at
+            # once for the next worker), claimed again during the round, or a local failure.
+            # A look at the queue during a release may claim more of them: hence the loop.
+            released = False
+            try:
+                while left := self._claimed.pop(message.id, None):
+                    at = self._clock() if release_at is None else release_at
+                    await self._release(message.id, left, at)
+                    released = True
+            finally:
+                self._active.pop(message.id, None)
+                if self._backlog or released:
+                    self._wakeup.set()
 
-    async def _attempt(self, message: QueuedMessage) -> None:
+    async def _release(self, message_id: int, addresses: set[str], at: float) -> None:
+        try:
+            await self._store.queue_release(message_id, sorted(addresses), at)
+        except Exception:  # the lease still ends: they are only due later
+            log.exception("event=queue.release_failed id=%d rcpts=%d", message_id,
+                          len(addresses))
+
+    def _recorded(self, message_id: int, updates: Sequence[RecipientUpdate]) -> None:
+        """These recipients' outcome is in the store: the round no longer releases them."""
+        claimed = self._claimed.get(message_id)
+        if claimed is not None:
+            claimed.difference_update(u.address for u in updates)
+
+    async def _attempt(self, message: QueuedMessage, claimed_at: float) -> None:
         now = self._clock()
         pending = [r for r in message.recipients if r.status is RecipientStatus.PENDING]
         if not pending:
@@ -280,7 +320,7 @@ class QueueWorker:
             return
         by_domain: dict[str, list[QueueRecipient]] = {}
         for recipient in pending:
-            if recipient.next_attempt <= now:
+            if recipient.next_attempt <= claimed_at:  # the ones this worker claimed
                 by_domain.setdefault(domain_of(recipient.address), []).append(recipient)
         outbound = OutboundMessage(
             queue_id=message.id,
@@ -364,6 +404,7 @@ class QueueWorker:
         _log_attempt(message.id, domain, matched, now - started)
         if updates:
             await self._store.queue_update(message.id, updates)
+            self._recorded(message.id, updates)
         return failures
 
     async def _expire(self, message: QueuedMessage, pending: list[QueueRecipient]) -> None:
@@ -416,11 +457,13 @@ class QueueWorker:
                     for u in updates
                 ]
                 await self._store.queue_update(message.id, retry)
+                self._recorded(message.id, retry)
                 return
         else:
             log.info("event=queue.no_dsn id=%d rcpts=%d reason=null_sender", message.id,
                      len(failed))
         await self._store.queue_update(message.id, updates)
+        self._recorded(message.id, updates)
 
     async def _warn(self, message_id: int) -> None:
         """The "delayed" DSN, once, from the message's state after this round."""
@@ -446,6 +489,15 @@ class QueueWorker:
             log.exception("event=queue.dsn_failed id=%d kind=delayed", message_id)
             return
         await self._store.queue_update(message_id, [], delay_warned=True)
+
+
+def _due_addresses(message: QueuedMessage, now: float) -> list[str]:
+    """The recipients a claim at `now` took (the claim returns the state before it)."""
+    return [
+        r.address
+        for r in message.recipients
+        if r.status is RecipientStatus.PENDING and r.next_attempt <= now
+    ]
 
 
 def _match(addresses: Sequence[str], results: Sequence[RemoteResult]) -> list[RemoteResult]:

@@ -482,6 +482,27 @@ class Store(Protocol):
     async def queue_due(self, now: float, limit: int) -> list[QueuedMessage]:
         """Messages with a PENDING recipient whose next_attempt <= now, oldest first."""
 
+    async def queue_claim(self, now: float, limit: int, lease: float) -> list[QueuedMessage]:
+        """Take up to `limit` due messages (those `queue_due` would return, oldest first) in one
+        write transaction, and move each claimed recipient (PENDING, next_attempt <= now) to
+        next_attempt = now + lease, so no other claimer, in this process or another, on this
+        node or another, takes it again before the lease ends. The claimer's `queue_update`
+        then sets the real next state; if the claimer dies first, the recipient is simply due
+        again at the lease's end (a delay, or a duplicate if the remote had the message; never
+        a loss). Meanwhile `queue_next_attempt` and `queue_list` show the lease's end: the
+        next attempt if this one never reports back.
+
+        The messages come back as they stood before the claim, so a recipient with
+        next_attempt <= now is one this call claimed. `queue_retry` (flush) ends a lease early:
+        a message it makes due may be claimed again while its first claimer still delivers it,
+        which the scheduler guards against within one process only."""
+
+    async def queue_release(self, message_id: int, addresses: Sequence[str], at: float) -> None:
+        """End a claim early without counting an attempt: each of these PENDING recipients
+        whose next_attempt is later than `at` is due at `at` instead (as `queue_retry`, for
+        some recipients). The scheduler calls it for the recipients a round claimed but never
+        tried (a stop, a local failure); unknown or finished recipients are ignored."""
+
     async def queue_next_attempt(self) -> float | None:
         """The earliest next_attempt of any PENDING recipient; None for an empty queue. The
         scheduler sleeps until then (or until told of new mail)."""

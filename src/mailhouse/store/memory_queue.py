@@ -36,6 +36,32 @@ class MemoryQueue:
         due.sort()
         return [self._queue[queue_id] for _, queue_id in due[: max(limit, 0)]]
 
+    async def queue_claim(self, now: float, limit: int, lease: float) -> list[QueuedMessage]:
+        # queue_due never suspends: the read and the claim are one step of the event loop.
+        claimed = await self.queue_due(now, limit)
+        until = now + lease
+        for message in claimed:
+            self._queue[message.id] = replace(message, recipients=tuple(
+                replace(r, next_attempt=until)
+                if r.status is RecipientStatus.PENDING and r.next_attempt <= now
+                else r
+                for r in message.recipients
+            ))
+        return claimed
+
+    async def queue_release(self, message_id: int, addresses: Sequence[str], at: float) -> None:
+        self._check_open()
+        message = self._queue.get(message_id)
+        if message is None:
+            return
+        wanted = set(addresses)
+        self._queue[message_id] = replace(message, recipients=tuple(
+            replace(r, next_attempt=min(r.next_attempt, at))
+            if r.status is RecipientStatus.PENDING and r.address in wanted
+            else r
+            for r in message.recipients
+        ))
+
     async def queue_next_attempt(self) -> float | None:
         self._check_open()
         times = [

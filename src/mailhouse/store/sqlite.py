@@ -713,6 +713,15 @@ class SqliteStore:
     async def queue_due(self, now: float, limit: int) -> list[QueuedMessage]:
         return await self._read(partial(sqlite_queue.due, now=now, limit=limit))
 
+    async def queue_claim(self, now: float, limit: int, lease: float) -> list[QueuedMessage]:
+        return await self._write(partial(sqlite_queue.claim, now=now, limit=limit, lease=lease))
+
+    async def queue_release(self, message_id: int, addresses: Sequence[str], at: float) -> None:
+        apply = partial(
+            sqlite_queue.release, message_id=message_id, addresses=list(addresses), at=at
+        )
+        await self._write(apply)
+
     async def queue_next_attempt(self) -> float | None:
         return await self._read(sqlite_queue.next_attempt)
 

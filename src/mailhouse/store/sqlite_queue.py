@@ -4,9 +4,10 @@ Plain functions over a connection, as in sqlite.py: reads run on any read connec
 the group-commit writer thread inside its batch transaction (sqlite_writer.py), so an update is
 durable when the caller's future resolves. The rules they follow are in queue_rules.py.
 
-Hot path: `due()` walks the partial index `queue_recipients_due` in next-attempt order and stops
-as soon as it has `limit` messages; `next_attempt()` is a min() over the same index. Neither
-touches delivered or failed rows, nor the table itself.
+Hot path: `due()` and `claim()` walk the partial index `queue_recipients_due` in next-attempt
+order and stop as soon as they have `limit` messages; `next_attempt()` is a min() over the same
+index. None touches delivered or failed rows, nor the table itself. The claim's lease is one
+UPDATE by message id (the UNIQUE (queue_id, address) index).
 """
 
 from __future__ import annotations
@@ -41,18 +42,22 @@ def due(conn: sqlite3.Connection, now: float, limit: int) -> list[QueuedMessage]
         return []
     conn.execute("BEGIN")  # the ids and their rows from one snapshot
     try:
-        ids: dict[int, None] = {}
-        cursor = conn.execute(_DUE, (now,))
-        try:
-            for (queue_id,) in cursor:
-                ids.setdefault(queue_id, None)
-                if len(ids) >= limit:
-                    break
-        finally:
-            cursor.close()
-        return _load(conn, list(ids))
+        return _load(conn, _due_ids(conn, now, limit))
     finally:
         conn.execute("COMMIT")
+
+
+def _due_ids(conn: sqlite3.Connection, now: float, limit: int) -> list[int]:
+    ids: dict[int, None] = {}
+    cursor = conn.execute(_DUE, (now,))
+    try:
+        for (queue_id,) in cursor:
+            ids.setdefault(queue_id, None)
+            if len(ids) >= limit:
+                break
+    finally:
+        cursor.close()
+    return list(ids)
 
 
 def next_attempt(conn: sqlite3.Connection) -> float | None:
@@ -179,6 +184,31 @@ def update(
         (message_id,),
     ).fetchone()
     return None if pending is not None else remove(conn, message_id)[1]
+
+
+def claim(conn: sqlite3.Connection, now: float, limit: int, lease: float) -> list[QueuedMessage]:
+    """The due messages as they stand, then their due recipients leased, in the writer's
+    transaction: every process's writer takes the write lock first (sqlite_writer.py), so two
+    claimers never read the same due rows."""
+    if limit <= 0:
+        return []
+    ids = _due_ids(conn, now, limit)
+    claimed = _load(conn, ids)
+    conn.execute(
+        "UPDATE queue_recipients SET next_attempt = ?"
+        " WHERE queue_id IN (SELECT value FROM json_each(?))"
+        " AND status = 'pending' AND next_attempt <= ?",
+        (now + lease, json.dumps(ids), now),
+    )
+    return claimed
+
+
+def release(conn: sqlite3.Connection, message_id: int, addresses: Sequence[str], at: float) -> None:
+    conn.execute(
+        "UPDATE queue_recipients SET next_attempt = ? WHERE queue_id = ? AND status = 'pending'"
+        " AND next_attempt > ? AND address IN (SELECT value FROM json_each(?))",
+        (at, message_id, at, json.dumps(list(addresses))),
+    )
 
 
 def retry(conn: sqlite3.Connection, message_id: int | None, now: float) -> int:
