@@ -1,6 +1,7 @@
 """`[pop3] workers = N` > 1: `mailhouse serve` binds the POP3 sockets and N supervised children
 serve them (pop3_process.py). The maildrop lock (RFC 1939 §8, [IN-USE]) holds across
-processes (service/pop3.py: an flock per account) and dies with its holder."""
+processes (Store.lock_maildrop: the SQLite store flocks a file per account) and dies with its
+holder."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ HOLDER = textwrap.dedent("""
         await store.open()
         hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
         guard = LoginGuard(Accounts(store, Passwords(hasher)), LoginThrottle(5, 60.0), delay=0.0)
-        service = Pop3Service(store, guard, data / "locks" / "pop3")
+        service = Pop3Service(store, guard)
         result, maildrop = await service.login("192.0.2.1", sys.argv[2], sys.argv[3])
         print(result.name, flush=True)
         await asyncio.sleep(3600)
@@ -81,7 +82,7 @@ def test_the_maildrop_lock_holds_across_processes(tmp_path: Path) -> None:
         await store.open()
         try:
             guard = LoginGuard(Accounts(store, cheap), LoginThrottle(5, 60.0), delay=0.0)
-            service = Pop3Service(store, guard, data / "locks" / "pop3")
+            service = Pop3Service(store, guard)
             result, maildrop = await service.login("192.0.2.2", ALICE, PASSWORD)
             if maildrop is not None:
                 maildrop.release()

@@ -123,11 +123,6 @@ def deadlines(config: Config, opening: float) -> Deadlines:
                      tls_handshake=limits.tls_handshake_timeout)
 
 
-def pop3_lock_dir(config: Config) -> Path:
-    """Where the POP3 maildrop locks live (service/pop3.py): shared by every worker process."""
-    return config.data_dir / "locks" / "pop3"
-
-
 def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
                    pool: ConnectionPool, tls: ssl.SSLContext,
                    sockets: dict[str, list[socket.socket]] | None = None,
@@ -139,7 +134,7 @@ def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
     implicit = config.listen_endpoints("pop3s")
     if not plain and not implicit:
         return []
-    service = Pop3Service(store, guard, pop3_lock_dir(config))
+    service = Pop3Service(store, guard)
     core = Pop3ServerConfig(hostname=config.hostname,
                             allow_plaintext_auth=config.pop3.allow_plaintext_auth,
                             max_errors=config.limits.max_errors,
@@ -432,8 +427,6 @@ class App:
         config = self.config
         if not service.configured(config):
             return
-        if service.name == "pop3":
-            pop3_lock_dir(config).mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         if service.workers(config) <= 1:
             pool = self.tracker.pool(service.name, service_limits(config, service.name))
             self.listeners.extend(service.listeners(config, self.store, self.login_guard, pool,

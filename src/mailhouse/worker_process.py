@@ -23,8 +23,8 @@ ImapMailService), LoginGuard, TLS context and connection caps, but not its own l
 - **Wake-ups** (store/wakeup.py): the child's store publishes its changes (an expunge, a flag)
   to every process; an IMAP child also starts its own socket, so its sessions hear of
   deliveries and of other processes' changes (IDLE, NOOP). A POP3 child only publishes.
-- **The POP3 maildrop lock** holds across processes: service/pop3.py flocks
-  `data_dir/locks/pop3/<account id>` for the session.
+- **The POP3 maildrop lock** holds across processes: it is the store's (`Store.lock_maildrop`;
+  the SQLite store flocks `data_dir/locks/pop3/<account id>` for the session).
 
 Stops on SIGTERM (stop accepting, let sessions finish within the shutdown grace, close the
 store) and at once when the parent is gone (end of file on the pipe, PR_SET_PDEATHSIG).

@@ -21,7 +21,14 @@ from mailhouse.service.mailfiles import import_mbox
 from mailhouse.service.pop3 import Maildrop, MessageGone, Pop3Service, uidl
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.store import STORE_KINDS, open_store
-from mailhouse.store.base import DeliveryTarget, ExpungedMessage, MailboxInfo, MessageInfo, Store
+from mailhouse.store.base import (
+    DeliveryTarget,
+    ExpungedMessage,
+    MailboxInfo,
+    MaildropLock,
+    MessageInfo,
+    Store,
+)
 from mailhouse.store.memory import MemoryStore
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -210,6 +217,10 @@ class FlakyStore(MemoryStore):
         await self._check("get_account")
         return await super().get_account(address)
 
+    async def lock_maildrop(self, account_id: int) -> MaildropLock | None:
+        await self._check("lock_maildrop")
+        return await super().lock_maildrop(account_id)
+
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         await self._check("list_messages")
         return await super().list_messages(mailbox_id)
@@ -219,7 +230,7 @@ class FlakyStore(MemoryStore):
         return await super().expunge(mailbox_id, uids)
 
 
-@pytest.mark.parametrize("failing", ["get_account", "list_messages"])
+@pytest.mark.parametrize("failing", ["get_account", "lock_maildrop", "list_messages"])
 def test_store_failure_at_login_is_sys_temp(failing: str, tmp_path: Path) -> None:
     store = FlakyStore()
 
@@ -262,6 +273,41 @@ def test_a_login_cancelled_while_listing_frees_the_lock(tmp_path: Path) -> None:
         (await env.login()).release()
 
     run(scenario, tmp_path, store=store)
+
+
+def test_a_login_cancelled_while_locking_keeps_no_lock(tmp_path: Path) -> None:
+    store = FlakyStore()
+
+    async def scenario(env: Env) -> None:
+        store.gate["lock_maildrop"] = asyncio.Event()
+        task = asyncio.create_task(env.service.login(IP, ALICE, PASSWORD))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not env.service.is_locked(env.alice.id)
+        del store.gate["lock_maildrop"]
+        (await env.login()).release()
+
+    run(scenario, tmp_path, store=store)
+
+
+@kinds
+def test_a_session_of_another_service_is_in_use(kind: str, tmp_path: Path) -> None:
+    """Two services on one store (two processes would each have theirs): the lock is the
+    store's, not the service's."""
+
+    async def scenario(env: Env) -> None:
+        first = await env.login()
+        other = Pop3Service(env.store, LoginGuard(env.accounts, LoginThrottle(5, 60.0), delay=0.0))
+        assert await other.login(IP, ALICE, PASSWORD) == (LoginResult.IN_USE, None)
+        first.release()
+        result, maildrop = await other.login(IP, ALICE, PASSWORD)
+        assert result is LoginResult.OK and maildrop is not None
+        assert other.is_locked(env.alice.id) and not env.service.is_locked(env.alice.id)
+        maildrop.release()
+
+    run(scenario, tmp_path, kind)
 
 
 # --- the snapshot -----------------------------------------------------------------------------

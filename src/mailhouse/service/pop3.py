@@ -11,12 +11,9 @@ The protocol core (proto/pop3) speaks the commands; this service decides what th
   maildrop" once the client is authenticated). A second POP3 session for the same account is
   refused with [IN-USE] (RFC 2449 §8.1.1), which is said only after the credentials were right,
   so it leaks nothing to a guesser. IMAP sessions are not locked out: they share the mailbox.
-  The lock is two-level: a dict in this process (`Pop3Service`, checked first, before any
-  await), and, with a `lock_dir`, an `flock(LOCK_EX | LOCK_NB)` on `lock_dir/<account id>`
-  held for the session, so the POP3 worker processes of one server (`[pop3] workers`) exclude
-  each other too; the kernel releases it when the holder dies, however it dies. The file is
-  named from the account id only, never from what the client sent. Several server *hosts* on
-  one store (PostgreSQL) would need the lock in the store instead (`pg_try_advisory_lock`).
+  The lock is the store's (`Store.lock_maildrop`): it holds across the POP3 worker processes of
+  one server (`[pop3] workers`), would hold across hosts with a shared store (a PostgreSQL
+  advisory lock), and dies with its holder however it dies.
 - **UIDL** (RFC 1939 §7) is Dovecot's default `pop3_uidl_format = %08Xu%08Xv`: the IMAP UID,
   then the mailbox's UIDVALIDITY, 8 upper-case hex digits each. Both numbers are fixed for the
   life of the message and never reused (RFC 9051 §2.3.1.1), so a UIDL is stable across sessions,
@@ -34,19 +31,15 @@ The protocol core (proto/pop3) speaks the commands; this service decides what th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
-import os
 from collections.abc import AsyncGenerator, Callable, Sequence
-from pathlib import Path
 from typing import Final
 
 from mailhouse.errors import MailError
 from mailhouse.model import Account
 from mailhouse.proto.pop3.events import LoginResult, MaildropEntry
 from mailhouse.service.throttle import LoginGuard
-from mailhouse.store.base import MailboxInfo, MessageInfo, Store
+from mailhouse.store.base import MailboxInfo, MaildropLock, MessageInfo, Store
 
 log = logging.getLogger("mailhouse.pop3")
 
@@ -68,20 +61,15 @@ class MessageGone(MailError):
 class Pop3Service:
     """One per server: logs users in and hands each session its `Maildrop`."""
 
-    def __init__(self, store: Store, guard: LoginGuard, lock_dir: Path | None = None) -> None:
-        """`lock_dir`: where the cross-process maildrop locks live (created if missing); None
-        for the in-process lock only (one process per data directory)."""
+    def __init__(self, store: Store, guard: LoginGuard) -> None:
         self._store = store
         self._guard = guard
-        self._lock_dir = lock_dir
-        if lock_dir is not None:
-            lock_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-        # account id -> the session holding its maildrop (RFC 1939 §8), with its lock file's
-        # descriptor (None without a lock_dir).
-        self._locks: dict[int, _Lease] = {}
+        # account id -> the maildrop lock a session of this service holds (RFC 1939 §8).
+        self._held: dict[int, MaildropLock] = {}
 
     def is_locked(self, account_id: int) -> bool:
-        return account_id in self._locks
+        """Whether a session of this service holds the account's maildrop."""
+        return account_id in self._held
 
     async def login(
         self, ip: str, username: str, password: str
@@ -90,9 +78,9 @@ class Pop3Service:
 
         OK comes with a Maildrop whose lock the caller must `release()` (also when the
         connection drops). FAILED and THROTTLED come after the guard's constant delay; IN_USE
-        only for right credentials; SYS_TEMP when the store could not answer ([SYS/TEMP],
-        RFC 3206 §4: the client should try again later); SYS_PERM for an account without an
-        INBOX."""
+        only for right credentials; SYS_TEMP when the store could not answer or take the lock
+        ([SYS/TEMP], RFC 3206 §4: the client should try again later); SYS_PERM for an account
+        without an INBOX."""
         try:
             outcome = await self._guard.login(ip, username, password)
         except MailError:
@@ -103,34 +91,25 @@ class Pop3Service:
         account = outcome.account
         if account is None:
             return LoginResult.FAILED, None
-        if account.id in self._locks:
-            return LoginResult.IN_USE, None
-        reserved = _Lease(None)
-        self._locks[account.id] = reserved  # before any await: two logins cannot both pass
         try:
-            lease = await self._lock_file_off_loop(account.id)
-        except OSError:
-            self._unlock(account.id, reserved)
+            lock = await self._store.lock_maildrop(account.id)  # keeps nothing if cancelled
+        except MailError:
             log.warning("event=pop3.lock_failed account=%s", account.address, exc_info=True)
             return LoginResult.SYS_TEMP, None
-        except BaseException:
-            self._unlock(account.id, reserved)
-            raise
-        if lease is None:  # another process holds it
-            self._unlock(account.id, reserved)
+        if lock is None:
             return LoginResult.IN_USE, None
-        self._locks[account.id] = lease
+        self._held[account.id] = lock
         try:
-            maildrop = await self._open(account, lease)
+            maildrop = await self._open(account, lock)
         except MailError:
-            self._unlock(account.id, lease)
+            self._unlock(account.id, lock)
             log.warning("event=pop3.maildrop_failed account=%s", account.address, exc_info=True)
             return LoginResult.SYS_TEMP, None
         except BaseException:  # cancelled (the client left) or a bug: never keep the lock
-            self._unlock(account.id, lease)
+            self._unlock(account.id, lock)
             raise
         if maildrop is None:
-            self._unlock(account.id, lease)
+            self._unlock(account.id, lock)
             # Every account gets an INBOX (store.base.DEFAULT_MAILBOXES); only a damaged store,
             # or the account's removal racing this login, gets here. Retrying will not help:
             # [SYS/PERM] (RFC 3206 §4).
@@ -138,68 +117,18 @@ class Pop3Service:
             return LoginResult.SYS_PERM, None
         return LoginResult.OK, maildrop
 
-    async def _lock_file_off_loop(self, account_id: int) -> _Lease | None:
-        """`_lock_file` in a thread (it opens, maybe creates, a file: never on the event loop).
-        A login cancelled meanwhile must not leave the flock behind: the lease the thread
-        still takes is closed as soon as it arrives."""
-        future = asyncio.get_running_loop().run_in_executor(None, self._lock_file, account_id)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_close_late_lease)
-            raise
-
-    def _lock_file(self, account_id: int) -> _Lease | None:
-        """Take the cross-process lock of `account_id` (no waiting): the lease, or None when
-        another process holds it. Raises OSError when the lock file cannot be opened."""
-        if self._lock_dir is None:
-            return _Lease(None)
-        path = self._lock_dir / str(int(account_id))  # server data only, never user input
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except BaseException:
-            os.close(fd)
-            raise
-        return _Lease(fd)
-
-    async def _open(self, account: Account, lease: _Lease) -> Maildrop | None:
+    async def _open(self, account: Account, lock: MaildropLock) -> Maildrop | None:
         inbox = await self._store.get_mailbox(account.id, MAILDROP)
         if inbox is None:
             return None
         messages = await self._store.list_messages(inbox.id)
         return Maildrop(self._store, account, inbox, messages,
-                        unlock=lambda: self._unlock(account.id, lease))
+                        unlock=lambda: self._unlock(account.id, lock))
 
-    def _unlock(self, account_id: int, lease: _Lease) -> None:
-        if self._locks.get(account_id) is lease:
-            del self._locks[account_id]
-        lease.close()
-
-
-def _close_late_lease(future: asyncio.Future[_Lease | None]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        lease = future.result()
-        if lease is not None:
-            lease.close()
-
-
-class _Lease:
-    """One session's hold on a maildrop: the open lock file (closing it drops the flock)."""
-
-    __slots__ = ("_fd",)
-
-    def __init__(self, fd: int | None) -> None:
-        self._fd = fd
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def _unlock(self, account_id: int, lock: MaildropLock) -> None:
+        if self._held.get(account_id) is lock:
+            del self._held[account_id]
+        lock.release()
 
 
 class Maildrop:

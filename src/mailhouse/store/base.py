@@ -243,6 +243,14 @@ class Spool(Protocol):
         """Throw the bytes away (transaction reset, connection lost, policy rejection)."""
 
 
+class MaildropLock(Protocol):
+    """A POP3 session's exclusive hold on an account's maildrop (`Store.lock_maildrop`)."""
+
+    def release(self) -> None:
+        """Give the maildrop back. Idempotent, synchronous and never raising, so it is safe on
+        every path that ends a session: QUIT, a dropped connection, an error, a cancellation."""
+
+
 class Store(Protocol):
     """Accounts, domains, aliases, mailboxes and messages."""
 
@@ -356,6 +364,24 @@ class Store(Protocol):
 
     async def list_messages(self, mailbox_id: int) -> list[MessageInfo]:
         """The mailbox's messages in UID order (ascending); [] for an unknown mailbox."""
+
+    # --- the POP3 maildrop lock -------------------------------------------------------------
+    async def lock_maildrop(self, account_id: int) -> MaildropLock | None:
+        """Take the account's maildrop lock without waiting; None when another session holds
+        it, in this process or in any other on the same store.
+
+        Why: RFC 1939 §8 has the server acquire "an exclusive-access lock on the maildrop"
+        once a POP3 client is authenticated, so a second session is refused ([IN-USE], RFC
+        2449 §8.1.1) instead of seeing message numbers another session is deleting. The lock
+        lives in the store because only the store knows who else uses it: POP3 worker
+        processes share one data directory (SQLite: a flock per account, store/
+        maildrop_lock.py), and several hosts would share a PostgreSQL store (an advisory
+        lock). A holder that dies, however it dies, loses the lock (the kernel drops the
+        flock; PostgreSQL ends the session's advisory locks). IMAP sessions do not take it.
+
+        Checked and reserved before the first await: of two logins racing in one process,
+        one gets the lock. A call cancelled while it waits keeps nothing. Raises MailError
+        when the lock could not be taken (the lock file cannot be made); nothing is held."""
 
     # --- ranged, field-limited reads: a FETCH never loads the whole mailbox -------------------
     async def list_messages_in(

@@ -30,6 +30,7 @@ from mailhouse.store.base import (
     MailboxExists,
     MailboxInfo,
     MailboxNotAllowed,
+    MaildropLock,
     MessageFlags,
     MessageInfo,
     NoSuchMailbox,
@@ -43,6 +44,7 @@ from mailhouse.store.base import (
     Spool,
 )
 from mailhouse.store.blobs import READ_CHUNK
+from mailhouse.store.maildrop_lock import MaildropLocks
 from mailhouse.store.memory_queue import MemoryQueue
 from mailhouse.store.queue_rules import queue_recipients
 from mailhouse.store.rules import (
@@ -150,6 +152,7 @@ class MemoryStore(MemoryQueue):
         self._blobs: dict[str, _Blob] = {}
         self._queue: dict[int, QueuedMessage] = {}  # by id, ascending (insertion order)
         self._ids = itertools.count(1)  # one sequence for every id: never reused
+        self._maildrops = MaildropLocks()  # in this instance only: no other process sees it
 
     async def open(self) -> None:
         if self._open:
@@ -158,6 +161,7 @@ class MemoryStore(MemoryQueue):
 
     async def close(self) -> None:
         self._open = False
+        self._maildrops.release_all()
 
     def _check_open(self) -> None:
         if not self._open:
@@ -501,6 +505,10 @@ class MemoryStore(MemoryQueue):
         self._check_open()
         mailbox = self._mailboxes.get(mailbox_id)
         return None if mailbox is None else self._view(mailbox.info)
+
+    async def lock_maildrop(self, account_id: int) -> MaildropLock | None:
+        self._check_open()
+        return await self._maildrops.lock(account_id)
 
     async def list_messages_in(
         self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None

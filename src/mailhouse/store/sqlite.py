@@ -56,6 +56,7 @@ from mailhouse.store.base import (
     FlagUpdate,
     MailboxChanges,
     MailboxInfo,
+    MaildropLock,
     MessageFlags,
     MessageInfo,
     Outcome,
@@ -75,6 +76,7 @@ from mailhouse.store.blobs import (
     read_range,
 )
 from mailhouse.store.failures import storage_error
+from mailhouse.store.maildrop_lock import MaildropLocks
 from mailhouse.store.queue_rules import checked_updates, queue_recipients
 from mailhouse.store.rules import (
     INBOX,
@@ -141,6 +143,7 @@ class SqliteStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._lock_fd: int | None = None
+        self._maildrops = MaildropLocks(self.data_dir)  # data_dir/locks/pop3/<account id>
         self._droppers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BlobDropper] = (
             weakref.WeakKeyDictionary()
         )
@@ -228,6 +231,7 @@ class SqliteStore:
     async def close(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
+            self._maildrops.release_all()
             await asyncio.to_thread(self._close_sync, writer)
 
     def _close_sync(self, writer: GroupCommitWriter) -> None:
@@ -556,6 +560,9 @@ class SqliteStore:
 
     async def status(self, mailbox_id: int) -> MailboxInfo | None:
         return self._read_small(partial(sqlite_mailboxes.by_id, mailbox_id=mailbox_id))
+
+    async def lock_maildrop(self, account_id: int) -> MaildropLock | None:
+        return await self._maildrops.lock(account_id, self._open_pool())
 
     async def list_messages_in(
         self, mailbox_id: int, first_uid: int, last_uid: int, limit: int | None = None
