@@ -70,17 +70,20 @@ async def test_parallel_lockers_get_one_lock(store: Store) -> None:
     relocked.release()
 
 
-async def test_two_instances_exclude_each_other_as_two_processes(store: Store) -> None:
-    if not isinstance(store, TwoProcesses):
-        pytest.skip("two store instances on one data directory: sqlite-two")
-    mine = await store.writer.lock_maildrop(1)
-    assert mine is not None
-    assert await store.reader.lock_maildrop(1) is None
-    mine.release()
-    theirs = await store.reader.lock_maildrop(1)
-    assert theirs is not None
-    assert await store.writer.lock_maildrop(1) is None
-    theirs.release()
+async def test_two_instances_exclude_each_other_as_two_processes(tmp_path: Path) -> None:
+    store = TwoProcesses(tmp_path / "data")  # two store instances on one data directory
+    await store.open()
+    try:
+        mine = await store.writer.lock_maildrop(1)
+        assert mine is not None
+        assert await store.reader.lock_maildrop(1) is None
+        mine.release()
+        theirs = await store.reader.lock_maildrop(1)
+        assert theirs is not None
+        assert await store.writer.lock_maildrop(1) is None
+        theirs.release()
+    finally:
+        await store.close()
 
 
 async def test_a_closed_store_holds_no_lock(tmp_path: Path) -> None:
