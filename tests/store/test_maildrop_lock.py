@@ -6,14 +6,13 @@ cancellation, a failure or the holder's death."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,8 @@ import pytest
 from mailhouse.errors import MailError
 from mailhouse.store import maildrop_lock, open_store
 from mailhouse.store.base import Store
+from tests.helpers.locks import is_flocked
 from tests.store.conftest import TwoProcesses
-
-
-def is_flocked(path: Path) -> bool:
-    """Whether someone holds `path`'s flock (tried from a fresh open file description)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def lock_path(data_dir: Path, account_id: int) -> Path:
@@ -141,11 +129,9 @@ async def test_a_planted_link_is_never_followed(tmp_path: Path, planted: str) ->
         await store.close()
 
 
-async def test_a_lock_taken_after_its_caller_was_cancelled_is_let_go(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    data = tmp_path / "data"
-    store = open_store(data, "sqlite")
-    await store.open()
+def slow_lock_file(monkeypatch: pytest.MonkeyPatch
+                   ) -> tuple[threading.Event, threading.Event, Callable[[Path, int], int | None]]:
+    """maildrop_lock.lock_file made to wait for `gate` once `started`; returns the real one."""
     started, gate = threading.Event(), threading.Event()
     real = maildrop_lock.lock_file
 
@@ -155,6 +141,15 @@ async def test_a_lock_taken_after_its_caller_was_cancelled_is_let_go(
         return real(data_dir, account_id)
 
     monkeypatch.setattr(maildrop_lock, "lock_file", slow)
+    return started, gate, real
+
+
+async def test_a_lock_taken_after_its_caller_was_cancelled_is_let_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    store = open_store(data, "sqlite")
+    await store.open()
+    started, gate, real = slow_lock_file(monkeypatch)
     try:
         task = asyncio.create_task(store.lock_maildrop(1))
         assert await asyncio.to_thread(started.wait, 10)
@@ -179,15 +174,7 @@ async def test_a_lock_the_store_closes_under_is_refused(
     data = tmp_path / "data"
     store = open_store(data, "sqlite")
     await store.open()
-    started, gate = threading.Event(), threading.Event()
-    real = maildrop_lock.lock_file
-
-    def slow(data_dir: Path, account_id: int) -> int | None:
-        started.set()
-        assert gate.wait(10)
-        return real(data_dir, account_id)
-
-    monkeypatch.setattr(maildrop_lock, "lock_file", slow)
+    started, gate, _ = slow_lock_file(monkeypatch)
     try:
         task = asyncio.create_task(store.lock_maildrop(1))
         assert await asyncio.to_thread(started.wait, 10)

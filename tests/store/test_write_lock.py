@@ -11,7 +11,7 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,9 @@ from mailhouse.store import open_store
 from mailhouse.store.base import DeliveryTarget, FlagOp, Outcome, Store
 from mailhouse.store.sqlite import LOCK_NAME, WRITE_LOCK_NAME, SqliteStore
 from mailhouse.store.sqlite_writer import GroupCommitWriter, WriteLock
+from tests.helpers.locks import is_flocked
 from tests.store.conftest import deliver_bytes
+from tests.store.test_sqlite import insert
 
 MESSAGE = b"Subject: turn\r\n\r\nbody\r\n"
 REPO = Path(__file__).resolve().parents[2]
@@ -31,18 +33,6 @@ WRITES = 40  # per writer in the concurrency tests
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
-
-
-def is_locked(path: Path) -> bool:
-    """Whether someone holds `path`'s flock (tried from a fresh open file description)."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 async def inbox(store: Store, account_id: int) -> int:
@@ -59,7 +49,7 @@ async def test_the_lock_file_is_not_the_reapers(data_dir: Path) -> None:
         assert WRITE_LOCK_NAME != LOCK_NAME
         assert (data_dir / WRITE_LOCK_NAME).is_file()
         assert (data_dir / WRITE_LOCK_NAME).stat().st_mode & 0o777 == 0o600
-        assert not is_locked(data_dir / WRITE_LOCK_NAME)  # held only during a transaction
+        assert not is_flocked(data_dir / WRITE_LOCK_NAME)  # held only during a transaction
     finally:
         await store.close()
 
@@ -177,14 +167,6 @@ def locked_writer(tmp_path: Path) -> Iterator[tuple[GroupCommitWriter, Path]]:
     conn.close()
 
 
-def insert(x: int) -> Callable[[sqlite3.Connection], int]:
-    def apply(conn: sqlite3.Connection) -> int:
-        conn.execute("INSERT INTO t (x) VALUES (?)", (x,))
-        return x
-
-    return apply
-
-
 class Escape(BaseException):
     """Not an Exception: it escapes the per-job handling and breaks the whole transaction."""
 
@@ -196,7 +178,7 @@ async def test_every_failure_releases_the_lock(
     held: list[bool] = []
 
     def probe(conn: sqlite3.Connection) -> None:
-        held.append(is_locked(path))
+        held.append(is_flocked(path))
 
     def job_fails(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO t (x) VALUES (1)")
@@ -212,13 +194,13 @@ async def test_every_failure_releases_the_lock(
     assert held == [True]  # held inside the transaction
     with pytest.raises(KeyError):
         await writer.run(job_fails)
-    assert not is_locked(path)
+    assert not is_flocked(path)
     with pytest.raises(MailError):
         await writer.run(commit_fails)
-    assert not is_locked(path)
+    assert not is_flocked(path)
     with pytest.raises(MailError):
         await writer.run(escapes)
-    assert not is_locked(path)
+    assert not is_flocked(path)
     assert await writer.run(insert(2)) == 2  # the next writer goes on
     count = await writer.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0])
     assert count == 1
@@ -238,9 +220,9 @@ async def test_a_failing_unlock_still_drops_the_lock(
     monkeypatch.setattr(fcntl, "flock", flock)
     assert await writer.run(insert(1)) == 1
     monkeypatch.setattr(fcntl, "flock", real_flock)
-    assert not is_locked(path)  # the descriptor was closed, and a new one opened
+    assert not is_flocked(path)  # the descriptor was closed, and a new one opened
     assert await writer.run(insert(2)) == 2
-    assert not is_locked(path)
+    assert not is_flocked(path)
 
 
 async def test_jobs_arriving_while_waiting_for_the_lock_join_the_batch(
@@ -294,7 +276,7 @@ async def test_a_killed_holder_releases_the_lock(data_dir: Path) -> None:
         assert child.stdout is not None
         try:
             assert await asyncio.wait_for(child.stdout.readline(), 30) == b"holding\n"
-            assert is_locked(data_dir / WRITE_LOCK_NAME)
+            assert is_flocked(data_dir / WRITE_LOCK_NAME)
             mine = asyncio.create_task(store.add_domain("parent.example"))
             done, _ = await asyncio.wait({mine}, timeout=0.3)
             assert not done  # waiting for the child's transaction

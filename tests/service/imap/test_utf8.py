@@ -15,7 +15,6 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imapclient.response_parser import parse_fetch_response
 
 from mailhouse.model import Account
 from mailhouse.proto.imap import mutf7
@@ -26,6 +25,7 @@ from mailhouse.store.memory import MemoryStore
 from tests.service.imap.conftest import Runner, logged_in, message, put
 from tests.service.imap.harness import Client
 from tests.service.imap.test_with_clients import serve_and_run
+from tests.service.test_imap_fetch import parsed
 
 UTF8_MESSAGE = ("From: Jörg Müller <jörg@bücher.example>\r\nTo: alice@example.org\r\n"
                 "Subject: Grüße aus Köln\r\nDate: Mon, 1 Jan 2026 10:00:00 +0000\r\n"
@@ -49,19 +49,8 @@ def outside_literals(out: bytes) -> bytes:
 
 
 def fetched(out: bytes) -> dict[bytes, object]:
-    """imapclient's reading of the one FETCH response in `out` (see tests/service/
-    test_imap_fetch.py: its parser takes what imaplib returns)."""
-    line = out[out.index(b"* ") + 2:out.rindex(b"\r\n", 0, out.rindex(b"\r\n"))]
-    seq, rest = line.split(b" FETCH ", 1)
-    text = seq + b" " + rest
-    pieces: list[bytes | tuple[bytes, bytes]] = []
-    while (match := re.search(rb"\{(\d+)\}\r\n", text)) is not None:
-        size = int(match.group(1))
-        pieces.append((text[:match.end() - 2], text[match.end():match.end() + size]))
-        text = text[match.end() + size:]
-    pieces.append(text)
-    ((_, data),) = parse_fetch_response(pieces).items()
-    return data  # type: ignore[no-any-return]
+    """imapclient's reading of the one FETCH response in `out`."""
+    return parsed(out[out.index(b"* ") + 2:out.rindex(b"\r\n", 0, out.rindex(b"\r\n"))])
 
 
 def test_utf8_accept_is_announced_and_utf8_only_is_not(imap: Runner) -> None:
