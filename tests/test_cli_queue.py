@@ -106,15 +106,23 @@ def test_list_and_show(capsys: pytest.CaptureFixture[str], config: Config) -> No
     ])
     bounce = enqueue(config, ["alice@remote.example"], sender="")
 
-    run = mh(capsys, config, "queue", "list")
+    run = mh(capsys, config, "queue", "list")  # mailq's view: recipients under each message
     assert run.code == 0
-    header, one, two, total = run.out.splitlines()
-    assert header.split() == ["ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT", "ATTEMPT",
-                              "LAST", "REPLY"]
+    header, one, bob, carol, two, alice, total = run.out.splitlines()
+    assert header.split() == ["ID", "ARRIVED", "SIZE", "SENDER", "/", "RECIPIENT", "STATUS",
+                              "NEXT", "ATTEMPT", "LAST", "REPLY"]
     assert one.split()[0] == str(first) and "<alice@example.org>" in one
-    assert "1/2" in one and "2096-10-02T07:06:40Z" in one
-    assert one.endswith("451 4.7.1 Greylisted")
-    assert two.split()[0] == str(bounce) and "<>" in two and two.endswith("-")
+    assert one.endswith("1/2 pending")
+    assert bob.split()[:3] == ["bob@remote.example", "pending", "2096-10-02T07:06:40Z"]
+    assert bob.endswith("451 4.7.1 Greylisted") and bob.startswith(" ")
+    assert carol.split()[:3] == ["carol@other.example", "delivered", "-"]
+    assert carol.endswith("250 2.0.0 Ok")
+    assert two.split()[0] == str(bounce) and "<>" in two and two.endswith("1/1 pending")
+    assert alice.split()[:2] == ["alice@remote.example", "pending"] and alice.endswith("-")
+    # The columns line up: each recipient's address starts two places into the sender column.
+    column = header.index("SENDER")
+    assert one.index("<alice") == column and bob.index("bob@") == column + 2
+    assert all(line == line.rstrip() for line in run.out.splitlines())
     assert total == "2 messages, 3 recipients"
 
     run = mh(capsys, config, "queue", "show", str(first))

@@ -34,12 +34,12 @@ def error(message: str) -> None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Left-aligned columns two spaces apart, the header first; the last column unpadded so
-    lines carry no trailing blanks."""
+    """Left-aligned columns two spaces apart, the header first; no line ends in blanks (a row
+    may leave its last columns empty)."""
     widths = [max(len(row[i]) for row in (headers, *rows)) for i in range(len(headers))]
     for row in (headers, *rows):
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        out("  ".join([*cells, row[-1]]))
+        out("  ".join([*cells, row[-1]]).rstrip())
 
 
 def become_data_dir_owner(config: Config) -> None:

@@ -106,15 +106,16 @@ def queue_list(args: argparse.Namespace, config: Config, *,
         if not messages:
             out("the queue is empty")
             return EXIT_OK
-        rows = []
-        for m in messages:
+        rows: list[tuple[str, ...]] = []
+        for m in messages:  # mailq's view: each message, then each recipient and its state
             pending = [r for r in m.recipients if r.status is RecipientStatus.PENDING]
-            next_at = min((r.next_attempt for r in pending), default=None)
-            last = next((r.last_reply for r in pending if r.last_reply), None)
             rows.append((str(m.id), _when(m.created), str(m.size), _sender(m),
-                         f"{len(pending)}/{len(m.recipients)}",
-                         "-" if next_at is None else _when(next_at), last or "-"))
-        table(("ID", "ARRIVED", "SIZE", "SENDER", "PENDING", "NEXT ATTEMPT", "LAST REPLY"), rows)
+                         f"{len(pending)}/{len(m.recipients)} pending", "", ""))
+            rows += [("", "", "", "  " + r.address, r.status.value,
+                      _when(r.next_attempt) if r.status is RecipientStatus.PENDING else "-",
+                      r.last_reply or "-") for r in m.recipients]
+        table(("ID", "ARRIVED", "SIZE", "SENDER / RECIPIENT", "STATUS", "NEXT ATTEMPT",
+               "LAST REPLY"), rows)
         total = sum(len(m.recipients) for m in messages)
         out(f"{_plural(len(messages), 'message')}, {_plural(total, 'recipient')}")
         return EXIT_OK
