@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from mailhouse import sdnotify
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
@@ -515,6 +516,7 @@ class App:
 
 
 async def run(config: Config) -> None:
+    sdnotify.claim()  # before the queue and worker processes are started: not theirs to use
     app = App(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -523,7 +525,9 @@ async def run(config: Config) -> None:
     try:
         await app.start()
         print(app.banner(), file=sys.stderr, flush=True)
+        sdnotify.notify(f"READY=1\nSTATUS=serving mail for {config.hostname}")
         await stop.wait()
+        sdnotify.notify("STOPPING=1")
         log.info("event=shutdown.begin")
     finally:
         await app.stop()
