@@ -32,6 +32,7 @@ from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
 from mailhouse.message.dkim import DkimKeys, DkimSigner
+from mailhouse.net.http import HttpListener
 from mailhouse.net.imap import ImapEndpoint
 from mailhouse.net.listener import (
     ConnectionLimits,
@@ -73,6 +74,8 @@ from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.store.wakeup import SocketWakeups, Wakeups
 from mailhouse.supervisor import ChildSupervisor, configure_logging
+from mailhouse.web.health import Check
+from mailhouse.web.health import build_app as build_health_app
 
 log = logging.getLogger("mailhouse")
 
@@ -84,6 +87,7 @@ NOT_BUILT: tuple[str, ...] = ()
 POP3_PROTOCOLS = ("pop3", "pop3s")
 IMAP_PROTOCOLS = ("imap", "imaps")
 CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 or IMAP worker closes its store
+READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer a /healthz/ready probe
 # Connections are capped per service (net/listener.py ConnectionPool): its listeners, and its
 # weight in the split of limits.max_connections when the config sets no total for it. IMAP
 # clients hold their connections for hours (IDLE, a connection per watched folder, several
@@ -272,6 +276,9 @@ class App:
         self._worker_bound: dict[str, list[Listener]] = {}  # by MailboxService name
         # Listening sockets bound as root before the drop, until a Listener serves them.
         self._bound: dict[str, list[socket.socket]] = {}
+        self.admin: HttpListener | None = None
+        self._admin_sockets: list[socket.socket] = []
+        self._serving = False  # every listener started (readiness)
         self.throttle_server: ThrottleServer | None = None
 
     def _wake_queue(self) -> None:
@@ -306,6 +313,7 @@ class App:
         # in data_dir, so it is made and read after the drop, as the service user.
         configured_tls = self._load_tls() if config.tls.cert and config.tls.key else None
         self._bound = self._bind_listening_sockets()
+        self._admin_sockets = self._bind_admin_sockets()
         if account is not None:
             become(account)
             log.info("event=privileges.dropped user=%s", account.name)
@@ -364,6 +372,40 @@ class App:
             await self.queue_process.start()
         for name in self._worker_bound:
             await self._start_workers(MAILBOX_SERVICES[name], pem)
+        if self._admin_sockets:
+            self.admin = HttpListener(build_health_app(self.readiness), self._admin_sockets, tls)
+            self._admin_sockets = []
+            await self.admin.start()
+        self._serving = True
+
+    def _bind_admin_sockets(self) -> list[socket.socket]:
+        endpoints = self.config.admin.endpoints()
+        bound: list[socket.socket] = []
+        try:
+            for host, port in endpoints:
+                bound.extend(bind_sockets(host, port))
+        except OSError as exc:
+            for sock in bound:
+                sock.close()
+            raise ConfigError(f"admin.listen: cannot listen on {endpoints}: "
+                              f"{exc.strerror}") from exc
+        return bound
+
+    async def readiness(self) -> dict[str, Check]:
+        """/healthz/ready (web/health.py): can this server take mail now?"""
+        checks = {"listeners": Check(self._serving and all(
+            listener.bound_ports() for listener in self.listeners),
+            "accepting" if self._serving else "starting or stopping")}
+        try:
+            await asyncio.wait_for(self.store.directory_serial(), READY_STORE_TIMEOUT)
+            checks["store"] = Check(True, "answers")
+        except Exception as exc:  # any failure is the answer: not ready, and why
+            checks["store"] = Check(False, f"{type(exc).__name__}: {exc}"[:200])
+        if self.queue_process is not None:
+            pid = self.queue_process.pid
+            checks["queue"] = Check(pid is not None,
+                                    f"process {pid}" if pid is not None else "not running")
+        return checks
 
     def _warn_about_caps(self) -> None:
         """Per-service caps set above the process total cannot all be reached: the total
@@ -473,6 +515,13 @@ class App:
             self.demo_password = secret_file.read_text().strip()
 
     async def stop(self) -> None:
+        self._serving = False
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+        for sock in self._admin_sockets:  # start-up failed before they were served
+            sock.close()
+        self._admin_sockets = []
         if self.queue_process is not None:
             self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
         for worker in self.workers:
@@ -507,6 +556,10 @@ class App:
         for listener in [*self.listeners, *bound]:
             for (host, _), port in zip(listener.endpoints, listener.bound_ports(), strict=False):
                 lines.append(f"  {listener.name:<11} {host}:{port}")
+        if self.admin is not None:
+            for sock in self.admin.sockets:
+                host, port = sock.getsockname()[:2]
+                lines.append(f"  {'admin':<11} https://{host}:{port}/healthz/ready")
         lines.append(f"  data        {self.config.data_dir}")
         if self.config.demo:
             lines.append(f"  demo domain {DEMO_DOMAIN}")

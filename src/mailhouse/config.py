@@ -506,6 +506,18 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The HTTPS server of the operating side (issue 9): today /healthz/live and
+    /healthz/ready. Off unless listed: the admin API that will join it needs its accounts first
+    (docs/operations.md, "Health checks")."""
+
+    listen: tuple[str, ...] = field(default=(), metadata=checked(_endpoints))
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [parse_endpoint(text) for text in self.listen]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Field defaults are the production defaults except `hostname`
     (load_config asks the system for it only when a file leaves it out)."""
@@ -529,6 +541,7 @@ class Config:
     dkim: DkimConfig = field(default_factory=DkimConfig, metadata=_section(DkimConfig))
     pop3: Pop3Config = field(default_factory=Pop3Config, metadata=_section(Pop3Config))
     imap: ImapConfig = field(default_factory=ImapConfig, metadata=_section(ImapConfig))
+    admin: AdminConfig = field(default_factory=AdminConfig, metadata=_section(AdminConfig))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.
     source: Path | None = None

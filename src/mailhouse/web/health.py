@@ -1,0 +1,43 @@
+"""/healthz/live and /healthz/ready, as container runtimes and load balancers probe them.
+
+Live: the process's event loop answers (nothing else is asked, so a slow store never makes a
+supervisor kill a server that is only busy). Ready: this server can take mail now — every
+listener accepting, the store answering a read within a bound, the queue process running when
+there is one. Each check says what it found, so a 503 explains itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    detail: str
+
+
+Readiness = Callable[[], Awaitable[Mapping[str, Check]]]
+
+
+def build_app(readiness: Readiness) -> Starlette:
+    async def live(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "live"}, headers=NO_STORE)
+
+    async def ready(request: Request) -> JSONResponse:
+        checks = await readiness()
+        ok = all(check.ok for check in checks.values())
+        body = {"status": "ready" if ok else "not ready",
+                "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()}}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=NO_STORE)
+
+    return Starlette(routes=[Route("/healthz/live", live, methods=["GET", "HEAD"]),
+                             Route("/healthz/ready", ready, methods=["GET", "HEAD"])])

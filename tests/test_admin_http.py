@@ -1,0 +1,138 @@
+"""The admin HTTPS listener (net/http.py) and its health endpoints (web/health.py): the ASGI
+app in process, then the real server answering over TLS, going not-ready as it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailhouse.config import load_config
+from mailhouse.errors import ConfigError
+from mailhouse.web.health import Check, build_app
+from tests.helpers.mailhouse import MailhouseServer
+from tests.helpers.net import free_port
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status_code, self.headers, self.body = status, headers, body
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.body)  # type: ignore[no-any-return]
+
+
+class Client:
+    """Calls the ASGI app as a server would (one HTTP request scope), without sockets."""
+
+    def __init__(self, checks: Mapping[str, Check]) -> None:
+        async def readiness() -> Mapping[str, Check]:
+            return checks
+
+        self.app = build_app(readiness)
+
+    def request(self, method: str, path: str) -> Response:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": method, "scheme": "https", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "headers": [(b"host", b"localhost")],
+                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 443)}
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        asyncio.run(self.app(scope, receive, send))  # type: ignore[arg-type]
+        start = sent[0]
+        headers = {k.decode(): v.decode()
+                   for k, v in start["headers"]}  # type: ignore[attr-defined]
+        body = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
+        return Response(start["status"], headers, body)  # type: ignore[arg-type]
+
+    def get(self, path: str) -> Response:
+        return self.request("GET", path)
+
+    def head(self, path: str) -> Response:
+        return self.request("HEAD", path)
+
+    def post(self, path: str) -> Response:
+        return self.request("POST", path)
+
+
+def client(checks: Mapping[str, Check]) -> Client:
+    return Client(checks)
+
+
+def test_live_and_ready() -> None:
+    ok = client({"store": Check(True, "answers"), "listeners": Check(True, "accepting")})
+    live = ok.get("/healthz/live")
+    assert (live.status_code, live.json()) == (200, {"status": "live"})
+    assert live.headers["cache-control"] == "no-store"
+    ready = ok.get("/healthz/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["store"] == {"ok": True, "detail": "answers"}
+    assert ok.head("/healthz/ready").status_code == 200
+
+
+def test_not_ready_says_why() -> None:
+    failing = client({"store": Check(False, "OperationalError: disk I/O error"),
+                      "listeners": Check(True, "accepting")})
+    ready = failing.get("/healthz/ready")
+    assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+    assert ready.json()["checks"]["store"]["detail"] == "OperationalError: disk I/O error"
+    assert failing.get("/healthz/live").status_code == 200  # busy or broken is not dead
+
+
+def test_only_what_exists() -> None:
+    app = client({})
+    assert app.get("/").status_code == 404
+    assert app.get("/healthz").status_code == 404
+    assert app.post("/healthz/ready").status_code == 405
+
+
+def test_the_listen_key_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "mailhouse.toml"
+    path.write_text('[admin]\nlisten = ["not an endpoint"]\n')
+    with pytest.raises(ConfigError, match=r"admin\.listen"):
+        load_config(path)
+    path.write_text("")
+    assert load_config(path).admin.listen == ()  # off unless asked for
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the server's self-signed certificate
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_the_server_answers_health_probes_over_tls(tmp_path: Path) -> None:
+    port = free_port()
+    server = MailhouseServer(tmp_path / "mh", protocols=("smtp", "imaps"),
+                             extra_toml=f'[admin]\nlisten = ["127.0.0.1:{port}"]')
+    server.start()
+    try:
+        assert get(port, "/healthz/live") == (200, {"status": "live"})
+        status, body = get(port, "/healthz/ready")
+        assert status == 200, body
+        checks = body["checks"]
+        assert isinstance(checks, dict)
+        assert set(checks) == {"listeners", "store", "queue"}
+        assert all(c["ok"] for c in checks.values())
+        assert f"https://127.0.0.1:{port}/healthz/ready" in server.log_path.read_text()
+    finally:
+        server.close()
