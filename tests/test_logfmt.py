@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import sys
+from collections.abc import Callable
 
 import pytest
 
-from mailhouse.logfmt import SafeFormatter, Trusted, escape
+from mailhouse.logfmt import JsonFormatter, SafeFormatter, Trusted, escape
+from mailhouse.supervisor import configure_logging
 
 FORGERIES = [
     "x user=admin",  # a fake field
@@ -85,3 +89,54 @@ def test_traceback_lines_cannot_pass_for_records() -> None:
 
 def test_trusted_text_built_by_the_server_is_written_as_is() -> None:
     assert _format("event=x%s pid=%d", Trusted(" worker=1"), 5) == "INFO event=x worker=1 pid=5\n"
+
+
+def _json_lines(emit: Callable[[logging.Logger], None]) -> list[dict[str, object]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("queue"))
+    logger = logging.getLogger("mailhouse.test.json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize("value", FORGERIES)
+def test_json_lines_hold_one_record_and_their_fields(value: str) -> None:
+    [doc] = _json_lines(lambda log: log.warning("event=smtp.login user=%s result=%s", value,
+                                                "FAILED"))
+    assert doc["level"] == "WARNING" and doc["role"] == "queue"
+    assert doc["logger"] == "mailhouse.test.json" and str(doc["ts"]).endswith("Z")
+    assert doc["event"] == "smtp.login" and doc["result"] == "FAILED"
+    assert doc["user"] == escape(value)  # the text format's one rule for peer values
+    assert "admin" not in {k for k in doc if k not in ("msg", "user")}  # no forged field
+
+
+def test_json_tracebacks_stay_in_their_record() -> None:
+    def emit(log: logging.Logger) -> None:
+        try:
+            raise ValueError("bad\nfake=1")
+        except ValueError:
+            log.exception("event=task.failed peer=%s", "1.2.3.4")
+
+    [doc] = _json_lines(emit)
+    assert doc["event"] == "task.failed" and "ValueError" in str(doc["trace"])
+    assert "\n" not in str(doc["msg"])
+
+
+def test_auto_is_text_on_a_terminal_and_json_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    for tty, expected in ((True, SafeFormatter), (False, JsonFormatter)):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        root.handlers.clear()
+        try:
+            configure_logging("info", "main", "auto")
+            assert type(root.handlers[-1].formatter) is expected
+        finally:
+            root.handlers[:] = saved

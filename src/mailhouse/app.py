@@ -597,7 +597,7 @@ def serve(config: Config) -> int:
 
 
 def _serve(config: Config) -> int:
-    configure_logging(config.log.level, "main")
+    configure_logging(config.log.level, "main", config.log.format)
     for warning in config.warnings:
         log.warning("event=config.warning %s", warning)
     try:

@@ -183,6 +183,16 @@ def _log_level(key: str, value: object) -> str:
     return value.lower()
 
 
+LOG_FORMATS = ("auto", "text", "json")
+
+
+def _log_format(key: str, value: object) -> str:
+    expected = "one of " + ", ".join(f'"{fmt}"' for fmt in LOG_FORMATS)
+    if not isinstance(value, str) or value.lower() not in LOG_FORMATS:
+        raise _wrong(key, expected, value)
+    return value.lower()
+
+
 def _queue_process(key: str, value: object) -> str:
     expected = "one of " + ", ".join(f'"{mode}"' for mode in QUEUE_PROCESS_MODES)
     if not isinstance(value, str) or value not in QUEUE_PROCESS_MODES:
@@ -503,6 +513,9 @@ class ImapConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = field(default="info", metadata=checked(_log_level))
+    # "text": key=value lines; "json": one JSON object a line; "auto": text on a terminal,
+    # JSON otherwise (a journal, a container's log collector, a file).
+    format: str = field(default="auto", metadata=checked(_log_format))
 
 
 @dataclass(frozen=True, slots=True)

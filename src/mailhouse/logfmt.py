@@ -17,8 +17,10 @@ Traceback text is indented, so no line of it can pass for the start of a record.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -114,3 +116,33 @@ class SafeFormatter(logging.Formatter):
     def formatStack(self, stack_info: str) -> str:
         return "\n".join(_TRACE_INDENT + _escape_repr(line)
                          for line in stack_info.splitlines())
+
+
+# A field of a rendered line: key=value, the value bare or double-quoted with escapes.
+_FIELD = re.compile(r'(?:^| )([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^ ]*)')
+
+
+class JsonFormatter(SafeFormatter):
+    """One JSON object a line, for log collectors: `ts` (UTC, ISO 8601), `level`, `logger`,
+    `role`, then the line's own key=value fields (as escaped for the text format: one rule
+    for what peers can put in a log), and `msg`, the whole text line. json.dumps escapes what
+    remains, so no value can break the line."""
+
+    def __init__(self, role: str) -> None:
+        super().__init__("%(message)s")
+        self._role = role
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        message, _, trace = text.partition("\n")
+        doc: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname, "logger": record.name, "role": self._role}
+        for key, value in _FIELD.findall(message):
+            if key not in doc:
+                doc[key] = value
+        doc["msg"] = message
+        if trace:
+            doc["trace"] = trace
+        return json.dumps(doc, ensure_ascii=False)

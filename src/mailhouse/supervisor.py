@@ -41,7 +41,7 @@ from typing import Any
 
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError
-from mailhouse.logfmt import SafeFormatter, Trusted
+from mailhouse.logfmt import JsonFormatter, SafeFormatter, Trusted
 from mailhouse.privileges import interpreter_error, interpreter_problem
 
 log = logging.getLogger("mailhouse.supervisor")
@@ -55,12 +55,15 @@ _LENGTH = struct.Struct("!I")
 EXIT_CONFIG = 2
 
 
-def configure_logging(level: str, role: str) -> None:
-    """Every process logs to the same stderr; `role` says which one wrote a line."""
+def configure_logging(level: str, role: str, fmt: str = "text") -> None:
+    """Every process logs to the same stderr; `role` says which one wrote a line. `fmt`:
+    "text", "json", or "auto" (text on a terminal, JSON otherwise)."""
     handler = logging.StreamHandler(sys.stderr)
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     # Every value a peer chose is escaped in one place (logfmt.py: logs no peer can forge).
-    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s %(name)s role={role} "
-                                       "%(message)s"))
+    handler.setFormatter(JsonFormatter(role) if fmt == "json" else SafeFormatter(
+        f"%(asctime)s %(levelname)s %(name)s role={role} %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
 
@@ -327,7 +330,7 @@ def child_main(control: int, *, what: str, role: Callable[[dict[str, Any]], str]
         return EXIT_CONFIG
     config: Config = payload["config"]
     die_with_parent(int(payload["parent"]))
-    configure_logging(config.log.level, role(payload))
+    configure_logging(config.log.level, role(payload), config.log.format)
     child_log = logging.getLogger(f"mailhouse.{what}.process")
     if refuses_root(config):
         child_log.error("event=%s.process_refused reason=running_as_root user=%s", what,

@@ -240,8 +240,8 @@ def _offlineimap_attempt(
 ) -> tuple[int, str, bool, bool]:
     """One offlineimap run, its output in WORK/offlineimap.log: (status, log, timed out,
     stuck), where stuck means killed because the log still ended at "Establishing
-    connection" (no login yet) `stuck_after` seconds after the start, or dead by a signal
-    with the log ending there."""
+    connection" (no login yet) `stuck_after` seconds after the start, dead by a signal with
+    the log ending there, or failed with imaplib2's "Failed to start TLS connection"."""
     log_path = work / "offlineimap.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -274,6 +274,11 @@ def _offlineimap_attempt(
         # death by a signal before any login is that symptom too.
         lines = log.strip().splitlines()
         stuck = bool(lines) and lines[-1].startswith("Establishing connection")
+    if status != 0 and not (stuck or timed_out) and "Failed to start TLS connection" in log:
+        # Or the handshake it races fails: the server drops the connection after the client's
+        # TLS alert, and imaplib2 reports "Failed to start TLS connection ... read 0" before
+        # any login (seen once in a full run).
+        stuck = True
     return status, log, timed_out, stuck
 
 

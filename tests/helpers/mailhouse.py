@@ -128,6 +128,8 @@ class MailhouseServer:
         for protocol in PROTOCOLS:
             addresses = [f"{LOOPBACK}:{self.ports[protocol]}"] if protocol in self.ports else []
             lines.append(f"{protocol} = [{', '.join(_toml_str(a) for a in addresses)}]")
+        if "[log]" not in self.extra_toml:  # the tests read key=value lines from the log file
+            lines += ["", "[log]", 'format = "text"']
         lines += ["", "[limits]", f"max_message_size = {self.max_message_size}"]
         if self.extra_limits:
             lines.append(self.extra_limits.strip())
