@@ -18,6 +18,7 @@ from mailhouse.service.autoconfig import (
     AUTODISCOVER_JSON,
     AUTODISCOVER_XML,
     JSON_TYPE,
+    MAX_HOST,
     MAX_POX_BODY,
     MAX_POX_DEPTH,
     MAX_QUERY,
@@ -28,11 +29,13 @@ from mailhouse.service.autoconfig import (
     POX_RESPONSE_NS,
     THUNDERBIRD_AUTOCONFIG_HOST,
     THUNDERBIRD_WELL_KNOWN,
+    PoxRequestError,
     Request,
     Response,
     client_services,
     handle,
     handles,
+    parse_pox_request,
 )
 
 HOST = "mail.example.org"
@@ -418,8 +421,19 @@ def test_any_pox_address(address: str) -> None:
         assert {p["LoginName"].rpartition("@")[2] for p in protocols(response.body)} <= HOSTED
 
 
+# Pieces of a real request, of DTDs and of entity references, mixed with arbitrary bytes.
+POX_PIECES = [outlook_request("fred@example.org"), b"<Autodiscover>", b"</Autodiscover>",
+              b"<Request>", b"</Request>", b"<EMailAddress>", b"</EMailAddress>",
+              b"fred@example.org", b"@other.test", b"&amp;", b"&lol;", b"<!DOCTYPE a [",
+              b'<!ENTITY lol "x">', b"]>", b"<![CDATA[", b"]]>", b'<?xml version="1.0"?>',
+              b"<AcceptableResponseSchema>", b"</AcceptableResponseSchema>",
+              POX_OUTLOOK_NS.encode(), b"\xef\xbb\xbf", b"\x00"]
+
+
 @settings_
-@given(body=st.binary(max_size=600))
+@given(body=st.one_of(st.binary(max_size=600),
+                      st.lists(st.one_of(st.sampled_from(POX_PIECES), st.binary(max_size=8)),
+                               max_size=30).map(b"".join)))
 def test_any_pox_body(body: bytes) -> None:
     check_well_formed(fetch("POST", AUTODISCOVER_XML, body=body))
 
@@ -440,3 +454,40 @@ def test_any_json_lookup(address: str, protocol: str, in_path: bool) -> None:
 @given(host=st.text(max_size=60), query=st.text(max_size=60))
 def test_any_host_and_raw_query(host: str, query: str) -> None:
     check_well_formed(fetch("GET", THUNDERBIRD_WELL_KNOWN, query, host=host))
+
+
+# --- limits: each one crossed ---------------------------------------------------------------------
+
+def test_query_limits_at_the_edge() -> None:
+    base = "emailaddress=fred%40example.org&pad="
+    at_limit = base + "x" * (MAX_QUERY - len(base))
+    assert fetch("GET", MOBILECONFIG, at_limit).status == 200
+    assert fetch("GET", MOBILECONFIG, at_limit + "x").status == 400
+    fields = "&".join(["emailaddress=fred%40example.org"]
+                      + [f"f{i}=1" for i in range(MAX_QUERY_FIELDS - 1)])
+    assert fetch("GET", MOBILECONFIG, fields).status == 200
+    assert fetch("GET", MOBILECONFIG, fields + "&one=more").status == 400
+
+
+def test_pox_depth_at_the_edge() -> None:
+    def nested(depth: int) -> bytes:
+        inner = depth - 3  # Autodiscover/Request/EMailAddress and the rest inside it
+        return (b"<Autodiscover><Request><EMailAddress>fred@example.org" + b"<x>" * inner
+                + b"</x>" * inner + b"</EMailAddress></Request></Autodiscover>")
+
+    assert parse_pox_request(nested(MAX_POX_DEPTH)) == {"EMailAddress": "fred@example.org"}
+    with pytest.raises(PoxRequestError):
+        parse_pox_request(nested(MAX_POX_DEPTH + 1))
+
+
+def test_pox_without_schema_is_an_outlook_request() -> None:
+    body = (b"<Autodiscover><Request><EMailAddress> fred@example.org </EMailAddress>"
+            b"</Request></Autodiscover>")
+    response = fetch("POST", AUTODISCOVER_XML, body=body)
+    assert response.status == 200 and protocols(response.body)[0]["LoginName"] == (
+        "fred@example.org")
+
+
+def test_host_limit() -> None:
+    assert fetch("GET", THUNDERBIRD_WELL_KNOWN, host="x" * (MAX_HOST + 1)).status == 400
+    assert fetch("GET", THUNDERBIRD_WELL_KNOWN, host="x" * MAX_HOST).status == 404
