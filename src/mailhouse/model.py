@@ -29,6 +29,7 @@ _ADDRESS_LITERAL = re.compile(
 # address (RFC 6531's UTF-8 atext is meant for letters), and each can break a log line or a
 # header apart.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class AddressError(ValueError):
@@ -80,6 +81,8 @@ class Address:
             raise AddressError("non-ASCII address without SMTPUTF8")
         if _CONTROL.search(text):
             raise AddressError("control character in address")
+        if _SURROGATE.search(text):  # from bytes decoded with surrogateescape: not UTF-8
+            raise AddressError("address is not valid UTF-8")
         if len(text.encode("utf-8")) > MAX_PATH:
             raise AddressError("path longer than 256 octets")
         at = text.rfind("@")

@@ -110,6 +110,7 @@ def test_parse_auth_round_trip(name: str, initial: str | None) -> None:
 @example(text="a@[\u2028]", utf8=True)
 @example(text="a\u0085@example.test", utf8=True)
 @example(text="a@example.test\x1f", utf8=False)
+@example(text="a\udcff@example.test", utf8=True)  # bytes decoded with surrogateescape
 def test_address_parse_is_total_and_stable(text: str, utf8: bool) -> None:
     check.check_address(text, utf8=utf8)
 
