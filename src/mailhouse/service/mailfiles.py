@@ -25,9 +25,9 @@ O_EXCL | O_NOFOLLOW in a directory we made. Import never follows symbolic links 
 maildir, so a planted link cannot smuggle another file (say /etc/shadow) into a mailbox when an
 operator imports a user's directory as root.
 
-Two sides: the store side (`export_records`, `store_records`) only talks to the Store and
-yields or consumes message records; the file side (`MaildirWriter`, `read_maildir`,
-`read_mbox`) only touches files. In one process they are joined directly (`export_maildir`,
+Two sides: the store side (`export_records`, `store_records`, here) only talks to the Store
+and yields or consumes message records (mailrecords.py); the file side (`MaildirWriter` here,
+`read_maildir` and `read_mbox` in mailreader.py) only touches files. In one process they are joined directly (`export_maildir`,
 `import_maildir`, `import_mbox`); run as root, cli_transfer.py joins them over a socket so the
 files are handled with root's rights while the store is opened only by the service user.
 """
@@ -35,16 +35,10 @@ files are handled with root's rights while the store is opened only by the servi
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
-import email.utils
 import os
-import re
-import stat
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Final
 
 from mailhouse.errors import MailError
 from mailhouse.model import Account
@@ -71,104 +65,37 @@ from mailhouse.service.maildir_names import (
     mailbox_from_folder,
     maildir_folder_name,
 )
+from mailhouse.service.mailreader import from_line_date, read_maildir, read_mbox
+from mailhouse.service.mailrecords import (
+    MAX_DATA_RECORD,
+    Data,
+    ExportMailbox,
+    ExportMessage,
+    ExportRecord,
+    Folder,
+    ImportEnd,
+    ImportMessage,
+    ImportRecord,
+    MailFileError,
+    MessageEnd,
+    Problem,
+    TransferReport,
+    canonical_mailbox,
+)
 from mailhouse.store.base import DeliveryTarget, Outcome, Spool, Store
 
+# The whole of the transfer, for callers that need not know how it is split into modules.
 __all__ = [
     "CHUNK", "FLAG_LETTERS", "INBOX", "INFO_PREFIX", "KEYWORDS_FILE", "LETTER_OF_FLAG",
-    "MAILBOX_DELIMITER", "MAILDIRPP_SEPARATOR", "MAILDIR_SUBDIRS", "MAX_KEYWORD_LETTERS",
-    "STATUS_LETTERS", "X_STATUS_LETTERS", "CrlfToLf", "Data", "ExportMailbox",
-    "ExportMessage", "ExportRecord", "Folder", "ImportEnd", "ImportMessage", "ImportRecord",
-    "LfToCrlf", "MailFileError", "MaildirWriter", "MessageEnd", "Problem", "TransferReport",
-    "decode_mutf7", "encode_mutf7", "export_maildir", "export_records", "flags_from_info",
-    "from_line_date", "import_maildir", "import_mbox", "info_for", "mailbox_from_folder",
-    "mailbox_names", "maildir_folder_name", "read_maildir", "read_mbox", "store_records",
+    "MAILBOX_DELIMITER", "MAILDIRPP_SEPARATOR", "MAILDIR_SUBDIRS", "MAX_DATA_RECORD",
+    "MAX_KEYWORD_LETTERS", "STATUS_LETTERS", "X_STATUS_LETTERS", "CrlfToLf", "Data",
+    "ExportMailbox", "ExportMessage", "ExportRecord", "Folder", "ImportEnd", "ImportMessage",
+    "ImportRecord", "LfToCrlf", "MailFileError", "MaildirWriter", "MessageEnd", "Problem",
+    "TransferReport", "decode_mutf7", "encode_mutf7", "export_maildir", "export_records",
+    "flags_from_info", "from_line_date", "import_maildir", "import_mbox", "info_for",
+    "mailbox_from_folder", "mailbox_names", "maildir_folder_name", "read_maildir", "read_mbox",
+    "store_records",
 ]
-
-# Message bytes travel in records of at most this many octets (and are read in such chunks).
-MAX_DATA_RECORD: Final = CHUNK
-# mbox lines are gathered into records of about this size rather than one record per line.
-MBOX_BATCH: Final = 64 * 1024
-
-
-class MailFileError(Exception):
-    """An import or export that cannot start (bad path, not a maildir …); the message says why."""
-
-
-@dataclass(slots=True)
-class TransferReport:
-    """What an import or export did; `problems` lists each thing skipped and why."""
-
-    mailboxes: int = 0
-    messages: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-# --- records: what the two sides exchange ------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class ExportMailbox:
-    """Export: the following messages belong to mailbox `name`; `keywords` are all the
-    keywords its messages carry (sorted), so the file side can assign the letters up front."""
-
-    name: str
-    keywords: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ExportMessage:
-    """Export: a message begins; its content follows as Data records, then MessageEnd."""
-
-    flags: tuple[str, ...]
-    internal_date: float
-    wire_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Data:
-    """Message content, at most MAX_DATA_RECORD octets: CRLF (store form) in either
-    direction."""
-
-    chunk: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MessageEnd:
-    """Export: the current message is complete."""
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Import: something the file side skipped, for the report."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Folder:
-    """Import: the following messages go into `mailbox` (which exists)."""
-
-    mailbox: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImportMessage:
-    """Import: a message begins; `what` names it in problems ("FILE", "FILE message 3")."""
-
-    what: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImportEnd:
-    """Import: the current message is complete. mbox flags and dates are only known at its
-    end (Status headers, the Date header); `if_empty` is the problem text for no content."""
-
-    flags: tuple[str, ...]
-    internal_date: float | None
-    if_empty: str
-
-
-ExportRecord = ExportMailbox | ExportMessage | Data | MessageEnd
-ImportRecord = Problem | Folder | ImportMessage | Data | ImportEnd
 
 
 # --- export: store side -------------------------------------------------------------------------
@@ -430,7 +357,7 @@ async def export_maildir(store: Store, account: Account, dest: Path, *,
 
 async def mailbox_names(store: Store, account: Account) -> set[str]:
     """The account's mailboxes as the file side checks them (INBOX in one spelling)."""
-    return {_canonical_mailbox(m.name) for m in await store.list_mailboxes(account.id)}
+    return {canonical_mailbox(m.name) for m in await store.list_mailboxes(account.id)}
 
 
 async def store_records(store: Store, account: Account,
@@ -521,264 +448,3 @@ async def _in_thread(records: Iterator[ImportRecord]) -> AsyncIterator[ImportRec
         close = getattr(records, "close", None)
         if close is not None:
             close()
-
-
-# --- import: file side, maildir -----------------------------------------------------------------
-
-def read_maildir(source: Path, existing: set[str]) -> Iterator[ImportRecord]:
-    """Records for every message of a Maildir++ tree; `existing` are the account's mailboxes
-    (a folder without one is reported and not read). MailFileError when it cannot start."""
-    if not source.is_dir():
-        raise MailFileError(f"{source} is not a directory")
-    folders: list[tuple[str, Path]] = []
-    if _has_maildir_subdirs(source):
-        folders.append((INBOX, source))
-    problems: list[str] = []
-    for entry in sorted(os.listdir(source)):
-        path = source / entry
-        if not entry.startswith(".") or entry in (".", ".."):
-            continue
-        if not stat.S_ISDIR(path.lstat().st_mode):
-            continue  # symbolic links and stray files are not folders
-        if not _has_maildir_subdirs(path):
-            continue
-        try:
-            folders.append((mailbox_from_folder(entry), path))
-        except ValueError as exc:
-            problems.append(f"folder {entry!r} skipped: {exc}")
-    if not folders:
-        raise MailFileError(f"{source} is not a maildir (no cur/ or new/ directory)")
-    for problem in problems:
-        yield Problem(problem)
-    for name, path in folders:
-        mailbox = _canonical_mailbox(name)
-        if mailbox not in existing:
-            yield Problem(f"folder {path.name!r}: {_missing_mailbox(mailbox)}")
-            continue
-        yield Folder(mailbox)
-        yield from _read_folder(path)
-
-
-def _canonical_mailbox(name: str) -> str:
-    return INBOX if name.upper() == INBOX else name  # RFC 9051 §5.1: only INBOX ignores case
-
-
-def _missing_mailbox(mailbox: str) -> str:
-    # The Store interface cannot create mailboxes yet (IMAP CREATE will bring that); checking
-    # up front gives one clear line per folder instead of one failure per message.
-    return (f"mailbox {mailbox!r} does not exist and cannot be created from the command line "
-            "yet; its messages were not imported")
-
-
-def _has_maildir_subdirs(path: Path) -> bool:
-    for sub in ("cur", "new"):
-        with contextlib.suppress(OSError):
-            if stat.S_ISDIR((path / sub).lstat().st_mode):
-                return True
-    return False
-
-
-def _read_keywords(folder: Path) -> dict[str, str]:
-    """Dovecot's `dovecot-keywords`: lines "<index> <keyword>", index 0 is letter a."""
-    try:
-        fd = os.open(folder / KEYWORDS_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return {}
-    with os.fdopen(fd, "rb") as f:
-        text = f.read(64 * 1024).decode("utf-8", "replace")
-    keywords = {}
-    for line in text.splitlines():
-        index, _, keyword = line.partition(" ")
-        if index.isdigit() and int(index) < MAX_KEYWORD_LETTERS and keyword.strip():
-            keywords[chr(ord("a") + int(index))] = keyword.strip()
-    return keywords
-
-
-def _read_folder(folder: Path) -> Iterator[ImportRecord]:
-    keywords = _read_keywords(folder)
-    entries: list[tuple[float, str, Path, str]] = []
-    for sub in ("new", "cur"):
-        directory = folder / sub
-        try:
-            if not stat.S_ISDIR(directory.lstat().st_mode):
-                continue
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith("."):
-                continue
-            path = directory / name
-            try:
-                st = path.lstat()
-            except OSError:
-                continue  # gone meanwhile (a running MUA moved it)
-            if not stat.S_ISREG(st.st_mode):
-                yield Problem(f"{path}: skipped, not a regular file")
-                continue
-            info = name.rpartition(INFO_PREFIX)[2] if INFO_PREFIX in name else ""
-            entries.append((st.st_mtime, name, path, info))
-    entries.sort()  # oldest first, so UIDs follow arrival order
-    for mtime, _, path, info in entries:
-        yield from _read_file(path, flags_from_info(info, keywords), mtime)
-
-
-def _read_file(path: Path, flags: tuple[str, ...], mtime: float) -> Iterator[ImportRecord]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        yield Problem(f"{path}: skipped, {exc.strerror or exc}")
-        return
-    with os.fdopen(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            yield Problem(f"{path}: skipped, not a regular file")
-            return
-        yield ImportMessage(str(path))
-        convert = LfToCrlf()
-        while chunk := stream.read(CHUNK):
-            yield Data(convert.feed(chunk))
-        yield Data(convert.finish())
-    yield ImportEnd(flags, mtime, "empty file")
-
-
-# --- import: file side, mbox --------------------------------------------------------------------
-
-_ESCAPED_FROM = re.compile(rb">+From ")
-_FROM_LINE_DATE = re.compile(
-    r"(?P<mon>[A-Z][a-z]{2})\s+(?P<day>\d{1,2})\s+(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2}))?"
-    r"\s+(?:(?P<tz>[A-Z]{3,4}|[+-]\d{4})\s+)?(?P<year>\d{4})(?:\s+(?P<tz2>[+-]\d{4}))?")
-_MONTHS: Final = {name: i for i, name in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
-
-
-def from_line_date(line: bytes) -> float | None:
-    """The time on an mbox From_ line ("From sender Thu Jan  1 00:00:00 2004"), taken as UTC
-    unless the line carries a numeric zone: writers (Python's mailbox, Dovecot) use UTC."""
-    match = _FROM_LINE_DATE.search(line.decode("ascii", "replace"))
-    if match is None or match["mon"] not in _MONTHS:
-        return None
-    try:
-        seconds = calendar.timegm((int(match["year"]), _MONTHS[match["mon"]], int(match["day"]),
-                                   int(match["h"]), int(match["m"]), int(match["s"] or 0)))
-    except (ValueError, OverflowError):
-        return None
-    zone = match["tz2"] or (match["tz"] if match["tz"] and match["tz"][0] in "+-" else None)
-    if zone:
-        offset = (int(zone[1:3]) * 60 + int(zone[3:5])) * 60
-        seconds += -offset if zone[0] == "+" else offset
-    return float(seconds)
-
-
-class _MboxMessage:
-    """One message being read from an mbox: its date and the flags its headers give."""
-
-    def __init__(self, from_line: bytes, number: int) -> None:
-        self.number = number
-        self.date = from_line_date(from_line)
-        self.date_header: str | None = None
-        self.flags: dict[str, None] = {}
-        self.in_headers = True
-        self.blank_pending = False
-        self.convert = LfToCrlf()
-
-    def header_line(self, line: bytes) -> None:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        text = value.decode("ascii", "replace").strip()
-        if name == b"status":
-            for letter in text:
-                if letter in STATUS_LETTERS:
-                    self.flags[STATUS_LETTERS[letter]] = None
-        elif name == b"x-status":
-            for letter in text:
-                if letter in X_STATUS_LETTERS:
-                    self.flags[X_STATUS_LETTERS[letter]] = None
-        elif name == b"date" and self.date_header is None:
-            self.date_header = text
-
-    def internal_date(self) -> float | None:
-        if self.date is not None:
-            return self.date
-        if self.date_header:
-            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-                return email.utils.parsedate_to_datetime(self.date_header).timestamp()
-        return None
-
-
-def read_mbox(source: Path, existing: set[str], *,
-              mailbox: str = INBOX) -> Iterator[ImportRecord]:
-    """Records for every message of an mboxrd/mboxo file, all into `mailbox`, which must be
-    one of `existing`. MailFileError when it cannot start."""
-    try:
-        stream = source.open("rb")
-    except OSError as exc:
-        raise MailFileError(f"cannot open {source}: {exc.strerror or exc}") from None
-    mailbox = _canonical_mailbox(mailbox)
-    with stream:
-        if mailbox not in existing:
-            raise MailFileError(_missing_mailbox(mailbox))
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise MailFileError(f"{source} is not a regular file")
-        yield Folder(mailbox)
-        current: _MboxMessage | None = None
-        count = 0
-        batch = bytearray()
-        for line in _lines(stream):
-            if line.startswith(b"From "):
-                if current is not None:
-                    yield from _finish_mbox_message(current, batch, source)
-                count += 1
-                current = _MboxMessage(line, count)
-                yield ImportMessage(f"{source} message {count}")
-                continue
-            if current is None:
-                if line.strip():
-                    raise MailFileError(
-                        f"{source} is not an mbox file (it must start with a 'From ' line)")
-                continue
-            batch += _mbox_line(current, line)
-            if len(batch) >= MBOX_BATCH:
-                yield Data(bytes(batch))
-                batch.clear()
-        if current is not None:
-            yield from _finish_mbox_message(current, batch, source)
-
-
-def _mbox_line(message: _MboxMessage, line: bytes) -> bytes:
-    out = b""
-    if message.blank_pending:
-        # The blank line held back was not the separator before the next From_: it is content.
-        out = message.convert.feed(b"\n")
-        message.blank_pending = False
-    if line in (b"\n", b"\r\n"):
-        message.in_headers = False
-        message.blank_pending = True
-        return out
-    if message.in_headers:
-        message.header_line(line)
-    if _ESCAPED_FROM.match(line):
-        line = line[1:]
-    return out + message.convert.feed(line)
-
-
-def _finish_mbox_message(message: _MboxMessage, batch: bytearray,
-                         source: Path) -> Iterator[ImportRecord]:
-    batch += message.convert.finish()
-    if batch:
-        yield Data(bytes(batch))
-        batch.clear()
-    yield ImportEnd(tuple(message.flags), message.internal_date(), "empty")
-
-
-def _lines(stream: BinaryIO) -> Iterator[bytes]:
-    """Lines with their LF; the last one may lack it."""
-    rest = b""
-    while chunk := stream.read(CHUNK):
-        data = rest + chunk
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            yield data[start : end + 1]
-            start = end + 1
-        rest = data[start:]
-    if rest:
-        yield rest
