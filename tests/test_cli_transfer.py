@@ -286,6 +286,22 @@ def test_a_child_killed_mid_export_gives_exit_1_and_leaves_no_half_file(
     assert list((out / "tmp").iterdir()) == [] and list((out / "cur").iterdir()) == []
 
 
+def test_a_child_killed_mid_import_gives_exit_1(
+        split: None, populated: FakeStore, config: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def dying(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)  # runs in the child only
+
+    monkeypatch.setattr(populated, "deliver", dying)
+    mbox = tmp_path / "in.mbox"
+    mbox.write_bytes(MBOX)
+    result = mh(capsys, config, "import", "alice@example.test", "--mbox", str(mbox))
+    assert result.code == 1 and result.out == ""
+    assert result.err.startswith("mailhouse: transfer broken off: ")
+    assert result.err.endswith("(the store process was killed by signal 9); nothing more was "
+                               "transferred\n")
+
+
 def test_a_frame_over_the_limit_ends_the_transfer_with_the_reason(
         split: None, populated: FakeStore, config: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

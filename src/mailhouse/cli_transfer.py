@@ -39,7 +39,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, error, out
 from mailhouse.config import Config
@@ -385,7 +385,10 @@ def _child(run_store: RunStore, store_side: StoreSide, channel: Channel) -> int:
     return code
 
 
-def _expect(channel: Channel, wanted: type[Ready] | type[TransferReport]) -> Message:
+Expected = TypeVar("Expected", Ready, TransferReport)
+
+
+def _expect(channel: Channel, wanted: type[Expected]) -> Expected:
     message = channel.receive()
     if not isinstance(message, wanted):
         raise TransferBroken(f"expected {wanted.__name__}, got {type(message).__name__}")
@@ -467,7 +470,6 @@ def import_as_root(run_store: RunStore, address: str, *, maildir: Path | None,
 
     def file_side(channel: Channel) -> int:
         ready = _expect(channel, Ready)
-        assert isinstance(ready, Ready)
         existing = set(ready.mailboxes)
         if maildir is not None:
             source, records = maildir, read_maildir(maildir, existing)
@@ -479,7 +481,6 @@ def import_as_root(run_store: RunStore, address: str, *, maildir: Path | None,
         _to_child(channel, Done())
         _to_child(channel, None)
         report = _expect(channel, TransferReport)
-        assert isinstance(report, TransferReport)
         return transfer_result("imported", report, f"from {source} into {ready.address}")
 
     return run_split(run_store, store_side, file_side)

@@ -27,9 +27,10 @@ operator imports a user's directory as root.
 
 Two sides: the store side (`export_records`, `store_records`, here) only talks to the Store
 and yields or consumes message records (mailrecords.py); the file side (`MaildirWriter` here,
-`read_maildir` and `read_mbox` in mailreader.py) only touches files. In one process they are joined directly (`export_maildir`,
-`import_maildir`, `import_mbox`); run as root, cli_transfer.py joins them over a socket so the
-files are handled with root's rights while the store is opened only by the service user.
+`read_maildir` and `read_mbox` in mailreader.py) only touches files. In one process they are
+joined directly (`export_maildir`, `import_maildir`, `import_mbox`); run as root,
+cli_transfer.py joins them over a socket so the files are handled with root's rights while the
+store is opened only by the service user.
 """
 
 from __future__ import annotations
