@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mailhouse import __version__, cli_backup, cli_dns, cli_queue
+from mailhouse import __version__, cli_backup, cli_dns, cli_queue, cli_transfer
 from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
 from mailhouse.cli_common import error as _error
@@ -32,13 +32,11 @@ from mailhouse.cli_common import out as _out
 from mailhouse.cli_common import table as _table
 from mailhouse.config import ENV_CONFIG, Config, config_path, load_config
 from mailhouse.errors import ConfigError, MailError
-from mailhouse.model import Account
 from mailhouse.privileges import UMASK, fix_permissions, service_account
 from mailhouse.service.accounts import (
     AccountError,
     Accounts,
     InvalidInput,
-    NotFound,
     Removal,
     UserSummary,
     canonical_address,
@@ -48,7 +46,6 @@ from mailhouse.service.accounts import (
 from mailhouse.service.mailfiles import (
     INBOX,
     MailFileError,
-    TransferReport,
     export_maildir,
     import_maildir,
     import_mbox,
@@ -231,22 +228,27 @@ def _open_store(data_dir: Path) -> Store:
 def _with_store(config: Config, action: StoreAction) -> int:
     """Open the store, run `action`, close; turn operator-facing failures into one stderr line
     and an exit code."""
+    code, message = _store_outcome(config, action)
+    if message is not None:
+        _error(message)
+    return code
+
+
+def _store_outcome(config: Config, action: StoreAction) -> tuple[int, str | None]:
+    """`_with_store` without printing: the exit code and the error line, if any (the store
+    side of a root export/import hands it to the root parent, cli_transfer.py)."""
     try:
         _become_data_dir_owner(config)
-        return asyncio.run(_run_with_store(config.data_dir, action))
+        return asyncio.run(_run_with_store(config.data_dir, action)), None
     except InvalidInput as exc:
-        _error(str(exc))
-        return EXIT_USAGE
+        return EXIT_USAGE, str(exc)
     except (AccountError, MailFileError) as exc:
-        _error(str(exc))
-        return EXIT_FAILED
+        return EXIT_FAILED, str(exc)
     except MailError as exc:
-        _error(f"storage error: {exc.reply.text}")
-        return EXIT_FAILED
+        return EXIT_FAILED, f"storage error: {exc.reply.text}"
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        _error(f"{where}{exc.strerror or exc}")
-        return EXIT_FAILED
+        return EXIT_FAILED, f"{where}{exc.strerror or exc}"
 
 
 async def _run_with_store(data_dir: Path, action: StoreAction) -> int:
@@ -445,28 +447,30 @@ def _report_alias_changes(removal: Removal) -> None:
 
 # --- export / import --------------------------------------------------------------------------
 
-async def _account(store: Store, address: str) -> Account:
-    key = canonical_address(address)
-    account = await store.get_account(key)
-    if account is None:
-        raise NotFound(f"no user {key}")
-    return account
-
-
 def _export(args: argparse.Namespace, config: Config) -> int:
+    if cli_transfer.splits(config):  # root: files as root, the store as the service user
+        return cli_transfer.export_as_root(lambda action: _store_outcome(config, action),
+                                           args.address, args.maildir, config.hostname)
+
     async def action(store: Store) -> int:
-        account = await _account(store, args.address)
+        account = await cli_transfer.account_of(store, args.address)
         report = await export_maildir(store, account, args.maildir, hostname=config.hostname)
-        return _transfer_result("exported", report, f"to {args.maildir}")
+        return cli_transfer.transfer_result("exported", report, f"to {args.maildir}")
 
     return _with_store(config, action)
 
 
 def _import(args: argparse.Namespace, config: Config) -> int:
+    if args.maildir is not None and args.mailbox is not None:
+        _error("--mailbox goes with --mbox; a maildir's folders keep their names")
+        return EXIT_USAGE
+    if cli_transfer.splits(config):  # root: files as root, the store as the service user
+        return cli_transfer.import_as_root(lambda action: _store_outcome(config, action),
+                                           args.address, maildir=args.maildir, mbox=args.mbox,
+                                           mailbox=args.mailbox or INBOX)
+
     async def action(store: Store) -> int:
-        if args.maildir is not None and args.mailbox is not None:
-            raise InvalidInput("--mailbox goes with --mbox; a maildir's folders keep their names")
-        account = await _account(store, args.address)
+        account = await cli_transfer.account_of(store, args.address)
         if args.maildir is not None:
             report = await import_maildir(store, account, args.maildir)
             source = args.maildir
@@ -474,19 +478,10 @@ def _import(args: argparse.Namespace, config: Config) -> int:
             report = await import_mbox(store, account, args.mbox,
                                        mailbox=args.mailbox or INBOX)
             source = args.mbox
-        return _transfer_result("imported", report, f"from {source} into {account.address}")
+        return cli_transfer.transfer_result("imported", report,
+                                            f"from {source} into {account.address}")
 
     return _with_store(config, action)
-
-
-def _transfer_result(verb: str, report: TransferReport, where: str) -> int:
-    """Problems go to stderr and make the exit code 1: a partial transfer must not pass for a
-    complete one in a script."""
-    _out(f"{verb} {report.messages} message{'s' if report.messages != 1 else ''} in "
-         f"{report.mailboxes} mailbox{'es' if report.mailboxes != 1 else ''} {where}")
-    for problem in report.problems:
-        _error(problem)
-    return EXIT_FAILED if report.problems else EXIT_OK
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -24,218 +24,105 @@ name with '/', ':' and ',' escaped), never from message content, and files are c
 O_EXCL | O_NOFOLLOW in a directory we made. Import never follows symbolic links inside the
 maildir, so a planted link cannot smuggle another file (say /etc/shadow) into a mailbox when an
 operator imports a user's directory as root.
+
+Two sides: the store side (`export_records`, `store_records`, here) only talks to the Store
+and yields or consumes message records (mailrecords.py); the file side (`MaildirWriter` here,
+`read_maildir` and `read_mbox` in mailreader.py) only touches files. In one process they are
+joined directly (`export_maildir`, `import_maildir`, `import_mbox`); run as root,
+cli_transfer.py joins them over a socket so the files are handled with root's rights while the
+store is opened only by the service user.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import calendar
 import contextlib
-import email.utils
 import os
-import re
-import stat
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import BinaryIO, Final
 
 from mailhouse.errors import MailError
 from mailhouse.model import Account
-from mailhouse.store.base import (
-    DeliveryTarget,
-    MailboxInfo,
-    MessageInfo,
-    Outcome,
-    Spool,
-    Store,
+from mailhouse.service.maildir_names import (
+    CHUNK,
+    FLAG_LETTERS,
+    INBOX,
+    INFO_PREFIX,
+    KEYWORDS_FILE,
+    LETTER_OF_FLAG,
+    MAILBOX_DELIMITER,
+    MAILDIR_SUBDIRS,
+    MAILDIRPP_SEPARATOR,
+    MAX_KEYWORD_LETTERS,
+    STATUS_LETTERS,
+    X_STATUS_LETTERS,
+    CrlfToLf,
+    LfToCrlf,
+    decode_mutf7,
+    encode_mutf7,
+    escape_host,
+    flags_from_info,
+    info_for,
+    mailbox_from_folder,
+    maildir_folder_name,
 )
+from mailhouse.service.mailreader import from_line_date, read_maildir, read_mbox
+from mailhouse.service.mailrecords import (
+    MAX_DATA_RECORD,
+    Data,
+    ExportMailbox,
+    ExportMessage,
+    ExportRecord,
+    Folder,
+    ImportEnd,
+    ImportMessage,
+    ImportRecord,
+    MailFileError,
+    MessageEnd,
+    Problem,
+    TransferReport,
+    canonical_mailbox,
+)
+from mailhouse.store.base import DeliveryTarget, Outcome, Spool, Store
 
-INBOX: Final = "INBOX"
-# IMAP hierarchy delimiter of mailbox names in the store.
-MAILBOX_DELIMITER: Final = "/"
-# Maildir++ joins hierarchy levels with "." and marks folders with a leading ".".
-MAILDIRPP_SEPARATOR: Final = "."
-MAILDIR_SUBDIRS: Final = ("tmp", "new", "cur")
-INFO_PREFIX: Final = ":2,"
-KEYWORDS_FILE: Final = "dovecot-keywords"
-MAX_KEYWORD_LETTERS: Final = 26  # a-z
-CHUNK: Final = 1 << 20
-
-# maildir(5) info letters ↔ IMAP system flags (RFC 9051 §2.3.2); P is RFC 5550's $Forwarded.
-FLAG_LETTERS: Final = {
-    "D": "\\Draft",
-    "F": "\\Flagged",
-    "P": "$Forwarded",
-    "R": "\\Answered",
-    "S": "\\Seen",
-    "T": "\\Deleted",
-}
-LETTER_OF_FLAG: Final = {flag: letter for letter, flag in FLAG_LETTERS.items()}
-# mbox Status / X-Status header letters (as written by mutt, Thunderbird and Dovecot).
-STATUS_LETTERS: Final = {"R": "\\Seen"}
-X_STATUS_LETTERS: Final = {"A": "\\Answered", "F": "\\Flagged", "T": "\\Draft", "D": "\\Deleted"}
-
-
-class MailFileError(Exception):
-    """An import or export that cannot start (bad path, not a maildir …); the message says why."""
-
-
-@dataclass(slots=True)
-class TransferReport:
-    """What an import or export did; `problems` lists each thing skipped and why."""
-
-    mailboxes: int = 0
-    messages: int = 0
-    problems: list[str] = field(default_factory=list)
+# The whole of the transfer, for callers that need not know how it is split into modules.
+__all__ = [
+    "CHUNK", "FLAG_LETTERS", "INBOX", "INFO_PREFIX", "KEYWORDS_FILE", "LETTER_OF_FLAG",
+    "MAILBOX_DELIMITER", "MAILDIRPP_SEPARATOR", "MAILDIR_SUBDIRS", "MAX_DATA_RECORD",
+    "MAX_KEYWORD_LETTERS", "STATUS_LETTERS", "X_STATUS_LETTERS", "CrlfToLf", "Data",
+    "ExportMailbox", "ExportMessage", "ExportRecord", "Folder", "ImportEnd", "ImportMessage",
+    "ImportRecord", "LfToCrlf", "MailFileError", "MaildirWriter", "MessageEnd", "Problem",
+    "TransferReport", "decode_mutf7", "encode_mutf7", "export_maildir", "export_records",
+    "flags_from_info", "from_line_date", "import_maildir", "import_mbox", "info_for",
+    "mailbox_from_folder", "mailbox_names", "maildir_folder_name", "read_maildir", "read_mbox",
+    "store_records",
+]
 
 
-# --- names ------------------------------------------------------------------------------------
+# --- export: store side -------------------------------------------------------------------------
 
-def encode_mutf7(text: str) -> str:
-    """Modified UTF-7 of RFC 3501 §5.1.3: printable ASCII as itself ("&" as "&-"), everything
-    else as UTF-16 in base64 with "," for "/" between "&" and "-"."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            encoded = base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
-            out.append(f"&{encoded}-")
-            pending.clear()
-
-    for char in text:
-        if 0x20 <= ord(char) <= 0x7E:
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    return "".join(out)
+async def export_records(store: Store, account: Account) -> AsyncIterator[ExportRecord]:
+    """Every mailbox of `account` with its messages, as records for a MaildirWriter."""
+    for mailbox in await store.list_mailboxes(account.id):
+        messages = await store.list_messages(mailbox.id)
+        keywords = sorted({f for m in messages for f in m.flags
+                           if not f.startswith("\\") and f not in LETTER_OF_FLAG})
+        yield ExportMailbox(mailbox.name, tuple(keywords))
+        for message in messages:
+            yield ExportMessage(tuple(message.flags), message.internal_date, message.size)
+            async for chunk in store.read_message(message):
+                for start in range(0, len(chunk), MAX_DATA_RECORD):
+                    yield Data(chunk[start : start + MAX_DATA_RECORD])
+            yield MessageEnd()
 
 
-def decode_mutf7(text: str) -> str:
-    """Inverse of encode_mutf7; ValueError for anything that is not modified UTF-7."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char != "&":
-            if not 0x20 <= ord(char) <= 0x7E:
-                raise ValueError(f"character {char!r} not allowed in modified UTF-7")
-            out.append(char)
-            i += 1
-            continue
-        end = text.find("-", i + 1)
-        if end < 0:
-            raise ValueError("unterminated modified UTF-7 sequence")
-        if end == i + 1:
-            out.append("&")
-        else:
-            chunk = text[i + 1 : end].replace(",", "/")
-            try:
-                raw = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True)
-                out.append(raw.decode("utf-16-be"))
-            except (ValueError, UnicodeDecodeError):
-                raise ValueError(f"bad modified UTF-7 sequence {text[i:end + 1]!r}") from None
-        i = end + 1
-    return "".join(out)
-
-
-def maildir_folder_name(mailbox: str) -> str:
-    """Store mailbox name → Maildir++ directory name (".Lists.Python"). Never empty, never
-    holds "/", never "." or "..": safe as one path component."""
-    if not mailbox:
-        raise ValueError("empty mailbox name")
-    levels = []
-    for level in mailbox.split(MAILBOX_DELIMITER):
-        encoded = encode_mutf7(level).replace("%", "%25").replace(".", "%2E")
-        levels.append(encoded)
-    return MAILDIRPP_SEPARATOR + MAILDIRPP_SEPARATOR.join(levels)
-
-
-def mailbox_from_folder(dirname: str) -> str:
-    """Maildir++ directory name → store mailbox name; ValueError when it is not a folder name."""
-    if not dirname.startswith(MAILDIRPP_SEPARATOR) or dirname in (".", ".."):
-        raise ValueError(f"{dirname!r} is not a Maildir++ folder")
-    levels = []
-    for level in dirname[1:].split(MAILDIRPP_SEPARATOR):
-        unescaped = re.sub(r"%(2[Ee5])", lambda m: "." if m.group(1) in "2E2e" else "%", level)
-        levels.append(decode_mutf7(unescaped))
-    return MAILBOX_DELIMITER.join(levels)
-
-
-def _escape_host(hostname: str) -> str:
-    # maildir(5): '/' and ':' in the host part as octal escapes; ',' separates Dovecot's fields.
-    return hostname.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
-
-
-def info_for(flags: Iterable[str], keyword_letters: dict[str, str]) -> str:
-    """Maildir info letters for a message's flags, in ASCII order as maildir(5) demands."""
-    letters = {LETTER_OF_FLAG[f] for f in flags if f in LETTER_OF_FLAG}
-    letters |= {keyword_letters[f] for f in flags if f in keyword_letters}
-    return "".join(sorted(letters))
-
-
-def flags_from_info(info: str, keywords: dict[str, str]) -> tuple[str, ...]:
-    flags: list[str] = []
-    for letter in info:
-        if letter in FLAG_LETTERS:
-            flags.append(FLAG_LETTERS[letter])
-        elif letter in keywords:
-            flags.append(keywords[letter])
-    return tuple(dict.fromkeys(flags))
-
-
-# --- line endings -----------------------------------------------------------------------------
-
-class CrlfToLf:
-    """Streaming CRLF → LF; a CR at a chunk's end waits for the next chunk."""
-
-    def __init__(self) -> None:
-        self._held = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._held + chunk
-        self._held = b""
-        if data.endswith(b"\r"):
-            data, self._held = data[:-1], b"\r"
-        return data.replace(b"\r\n", b"\n")
-
-    def finish(self) -> bytes:
-        held, self._held = self._held, b""
-        return held
-
-
-class LfToCrlf:
-    """Streaming bare LF → CRLF (existing CRLF left alone): our store keeps the wire form."""
-
-    _BARE_LF = re.compile(rb"(?<!\r)\n")
-
-    def __init__(self) -> None:
-        self._held = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._held + chunk
-        self._held = b""
-        if data.endswith(b"\r"):
-            data, self._held = data[:-1], b"\r"
-        return self._BARE_LF.sub(b"\r\n", data)
-
-    def finish(self) -> bytes:
-        held, self._held = self._held, b""
-        return held
-
-
-# --- export -----------------------------------------------------------------------------------
+# --- export: file side --------------------------------------------------------------------------
 
 class _Namer:
     """Unique maildir file names from server data only: time, pid, counter, host name."""
 
     def __init__(self, hostname: str) -> None:
-        self._host = _escape_host(hostname)
+        self._host = escape_host(hostname)
         self._pid = os.getpid()
         self._counter = 0
 
@@ -251,33 +138,169 @@ class _Namer:
         return f"export.P{self._pid}Q{self._counter}.{self._host}"
 
 
-async def export_maildir(store: Store, account: Account, dest: Path, *,
-                         hostname: str) -> TransferReport:
-    """Write every mailbox of `account` under `dest` as Maildir++.
+class _OpenMessage:
+    def __init__(self, record: ExportMessage, tmp_path: Path, fd: int, info: str) -> None:
+        self.record = record
+        self.tmp_path = tmp_path
+        self.fd = fd
+        self.info = info
+        self.size = 0
+        self.convert = CrlfToLf()
 
-    `dest` must not exist or be an empty directory: exporting on top of an older export would
-    mix the two and duplicate messages on re-import."""
-    _prepare_dest(dest)
-    for sub in MAILDIR_SUBDIRS:  # the root is a valid maildir even for an account without INBOX
-        (dest / sub).mkdir(mode=0o700)
-    report = TransferReport()
-    namer = _Namer(hostname)
-    for mailbox in await store.list_mailboxes(account.id):
-        if mailbox.name.upper() == INBOX:
-            folder = dest
+
+class MaildirWriter:
+    """The file side of an export: turns ExportRecords into a Maildir++ tree under `dest`.
+
+    `begin` first: `dest` must not exist or be an empty directory, since exporting on top of
+    an older export would mix the two and duplicate messages on re-import. A mailbox whose
+    directory or files cannot be written is reported and its remaining records ignored."""
+
+    def __init__(self, dest: Path, hostname: str) -> None:
+        self.dest = dest
+        self.report = TransferReport()
+        self._namer = _Namer(hostname)
+        self._mailbox: str | None = None
+        self._folder: Path | None = None  # None: the current mailbox is being skipped
+        self._letters: dict[str, str] = {}
+        self._message: _OpenMessage | None = None
+        self._begun = False
+
+    def begin(self) -> None:
+        _prepare_dest(self.dest)
+        for sub in MAILDIR_SUBDIRS:  # the root is a valid maildir even without an INBOX
+            (self.dest / sub).mkdir(mode=0o700)
+        self._begun = True
+
+    def feed(self, record: ExportRecord) -> None:
+        if not self._begun:
+            raise MailFileError("export records before the destination was prepared")
+        if isinstance(record, ExportMailbox):
+            self._end_mailbox()
+            self._start_mailbox(record)
+            return
+        if self._mailbox is None:
+            raise MailFileError(f"export record {type(record).__name__} outside a mailbox")
+        if self._folder is None:
+            return  # mailbox skipped after a problem
+        try:
+            self._message_record(record)
+        except OSError as exc:
+            self._abort_message()
+            self.report.problems.append(f"mailbox {self._mailbox!r}: {exc.strerror or exc}")
+            self._folder = None
+
+    def finish(self) -> TransferReport:
+        """After the last record: close the last mailbox and give the report."""
+        if self._message is not None:
+            raise MailFileError("the export ended inside a message")
+        self._end_mailbox()
+        return self.report
+
+    def abort(self) -> None:
+        """The transfer broke off: remove the half-written temporary file, if any."""
+        self._abort_message()
+
+    def _start_mailbox(self, record: ExportMailbox) -> None:
+        self._mailbox = record.name
+        self._folder = None
+        if record.name.upper() == INBOX:
+            folder = self.dest
         else:
             try:
-                folder = dest / maildir_folder_name(mailbox.name)
+                folder = self.dest / maildir_folder_name(record.name)
             except ValueError:
-                report.problems.append(f"mailbox {mailbox.name!r}: name cannot be exported")
-                continue
+                self.report.problems.append(f"mailbox {record.name!r}: name cannot be exported")
+                return
+        keywords = list(record.keywords)
+        if len(keywords) > MAX_KEYWORD_LETTERS:
+            self.report.problems.append(
+                f"mailbox {record.name!r}: only {MAX_KEYWORD_LETTERS} keywords fit in maildir "
+                f"names; dropped {', '.join(keywords[MAX_KEYWORD_LETTERS:])}")
+            keywords = keywords[:MAX_KEYWORD_LETTERS]
+        self._letters = {kw: chr(ord("a") + i) for i, kw in enumerate(keywords)}
         try:
-            await _export_mailbox(store, mailbox, folder, folder is not dest, namer, report)
+            _make_folder(folder, folder != self.dest)
+            if keywords:
+                text = "".join(f"{i} {kw}\n" for i, kw in enumerate(keywords))
+                _write_new_file(folder / KEYWORDS_FILE, text.encode("utf-8"))
         except OSError as exc:
-            report.problems.append(f"mailbox {mailbox.name!r}: {exc.strerror or exc}")
-            continue
-        report.mailboxes += 1
-    return report
+            self.report.problems.append(f"mailbox {record.name!r}: {exc.strerror or exc}")
+            return
+        self._folder = folder
+
+    def _end_mailbox(self) -> None:
+        if self._message is not None:
+            raise MailFileError("a mailbox began inside a message")
+        if self._mailbox is None or self._folder is None:
+            return
+        folder, self._folder = self._folder, None
+        try:
+            _fsync_dir(folder / "cur")
+        except OSError as exc:
+            self.report.problems.append(f"mailbox {self._mailbox!r}: {exc.strerror or exc}")
+            return
+        self.report.mailboxes += 1
+
+    def _message_record(self, record: ExportMessage | Data | MessageEnd) -> None:
+        assert self._folder is not None
+        if isinstance(record, ExportMessage):
+            if self._message is not None:
+                raise MailFileError("a message began inside a message")
+            tmp_path = self._folder / "tmp" / self._namer.temporary()
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            info = info_for(record.flags, self._letters)
+            self._message = _OpenMessage(record, tmp_path, fd, info)
+            return
+        message = self._message
+        if message is None:
+            raise MailFileError(f"export record {type(record).__name__} outside a message")
+        if isinstance(record, Data):
+            data = message.convert.feed(record.chunk)
+            message.size += len(data)
+            _write_all(message.fd, data)
+            return
+        tail = message.convert.finish()
+        message.size += len(tail)
+        _write_all(message.fd, tail)
+        os.fsync(message.fd)
+        self._message = None
+        os.close(message.fd)
+        self._link_into_cur(message)
+        self.report.messages += 1
+
+    def _link_into_cur(self, message: _OpenMessage) -> None:
+        """tmp/ → fsync → link into cur/ (never replacing a file) → unlink tmp, as maildir(5)."""
+        assert self._folder is not None
+        date = message.record.internal_date
+        try:
+            os.utime(message.tmp_path, (date, date))
+            while True:
+                name = (self._namer.next(date, message.size, message.record.wire_size)
+                        + INFO_PREFIX + message.info)
+                try:
+                    os.link(message.tmp_path, self._folder / "cur" / name)
+                    break
+                except FileExistsError:
+                    continue
+        finally:
+            os.unlink(message.tmp_path)
+
+    def _abort_message(self) -> None:
+        message, self._message = self._message, None
+        if message is not None:
+            with contextlib.suppress(OSError):
+                os.close(message.fd)
+            with contextlib.suppress(OSError):
+                os.unlink(message.tmp_path)
+
+
+def _make_folder(folder: Path, is_folder: bool) -> None:
+    if is_folder:
+        folder.mkdir(mode=0o700)
+        # Maildir++: marks a folder so deliveries into it are not mistaken for a root maildir.
+        (folder / "maildirfolder").touch(mode=0o600, exist_ok=False)
+    for sub in MAILDIR_SUBDIRS:
+        (folder / sub).mkdir(mode=0o700, exist_ok=not is_folder)
 
 
 def _prepare_dest(dest: Path) -> None:
@@ -291,64 +314,6 @@ def _prepare_dest(dest: Path) -> None:
                 f"{dest} is not empty; export into a new or empty directory") from None
     except OSError as exc:
         raise MailFileError(f"cannot create {dest}: {exc.strerror or exc}") from None
-
-
-async def _export_mailbox(store: Store, mailbox: MailboxInfo, folder: Path, is_folder: bool,
-                          namer: _Namer, report: TransferReport) -> None:
-    if is_folder:
-        folder.mkdir(mode=0o700)
-        # Maildir++: marks a folder so deliveries into it are not mistaken for a root maildir.
-        (folder / "maildirfolder").touch(mode=0o600, exist_ok=False)
-    for sub in MAILDIR_SUBDIRS:
-        (folder / sub).mkdir(mode=0o700, exist_ok=not is_folder)
-    messages = await store.list_messages(mailbox.id)
-    keywords = sorted({f for m in messages for f in m.flags
-                       if not f.startswith("\\") and f not in LETTER_OF_FLAG})
-    if len(keywords) > MAX_KEYWORD_LETTERS:
-        report.problems.append(
-            f"mailbox {mailbox.name!r}: only {MAX_KEYWORD_LETTERS} keywords fit in maildir "
-            f"names; dropped {', '.join(keywords[MAX_KEYWORD_LETTERS:])}")
-        keywords = keywords[:MAX_KEYWORD_LETTERS]
-    letters = {kw: chr(ord("a") + i) for i, kw in enumerate(keywords)}
-    if keywords:
-        text = "".join(f"{i} {kw}\n" for i, kw in enumerate(keywords))
-        await asyncio.to_thread(_write_new_file, folder / KEYWORDS_FILE, text.encode("utf-8"))
-    for message in messages:
-        await _export_message(store, message, folder, namer, info_for(message.flags, letters))
-        report.messages += 1
-    await asyncio.to_thread(_fsync_dir, folder / "cur")
-
-
-async def _export_message(store: Store, message: MessageInfo, folder: Path, namer: _Namer,
-                          info: str) -> None:
-    """tmp/ → fsync → link into cur/ (never replacing a file) → unlink tmp, as maildir(5)."""
-    tmp_path = folder / "tmp" / namer.temporary()
-    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    size = 0
-    try:
-        convert = CrlfToLf()
-        async for chunk in store.read_message(message):
-            data = convert.feed(chunk)
-            size += len(data)
-            await asyncio.to_thread(_write_all, fd, data)
-        tail = convert.finish()
-        size += len(tail)
-        await asyncio.to_thread(_write_all, fd, tail)
-        await asyncio.to_thread(os.fsync, fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp_path)
-        raise
-    os.close(fd)
-    os.utime(tmp_path, (message.internal_date, message.internal_date))
-    while True:
-        name = namer.next(message.internal_date, size, message.size) + INFO_PREFIX + info
-        try:
-            os.link(tmp_path, folder / "cur" / name)
-            break
-        except FileExistsError:
-            continue
-    os.unlink(tmp_path)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -373,7 +338,70 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# --- import: common ---------------------------------------------------------------------------
+# --- export: both sides in one process ----------------------------------------------------------
+
+async def export_maildir(store: Store, account: Account, dest: Path, *,
+                         hostname: str) -> TransferReport:
+    """Write every mailbox of `account` under `dest` as Maildir++ (see MaildirWriter)."""
+    writer = MaildirWriter(dest, hostname)
+    writer.begin()
+    try:
+        async for record in export_records(store, account):
+            await asyncio.to_thread(writer.feed, record)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
+
+
+# --- import: store side -------------------------------------------------------------------------
+
+async def mailbox_names(store: Store, account: Account) -> set[str]:
+    """The account's mailboxes as the file side checks them (INBOX in one spelling)."""
+    return {canonical_mailbox(m.name) for m in await store.list_mailboxes(account.id)}
+
+
+async def store_records(store: Store, account: Account,
+                        records: AsyncIterator[ImportRecord]) -> TransferReport:
+    """Deliver what a file side read. Problems of both sides land in one report, in order."""
+    report = TransferReport()
+    mailbox: str | None = None
+    what = ""
+    spool: Spool | None = None
+    try:
+        async for record in records:
+            if isinstance(record, Problem):
+                report.problems.append(record.text)
+            elif isinstance(record, Folder):
+                mailbox = record.mailbox
+                report.mailboxes += 1
+            elif isinstance(record, ImportMessage):
+                if mailbox is None or spool is not None:
+                    raise MailFileError("import message record out of order")
+                what, spool = record.what, store.new_spool()
+            elif isinstance(record, Data):
+                if spool is None:
+                    raise MailFileError("import data record outside a message")
+                await spool.write(record.chunk)
+            else:
+                if spool is None or mailbox is None:
+                    raise MailFileError("import end record outside a message")
+                finished, spool = spool, None
+                if finished.size == 0:
+                    await finished.abort()
+                    report.problems.append(f"{what}: skipped, {record.if_empty}")
+                    continue
+                target = DeliveryTarget(account.id, mailbox, record.flags, record.internal_date)
+                await _deliver(store, finished, target, what, report)
+    except BaseException:
+        if spool is not None:
+            await spool.abort()
+        raise
+    if spool is not None:
+        await spool.abort()
+        raise MailFileError("the import ended inside a message")
+    return report
+
 
 async def _deliver(store: Store, spool: Spool, target: DeliveryTarget, what: str,
                    report: TransferReport) -> None:
@@ -394,294 +422,30 @@ async def _deliver(store: Store, spool: Spool, target: DeliveryTarget, what: str
         report.problems.append(f"{what}: not stored in mailbox {target.mailbox!r} ({outcome})")
 
 
-async def _read_chunks(stream: BinaryIO) -> AsyncIterator[bytes]:
-    while True:
-        chunk = await asyncio.to_thread(stream.read, CHUNK)
-        if not chunk:
-            return
-        yield chunk
-
-
-# --- import: maildir --------------------------------------------------------------------------
+# --- import: both sides in one process ----------------------------------------------------------
 
 async def import_maildir(store: Store, account: Account, source: Path) -> TransferReport:
     """Deliver every message of a Maildir++ tree into the account's mailboxes of the same
     names. Running it twice imports the messages twice."""
-    if not source.is_dir():
-        raise MailFileError(f"{source} is not a directory")
-    folders: list[tuple[str, Path]] = []
-    if _has_maildir_subdirs(source):
-        folders.append((INBOX, source))
-    report = TransferReport()
-    for entry in sorted(os.listdir(source)):
-        path = source / entry
-        if not entry.startswith(".") or entry in (".", ".."):
-            continue
-        if not stat.S_ISDIR(path.lstat().st_mode):
-            continue  # symbolic links and stray files are not folders
-        if not _has_maildir_subdirs(path):
-            continue
-        try:
-            folders.append((mailbox_from_folder(entry), path))
-        except ValueError as exc:
-            report.problems.append(f"folder {entry!r} skipped: {exc}")
-    if not folders:
-        raise MailFileError(f"{source} is not a maildir (no cur/ or new/ directory)")
-    existing = await _mailbox_names(store, account)
-    for name, path in folders:
-        mailbox = _canonical_mailbox(name)
-        if mailbox not in existing:
-            report.problems.append(f"folder {path.name!r}: {_missing_mailbox(mailbox)}")
-            continue
-        await _import_folder(store, account, mailbox, path, report)
-        report.mailboxes += 1
-    return report
-
-
-async def _mailbox_names(store: Store, account: Account) -> set[str]:
-    return {_canonical_mailbox(m.name) for m in await store.list_mailboxes(account.id)}
-
-
-def _canonical_mailbox(name: str) -> str:
-    return INBOX if name.upper() == INBOX else name  # RFC 9051 §5.1: only INBOX ignores case
-
-
-def _missing_mailbox(mailbox: str) -> str:
-    # The Store interface cannot create mailboxes yet (IMAP CREATE will bring that); checking
-    # up front gives one clear line per folder instead of one failure per message.
-    return (f"mailbox {mailbox!r} does not exist and cannot be created from the command line "
-            "yet; its messages were not imported")
-
-
-def _has_maildir_subdirs(path: Path) -> bool:
-    for sub in ("cur", "new"):
-        with contextlib.suppress(OSError):
-            if stat.S_ISDIR((path / sub).lstat().st_mode):
-                return True
-    return False
-
-
-def _read_keywords(folder: Path) -> dict[str, str]:
-    """Dovecot's `dovecot-keywords`: lines "<index> <keyword>", index 0 is letter a."""
-    try:
-        fd = os.open(folder / KEYWORDS_FILE, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return {}
-    with os.fdopen(fd, "rb") as f:
-        text = f.read(64 * 1024).decode("utf-8", "replace")
-    keywords = {}
-    for line in text.splitlines():
-        index, _, keyword = line.partition(" ")
-        if index.isdigit() and int(index) < MAX_KEYWORD_LETTERS and keyword.strip():
-            keywords[chr(ord("a") + int(index))] = keyword.strip()
-    return keywords
-
-
-async def _import_folder(store: Store, account: Account, mailbox: str, folder: Path,
-                         report: TransferReport) -> None:
-    keywords = _read_keywords(folder)
-    entries: list[tuple[float, str, Path, str]] = []
-    for sub in ("new", "cur"):
-        directory = folder / sub
-        try:
-            if not stat.S_ISDIR(directory.lstat().st_mode):
-                continue
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in names:
-            if name.startswith("."):
-                continue
-            path = directory / name
-            try:
-                st = path.lstat()
-            except OSError:
-                continue  # gone meanwhile (a running MUA moved it)
-            if not stat.S_ISREG(st.st_mode):
-                report.problems.append(f"{path}: skipped, not a regular file")
-                continue
-            info = name.rpartition(INFO_PREFIX)[2] if INFO_PREFIX in name else ""
-            entries.append((st.st_mtime, name, path, info))
-    entries.sort()  # oldest first, so UIDs follow arrival order
-    for mtime, _, path, info in entries:
-        flags = flags_from_info(info, keywords)
-        target = DeliveryTarget(account.id, mailbox, flags, mtime)
-        await _import_file(store, path, target, report)
-
-
-async def _import_file(store: Store, path: Path, target: DeliveryTarget,
-                       report: TransferReport) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        report.problems.append(f"{path}: skipped, {exc.strerror or exc}")
-        return
-    with os.fdopen(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            report.problems.append(f"{path}: skipped, not a regular file")
-            return
-        spool = store.new_spool()
-        convert = LfToCrlf()
-        try:
-            async for chunk in _read_chunks(stream):
-                await spool.write(convert.feed(chunk))
-            await spool.write(convert.finish())
-        except BaseException:
-            await spool.abort()
-            raise
-    if spool.size == 0:
-        await spool.abort()
-        report.problems.append(f"{path}: skipped, empty file")
-        return
-    await _deliver(store, spool, target, str(path), report)
-
-
-# --- import: mbox -----------------------------------------------------------------------------
-
-_ESCAPED_FROM = re.compile(rb">+From ")
-_FROM_LINE_DATE = re.compile(
-    r"(?P<mon>[A-Z][a-z]{2})\s+(?P<day>\d{1,2})\s+(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2}))?"
-    r"\s+(?:(?P<tz>[A-Z]{3,4}|[+-]\d{4})\s+)?(?P<year>\d{4})(?:\s+(?P<tz2>[+-]\d{4}))?")
-_MONTHS: Final = {name: i for i, name in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
-
-
-def from_line_date(line: bytes) -> float | None:
-    """The time on an mbox From_ line ("From sender Thu Jan  1 00:00:00 2004"), taken as UTC
-    unless the line carries a numeric zone: writers (Python's mailbox, Dovecot) use UTC."""
-    match = _FROM_LINE_DATE.search(line.decode("ascii", "replace"))
-    if match is None or match["mon"] not in _MONTHS:
-        return None
-    try:
-        seconds = calendar.timegm((int(match["year"]), _MONTHS[match["mon"]], int(match["day"]),
-                                   int(match["h"]), int(match["m"]), int(match["s"] or 0)))
-    except (ValueError, OverflowError):
-        return None
-    zone = match["tz2"] or (match["tz"] if match["tz"] and match["tz"][0] in "+-" else None)
-    if zone:
-        offset = (int(zone[1:3]) * 60 + int(zone[3:5])) * 60
-        seconds += -offset if zone[0] == "+" else offset
-    return float(seconds)
-
-
-class _MboxMessage:
-    """One message being read from an mbox: its spool, date and the flags its headers give."""
-
-    def __init__(self, spool: Spool, from_line: bytes, number: int) -> None:
-        self.spool = spool
-        self.number = number
-        self.date = from_line_date(from_line)
-        self.date_header: str | None = None
-        self.flags: dict[str, None] = {}
-        self.in_headers = True
-        self.blank_pending = False
-        self.convert = LfToCrlf()
-
-    def header_line(self, line: bytes) -> None:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        text = value.decode("ascii", "replace").strip()
-        if name == b"status":
-            for letter in text:
-                if letter in STATUS_LETTERS:
-                    self.flags[STATUS_LETTERS[letter]] = None
-        elif name == b"x-status":
-            for letter in text:
-                if letter in X_STATUS_LETTERS:
-                    self.flags[X_STATUS_LETTERS[letter]] = None
-        elif name == b"date" and self.date_header is None:
-            self.date_header = text
-
-    def internal_date(self) -> float | None:
-        if self.date is not None:
-            return self.date
-        if self.date_header:
-            with contextlib.suppress(TypeError, ValueError, IndexError, OverflowError):
-                return email.utils.parsedate_to_datetime(self.date_header).timestamp()
-        return None
+    existing = await mailbox_names(store, account)
+    return await store_records(store, account, _in_thread(read_maildir(source, existing)))
 
 
 async def import_mbox(store: Store, account: Account, source: Path, *,
                       mailbox: str = INBOX) -> TransferReport:
     """Deliver every message of an mboxrd/mboxo file into one mailbox."""
+    existing = await mailbox_names(store, account)
+    return await store_records(store, account,
+                               _in_thread(read_mbox(source, existing, mailbox=mailbox)))
+
+
+async def _in_thread(records: Iterator[ImportRecord]) -> AsyncIterator[ImportRecord]:
+    """A file side's blocking reads off the event loop, one record at a time."""
+    done = object()
     try:
-        stream = source.open("rb")
-    except OSError as exc:
-        raise MailFileError(f"cannot open {source}: {exc.strerror or exc}") from None
-    report = TransferReport(mailboxes=1)
-    mailbox = _canonical_mailbox(mailbox)
-    with stream:
-        if mailbox not in await _mailbox_names(store, account):
-            raise MailFileError(_missing_mailbox(mailbox))
-        if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-            raise MailFileError(f"{source} is not a regular file")
-        current: _MboxMessage | None = None
-        count = 0
-        try:
-            async for line in _lines(stream):
-                if line.startswith(b"From "):
-                    if current is not None:
-                        finished, current = current, None
-                        await _finish_mbox_message(store, account, mailbox, finished, source,
-                                                   report)
-                    count += 1
-                    current = _MboxMessage(store.new_spool(), line, count)
-                    continue
-                if current is None:
-                    if line.strip():
-                        raise MailFileError(
-                            f"{source} is not an mbox file (it must start with a 'From ' line)")
-                    continue
-                await _mbox_line(current, line)
-            if current is not None:
-                finished, current = current, None
-                await _finish_mbox_message(store, account, mailbox, finished, source, report)
-        except BaseException:
-            if current is not None:
-                await current.spool.abort()
-            raise
-    return report
-
-
-async def _mbox_line(message: _MboxMessage, line: bytes) -> None:
-    if message.blank_pending:
-        # The blank line held back was not the separator before the next From_: it is content.
-        await message.spool.write(message.convert.feed(b"\n"))
-        message.blank_pending = False
-    if line in (b"\n", b"\r\n"):
-        message.in_headers = False
-        message.blank_pending = True
-        return
-    if message.in_headers:
-        message.header_line(line)
-    if _ESCAPED_FROM.match(line):
-        line = line[1:]
-    await message.spool.write(message.convert.feed(line))
-
-
-async def _finish_mbox_message(store: Store, account: Account, mailbox: str,
-                               message: _MboxMessage, source: Path,
-                               report: TransferReport) -> None:
-    await message.spool.write(message.convert.finish())
-    what = f"{source} message {message.number}"
-    if message.spool.size == 0:
-        await message.spool.abort()
-        report.problems.append(f"{what}: skipped, empty")
-        return
-    target = DeliveryTarget(account.id, mailbox, tuple(message.flags), message.internal_date())
-    await _deliver(store, message.spool, target, what, report)
-
-
-async def _lines(stream: BinaryIO) -> AsyncIterator[bytes]:
-    """Lines with their LF; the last one may lack it."""
-    rest = b""
-    async for chunk in _read_chunks(stream):
-        data = rest + chunk
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            yield data[start : end + 1]
-            start = end + 1
-        rest = data[start:]
-    if rest:
-        yield rest
-
+        while (record := await asyncio.to_thread(next, records, done)) is not done:
+            yield record  # type: ignore[misc]
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
