@@ -102,7 +102,7 @@ class Doctor:
     setup: DoctorSetup
     lookups: DnsLookups
     clock: Callable[[], float] = time.time
-    statvfs: StatVfs = os.statvfs
+    statvfs: StatVfs = field(default=lambda path: os.statvfs(path))  # looked up per call
     queue: QueueListing | None = None
     # Seconds since the epoch from a trusted source (an NTP server, …); None: clock is skipped.
     reference_time: Callable[[], Awaitable[float]] | None = None

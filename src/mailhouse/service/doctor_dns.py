@@ -264,8 +264,8 @@ async def spf_allows(dns_: DnsLookups, domain: str, record: str, address: str,
             except ValueError:
                 matched = False
         elif term.name in ("a", "mx"):
-            target, _, cidr = term.value.partition("/")
-            target = target or domain
+            target, slash, cidr = term.value.partition("/")
+            target, cidr = target or domain, slash + cidr
             hosts = [target] if term.name == "a" else (await dns_.mx_hosts(target))[1]
             for host in hosts:
                 for found in (await dns_.addresses(host))[1]:
@@ -293,8 +293,8 @@ def _network(address: str, cidr: str, version: int) -> ipaddress.IPv4Network | \
     ip = ipaddress.ip_address(address)
     if ip.version != version:
         return None
-    v4_len, _, v6_len = cidr.partition("//")
-    length = v4_len if ip.version == 4 else v6_len
+    v4_part, _, v6_len = cidr.partition("//")
+    length = v4_part.lstrip("/") if ip.version == 4 else v6_len
     try:
         return ipaddress.ip_network(f"{address}/{length}" if length else address, strict=False)
     except ValueError:
