@@ -227,7 +227,7 @@ class Doctor:
         if refused:
             return CheckResult(name, Status.FAIL,
                                f"{record} does not allow {', '.join(refused)}", why, fix)
-        found = f"{record} ({walk.lookups} lookups)"
+        found = f"{record} ({walk.lookups} DNS lookup{'' if walk.lookups == 1 else 's'})"
         if walk.problems:
             return CheckResult(name, Status.WARN, found + "; " + "; ".join(walk.problems),
                                why, "fix or remove the include named")

@@ -121,9 +121,11 @@ async def check_ports(doctor: Doctor) -> CheckResult:
     why = ("Clients and other servers must reach these ports from the internet; a check from "
            "the server itself cannot prove that (a firewall or the provider, many of which "
            "block port 25, sits in between).")
-    fix_outside = ("test from another network: `nc -vz HOST PORT` for each port, or an "
-                   "online port checker; open them in the firewall and ask the provider to "
-                   "unblock port 25")
+    hostname = doctor.setup.hostname
+    ports = " ".join(str(p) for p in sorted({entry.port for entry in doctor.setup.listeners}))
+    fix_outside = (f"test from another network: `for p in {ports or 'PORT'}; do nc -vz "
+                   f"{hostname} $p; done`, or an online port checker; open the ports in the "
+                   "firewall, and ask the provider to unblock port 25")
     if not doctor.setup.listeners:
         return CheckResult("ports", Status.SKIP, "no listener configured", why, fix_outside)
     targets = [(entry.kind, *_local_target(entry, doctor.setup.public_addresses))
