@@ -361,3 +361,36 @@ def test_ptr_without_any_address_skips(server: DnsServer, keys: list[DkimKey]) -
     server.remove(HOST)
     result, = run(check_ptr(doctor(server, keys)))
     assert result.status is Status.SKIP and "--ip" in result.fix
+
+
+# --- client records (SRV, autoconfig) -----------------------------------------------------------
+
+def test_client_records_missing_warn_and_published_are_ok(server: DnsServer,
+                                                          keys: list[DkimKey]) -> None:
+    result = run(doctor(server, keys).check_client_records(DOMAIN))
+    assert result.status is Status.WARN and result.found.startswith("7 of 7 missing")
+    assert f"_imaps._tcp.{DOMAIN}. 3600 IN SRV 0 1 993 {HOST}." in result.fix
+    assert f"autoconfig.{DOMAIN}. 3600 IN CNAME {HOST}." in result.fix
+    for rrset in setup_for(keys).records[DOMAIN]:
+        if rrset.rdtype.name in ("SRV", "CNAME"):
+            server.set(rrset.name.to_text(), rrset.rdtype.name, [r.to_text() for r in rrset])
+    assert run(doctor(server, keys).check_client_records(DOMAIN)).status is Status.OK
+    server.set(f"_imaps._tcp.{DOMAIN}", "SRV", ["0 1 993 old.example.test."])
+    result = run(doctor(server, keys).check_client_records(DOMAIN))
+    assert result.status is Status.WARN and result.found == (
+        f"1 of 7 missing or different: _imaps._tcp.{DOMAIN}")
+
+
+# --- the whole run ------------------------------------------------------------------------------
+
+def test_run_reports_a_broken_check_and_goes_on(server: DnsServer, keys: list[DkimKey],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: Doctor, domain: str) -> CheckResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Doctor, "check_dmarc", broken)
+    results = run(doctor(server, keys).run())
+    names = [r.name for r in results]
+    crashed = results[names.index(f"dmarc {DOMAIN}")]
+    assert crashed.status is Status.FAIL and "RuntimeError('boom')" in crashed.found
+    assert names[-2:] == ["queue age", "clock"] and f"mta-sts {DOMAIN}" in names

@@ -46,7 +46,7 @@ def test_doctor_passes_once_the_printed_records_are_published(tmp_path: Path) ->
         results = {r["name"]: r for r in json.loads(after.stdout)}
         statuses = {name: r["status"] for name, r in results.items()}
         for name in (f"address {HOST}", f"mx {DOMAIN}", f"spf {DOMAIN}", f"dmarc {DOMAIN}",
-                     "ptr 127.0.0.1", "smtp banner", "queue age"):
+                     f"client records {DOMAIN}", "ptr 127.0.0.1", "smtp banner", "queue age"):
             assert statuses[name] == "ok", results[name]
         assert [s for name, s in statuses.items() if name.startswith("dkim ")] == ["ok", "ok"]
         # Not printed by dns-records (yet), so only warnings; the real server's own

@@ -121,14 +121,32 @@ class Doctor:
             check_queue_age,
         )
 
-        results = [await self.check_host_addresses()]
+        async def host_checks() -> list[CheckResult]:
+            return [check_certificate(self), check_disk(self)]
+
+        steps: list[tuple[str, Awaitable[CheckResult | list[CheckResult]]]] = [
+            ("address", self.check_host_addresses())]
         for domain in self.setup.domains:
-            results += [await self.check_mx(domain), await self.check_spf(domain),
-                        *await self.check_dkim(domain), await self.check_dmarc(domain),
-                        await self.check_mta_sts(domain), await self.check_tls_rpt(domain)]
-        results += [*await check_ptr(self), await check_banner(self), await check_ports(self),
-                    check_certificate(self), check_disk(self), await check_queue_age(self),
-                    await check_clock(self)]
+            steps += [(f"mx {domain}", self.check_mx(domain)),
+                      (f"spf {domain}", self.check_spf(domain)),
+                      (f"dkim {domain}", self.check_dkim(domain)),
+                      (f"dmarc {domain}", self.check_dmarc(domain)),
+                      (f"mta-sts {domain}", self.check_mta_sts(domain)),
+                      (f"tls-rpt {domain}", self.check_tls_rpt(domain)),
+                      (f"client records {domain}", self.check_client_records(domain))]
+        steps += [("ptr", check_ptr(self)), ("smtp banner", check_banner(self)),
+                  ("ports", check_ports(self)), ("certificate, disk", host_checks()),
+                  ("queue age", check_queue_age(self)), ("clock", check_clock(self))]
+        results: list[CheckResult] = []
+        for name, step in steps:
+            try:
+                outcome = await step
+            except Exception as exc:  # one broken check must not hide the others
+                outcome = CheckResult(name, Status.FAIL, f"the check itself failed: {exc!r}",
+                                      "A check that cannot run says nothing about what it "
+                                      "checks.", "report this as a bug, with the output of "
+                                      "`mailhouse doctor --json`")
+            results += outcome if isinstance(outcome, list) else [outcome]
         return results
 
     # --- helpers ---------------------------------------------------------------------------
@@ -285,6 +303,30 @@ class Doctor:
             return CheckResult(name, Status.FAIL, f"{records[0]} (no valid p= tag)", why +
                                " A record without a valid p= is ignored (RFC 7489 §6.3).", fix)
         return CheckResult(name, Status.OK, records[0])
+
+    async def check_client_records(self, domain: str) -> CheckResult:
+        """The RFC 6186 SRV records and the autoconfig CNAME `dns-records` prints: as
+        published, or not at all (a record that differs sends clients to the wrong place)."""
+        name = f"client records {domain}"
+        expected = [r for r in self.setup.records.get(domain, [])
+                    if r.rdtype in (dns.rdatatype.SRV, dns.rdatatype.CNAME)]
+        if not expected:
+            return CheckResult(name, Status.SKIP, "none to publish")
+        wrong: list[dns.rrset.RRset] = []
+        for rrset in expected:
+            answer = await self.lookups.query(rrset.name.to_text(),
+                                              dns.rdatatype.to_text(rrset.rdtype))
+            if {r.to_text().lower() for r in answer.records} != \
+                    {r.to_text().lower() for r in rrset}:
+                wrong.append(rrset)
+        if wrong:
+            names = ", ".join(r.name.to_text(omit_final_dot=True) for r in wrong)
+            return CheckResult(
+                name, Status.WARN, f"{len(wrong)} of {len(expected)} missing or different: "
+                f"{names}", "Mail clients find the servers, ports and TLS modes from these "
+                "(RFC 6186, RFC 8314; Thunderbird's autoconfig); without them users type the "
+                "settings in by hand. Mail flows without them.", self.publish(wrong))
+        return CheckResult(name, Status.OK, f"{len(expected)} records as printed")
 
     async def check_mta_sts(self, domain: str) -> CheckResult:
         name = f"mta-sts {domain}"
