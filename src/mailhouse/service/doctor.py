@@ -111,6 +111,7 @@ class Doctor:
 
     async def run(self) -> list[CheckResult]:
         """Every check, in the order a newcomer fixes things: DNS per domain, then the host."""
+        # Imported here: doctor_host builds on this module's types.
         from mailhouse.service.doctor_host import (
             check_banner,
             check_certificate,
@@ -158,6 +159,8 @@ class Doctor:
 
     def publish(self, rrsets: Sequence[dns.rrset.RRset]) -> str:
         """The fix for a missing or wrong record: the zone lines `dns-records --zone` prints."""
+        if not rrsets:
+            return "publish what `mailhouse dns-records --zone DOMAIN` prints"
         return "publish: " + " / ".join(zone_fragment(rrsets))
 
     async def server_addresses(self) -> list[str]:
