@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import mailhouse.message.dkim as dkim_module
 from mailhouse.cli_dns import (
@@ -187,3 +189,62 @@ def test_on_domain_added_never_fails_the_command(tmp_path: Path,
     assert out == ""
     assert err.startswith("mailhouse: warning: could not make DKIM keys for example.test: ")
     assert "`mailhouse dns-records example.test` tries again" in err
+
+
+def test_zone_fragment_parses_back_to_the_printed_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # RFC 1035 §5: absolute owners, a TTL, class IN, TXT strings of at most 255 octets; read
+    # back by dnspython it holds exactly the records the plain listing prints.
+    import dns.rdataclass
+    import dns.zone
+
+    from mailhouse.service.doctor_dns import ZONE_TTL, parse_records
+
+    config = make_config(tmp_path, listen={"pop3": []})
+    add_domain(config, "example.test")
+    assert run_cli(config, "dns-records", "example.test") == EXIT_OK
+    plain = capsys.readouterr().out.splitlines()
+    assert run_cli(config, "dns-records", "--zone", "example.test") == EXIT_OK
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("; zone fragment for example.test")
+    assert all(line.split()[0].endswith(".") and line.split()[1:3] == [str(ZONE_TTL), "IN"]
+               for line in lines[1:])
+    zone = dns.zone.from_text(out, origin="example.test.", relativize=False,
+                              check_origin=False)
+    parsed = {(name, rdataset.rdtype): rdataset for name, rdataset in zone.iterate_rdatasets()}
+    expected = parse_records(plain)
+    assert len(parsed) == len(expected)
+    for rrset in expected:
+        rdataset = parsed[(rrset.name, rrset.rdtype)]
+        assert rdataset.ttl == ZONE_TTL and rdataset.rdclass == dns.rdataclass.IN
+        assert set(rdataset) == set(rrset)
+    txt = [rdata for rdataset in parsed.values() for rdata in rdataset
+           if hasattr(rdata, "strings")]
+    assert any(len(rdata.strings) > 1 for rdata in txt)  # the RSA key is split …
+    assert all(len(part) <= 255 for rdata in txt for part in rdata.strings)  # … at 255 octets
+    assert "_pop3._tcp.example.test. 3600 IN SRV 0 0 0 ." in lines
+
+
+
+@given(st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=0, max_size=700))
+@example("x" * 256)
+@example('"\\' * 200)
+def test_zone_fragment_round_trips_any_txt_value(value: str) -> None:
+    # A TXT value as dns_records prints it (quoted strings of at most 255 octets) comes back
+    # from the zone fragment whole.
+    import dns.zone
+
+    from mailhouse.service.doctor_dns import parse_records, txt_value, zone_fragment
+
+    data = value.encode("ascii")
+    chunks = [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
+    quoted = " ".join('"' + c.decode().replace("\\", "\\\\").replace('"', '\\"') + '"'
+                      for c in chunks)
+    rrsets = parse_records([f"x.example.test. IN TXT {quoted}"])
+    text = "\n".join(zone_fragment(rrsets))
+    zone = dns.zone.from_text(text, origin="example.test.", relativize=False,
+                              check_origin=False)
+    (_, rdataset), = list(zone.iterate_rdatasets())
+    assert txt_value(next(iter(rdataset))) == value

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from mailhouse import __version__, cli_backup, cli_dns, cli_queue, cli_transfer
+from mailhouse import __version__, cli_backup, cli_dns, cli_doctor, cli_queue, cli_transfer
 from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
 from mailhouse.cli_common import error as _error
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_dns.register(commands, parents=[common])
     cli_queue.register(commands, parents=[common])
     cli_backup.register(commands, parents=[common])
+    cli_doctor.register(commands, parents=[common])
     return parser
 
 

@@ -3,8 +3,10 @@
 A domain is only usable for sending once the world can check it: its MX, SPF, DKIM and DMARC
 records (and, for mail clients, the RFC 6186 SRV records) must be published by whoever runs its
 DNS zone. This command prints all of them, ready to paste into a zone file, so the operator
-never has to assemble a DKIM record by hand. Records go to stdout and remarks to stderr, so
-`mailhouse dns-records example.org >> zone` stays clean.
+never has to assemble a DKIM record by hand. `--zone` prints the same records as an RFC 1035 §5
+master-file fragment (absolute names, an explicit TTL, class IN) to `$INCLUDE` or paste into a
+zone, and `mailhouse doctor` checks the DNS against exactly these records. Records go to stdout
+and remarks to stderr, so `mailhouse dns-records example.org >> zone` stays clean.
 
 Keys are made when the domain is added (`on_domain_added`, called by `domain add`), so mail
 is signed from the first message; `dns-records` makes them too if they are missing (a domain
@@ -31,6 +33,7 @@ from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import MailError
 from mailhouse.message.dkim import DkimError, DkimKeys, dns_records
 from mailhouse.service.accounts import InvalidInput, canonical_domain
+from mailhouse.service.doctor_dns import ZONE_TTL, parse_records, zone_fragment
 
 DKIM_DIR: Final = "dkim"
 
@@ -46,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
                     "SPF, DKIM (the keys are made now if DOMAIN has none), DMARC, and the "
                     "SRV/autoconfig records mail clients use to find the server.")
     p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--zone", action="store_true",
+                   help="print a zone-file fragment (RFC 1035 §5: absolute names, TTL, "
+                        "class IN) to include in the domain's zone")
     p.set_defaults(handler=dns_records_command)
 
 
@@ -96,8 +102,14 @@ def dns_records_command(args: argparse.Namespace, config: Config) -> int:
     if not config.dkim.enabled:
         _error("note: dkim.enabled = false in the config: mail is not signed until it is "
                "true")
-    _out(f"; DNS records for {domain}, served by {config.hostname}")
-    for line in dns_records(domain, config.hostname, keys, offered_services(config)):
+    lines = dns_records(domain, config.hostname, keys, offered_services(config))
+    if getattr(args, "zone", False):
+        # The same records, parsed and printed again with a TTL (doctor_dns.zone_fragment).
+        _out(f"; zone fragment for {domain}, served by {config.hostname}; TTL {ZONE_TTL} s")
+        lines = zone_fragment(parse_records(lines))
+    else:
+        _out(f"; DNS records for {domain}, served by {config.hostname}")
+    for line in lines:
         _out(line)
     return EXIT_OK
 
