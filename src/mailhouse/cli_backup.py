@@ -29,7 +29,7 @@ from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, become_data_dir_owner, er
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError, MailError
 from mailhouse.store import open_store
-from mailhouse.store.blobs import sync_dir
+from mailhouse.store.blobs import sync_dir, sync_file
 from mailhouse.store.schema import latest_version
 from mailhouse.store.sqlite import DB_NAME
 from mailhouse.store.sqlite_backup import DamagedBackup, StoreCopy, backup, restore
@@ -126,14 +126,14 @@ def _copy_extras(source: Path, target: Path) -> int:
                             copy_function=shutil.copyfile)
             for root, dirs, files in os.walk(target / name):
                 for item in files:
-                    _sync(Path(root) / item)
+                    sync_file(Path(root) / item)
                     copied += 1
                 sync_dir(Path(root))
                 dirs.sort()
     for name in EXTRA_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, target / name)
-            _sync(target / name)
+            sync_file(target / name)
             copied += 1
     sync_dir(target)
     return copied
@@ -147,7 +147,7 @@ def _write_manifest(dest: Path, config: Config, copied: StoreCopy, started: floa
            "message_files": copied.files, "octets": copied.octets}
     path = dest / MANIFEST
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    _sync(path)
+    sync_file(path)
     sync_dir(dest)
 
 
@@ -181,11 +181,3 @@ def _open_once(data_dir: Path) -> None:
         asyncio.run(run())
     except (MailError, ConfigError) as exc:
         raise _Refused(f"the restored store does not open: {exc}") from None
-
-
-def _sync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

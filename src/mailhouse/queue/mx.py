@@ -98,9 +98,10 @@ def parse_literal(domain: str) -> str | None:
         return None
 
 
-def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> (
-        dns.asyncresolver.Resolver):
-    """A resolver for the configured nameservers (ip, port), or the system's when empty.
+def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float, *,
+                  cache: bool = True) -> dns.asyncresolver.Resolver:
+    """A resolver for the configured nameservers (ip, port), or the system's when empty;
+    `cache=False` for one that must see the zone as it is now (doctor).
     Raises dns.resolver.NoResolverConfiguration without /etc/resolv.conf."""
     if nameservers:
         resolver = dns.asyncresolver.Resolver(configure=False)
@@ -108,7 +109,8 @@ def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> (
                                 for ip, port in nameservers]
     else:
         resolver = dns.asyncresolver.Resolver()
-    resolver.cache = dns.resolver.LRUCache(DNS_CACHE_ENTRIES)
+    if cache:
+        resolver.cache = dns.resolver.LRUCache(DNS_CACHE_ENTRIES)
     resolver.lifetime = timeout
     resolver.timeout = min(2.0, timeout)  # per try; lost UDP packets are retried until lifetime
     return resolver

@@ -25,6 +25,8 @@ import dns.resolver
 import dns.reversename
 import dns.rrset
 
+from mailhouse.queue import mx
+
 # RFC 7208 §4.6.4: at most 10 terms that cause DNS queries (include, a, mx, ptr, exists and the
 # redirect modifier) in one evaluation, includes and redirects followed.
 SPF_MAX_LOOKUPS: Final = 10
@@ -64,17 +66,9 @@ class Answer:
 
 def make_resolver(nameservers: Sequence[tuple[str, int]],
                   timeout: float) -> dns.asyncresolver.Resolver:
-    """A resolver for (ip, port) nameservers, or the system's when empty; no cache (a doctor
-    run asks each name once, and must see the zone as it is now)."""
-    if nameservers:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port)
-                                for ip, port in nameservers]
-    else:
-        resolver = dns.asyncresolver.Resolver()
-    resolver.lifetime = timeout
-    resolver.timeout = min(2.0, timeout)
-    return resolver
+    """The queue's resolver without its cache: a doctor run asks each name once, and must
+    see the zone as it is now."""
+    return mx.make_resolver(nameservers, timeout, cache=False)
 
 
 class DnsLookups:

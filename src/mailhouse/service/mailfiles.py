@@ -84,6 +84,7 @@ from mailhouse.service.mailrecords import (
     canonical_mailbox,
 )
 from mailhouse.store.base import DeliveryTarget, Outcome, Spool, Store
+from mailhouse.store.blobs import sync_dir
 
 # The whole of the transfer, for callers that need not know how it is split into modules.
 __all__ = [
@@ -235,7 +236,7 @@ class MaildirWriter:
             return
         folder, self._folder = self._folder, None
         try:
-            _fsync_dir(folder / "cur")
+            sync_dir(folder / "cur")
         except OSError as exc:
             self.report.problems.append(f"mailbox {self._mailbox!r}: {exc.strerror or exc}")
             return
@@ -326,14 +327,6 @@ def _write_new_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         _write_all(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -60,6 +60,15 @@ def sync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def sync_file(path: Path | str) -> None:
+    """fsync a file written through a path (shutil.copyfile, write_text): its data is on disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data: bytes | bytearray) -> None:
     """os.write may write less than asked; loop until everything is written."""
     view = memoryview(data)

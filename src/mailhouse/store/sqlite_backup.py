@@ -20,7 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailhouse.store.blobs import BlobFiles, sync_dir
+from mailhouse.store.blobs import BlobFiles, sync_dir, sync_file
 from mailhouse.store.sqlite import DB_NAME
 
 _REFERENCED = "SELECT blob_id FROM messages UNION SELECT blob_id FROM queue"
@@ -58,7 +58,7 @@ def backup(data_dir: Path, dest: Path) -> StoreCopy:
         target.execute("PRAGMA synchronous = FULL")
     finally:
         target.close()
-    _sync_file(dest / DB_NAME)
+    sync_file(dest / DB_NAME)
     sync_dir(dest)
     return copied
 
@@ -73,7 +73,7 @@ def restore(src: Path, data_dir: Path) -> StoreCopy:
         copied = _copy_blobs(BlobFiles(src), BlobFiles(data_dir), conn, drop=False)
     finally:
         conn.close()
-    _sync_file(data_dir / DB_NAME)
+    sync_file(data_dir / DB_NAME)
     sync_dir(data_dir)
     return copied
 
@@ -124,7 +124,7 @@ def _copy_blobs(source: BlobFiles, target: BlobFiles, conn: sqlite3.Connection, 
         except FileNotFoundError:
             gone.append(blob_id)
             continue
-        _sync_file(Path(copy))
+        sync_file(Path(copy))
         files += 1
         octets += os.path.getsize(copy)
     if gone and drop:
@@ -139,11 +139,3 @@ def _copy_blobs(source: BlobFiles, target: BlobFiles, conn: sqlite3.Connection, 
         sync_dir(Path(target.root) / day)
     sync_dir(Path(target.root))
     return StoreCopy(files, octets, dropped)
-
-
-def _sync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
