@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import imaplib
 import json
+import smtplib
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -134,5 +136,64 @@ def test_the_server_answers_health_probes_over_tls(tmp_path: Path) -> None:
         assert set(checks) == {"listeners", "store", "queue"}
         assert all(c["ok"] for c in checks.values())
         assert f"https://127.0.0.1:{port}/healthz/ready" in server.log_path.read_text()
+    finally:
+        server.close()
+
+
+def get_text(port: int, path: str) -> tuple[int, str, str]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.getheader("content-type") or "", response.read().decode()
+    finally:
+        conn.close()
+
+
+def sample(text: str, name: str) -> float:
+    """The value of one series in a Prometheus exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_add_up_every_process(tmp_path: Path) -> None:
+    port = free_port()
+    server = MailhouseServer(
+        tmp_path / "mh", protocols=("smtp", "imaps"),
+        extra_toml=f'[admin]\nlisten = ["127.0.0.1:{port}"]\n[imap]\nworkers = 2')
+    server.add_domain("example.org")
+    server.add_user("alice@example.org", "correct horse battery")
+    server.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=10) as smtp:
+            smtp.sendmail("bob@example.net", ["alice@example.org"],
+                          b"From: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        for password in ("correct horse battery", "wrong"):  # in an IMAP worker process
+            imap = imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=context,
+                                     timeout=10)
+            try:
+                imap.login("alice@example.org", password)
+                imap.select("INBOX")
+                imap.logout()
+            except imaplib.IMAP4.error:
+                imap.shutdown()
+        status, kind, text = get_text(port, "/metrics")
+        assert status == 200 and kind.startswith("text/plain; version=0.0.4")
+        assert sample(text, 'mailhouse_smtp_messages_total{service="smtp"}') == 1
+        assert sample(text, 'mailhouse_connections_total{service="smtp"}') >= 1
+        assert sample(text, 'mailhouse_connections_total{service="imap"}') >= 2  # imap+imaps
+        assert sample(text, 'mailhouse_logins_total{result="ok",service="imap"}') == 1
+        assert sample(text, 'mailhouse_logins_total{result="failed",service="imap"}') == 1
+        assert sample(text, 'mailhouse_imap_commands_total{command="SELECT"}') == 1
+        assert sample(text, "mailhouse_store_commit_jobs_count") >= 1
+        assert (server.data_dir / "run" / "metrics").is_dir()
     finally:
         server.close()

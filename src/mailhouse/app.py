@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mailhouse import sdnotify
+from mailhouse import metrics, sdnotify
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
@@ -242,11 +242,14 @@ MAILBOX_SERVICES = {
 class App:
     def __init__(self, config: Config, *, passwords: Passwords | None = None,
                  signer: Signer | None = None,
-                 on_queued: Callable[[], None] | None = None) -> None:
+                 on_queued: Callable[[], None] | None = None,
+                 shared_metrics: bool = False) -> None:
         """`passwords`: the hashing policy (tests pass a cheap one). `signer`: DKIM signing
         (default: keys under data_dir/dkim when dkim.enabled). `on_queued`: called after mail
-        was queued (default: wake the queue worker)."""
+        was queued (default: wake the queue worker). `shared_metrics`: count every process's
+        metrics in data_dir/run/metrics (`serve`; metrics.py)."""
         self.config = config
+        self.shared_metrics = shared_metrics
         # Deliveries here are published to IMAP sessions in every process (started in start()).
         self.wakeups = SocketWakeups(config.data_dir)
         self.store: Store = open_store(config.data_dir, wakeups=self.wakeups)
@@ -322,6 +325,8 @@ class App:
         else:
             config.data_dir.mkdir(parents=True, exist_ok=True, mode=DATA_DIR_MODE)
         tighten_data_dir(config.data_dir)
+        if self.shared_metrics:  # as the service user, before any child process exists
+            metrics.prepare(config.data_dir)
         tls, pem = configured_tls or self._load_tls()
         await self.wakeups.start()
         await self.store.open()
@@ -373,7 +378,8 @@ class App:
         for name in self._worker_bound:
             await self._start_workers(MAILBOX_SERVICES[name], pem)
         if self._admin_sockets:
-            self.admin = HttpListener(build_health_app(self.readiness), self._admin_sockets, tls)
+            self.admin = HttpListener(build_health_app(self.readiness, metrics.render),
+                                      self._admin_sockets, tls)
             self._admin_sockets = []
             await self.admin.start()
         self._serving = True
@@ -570,7 +576,7 @@ class App:
 
 async def run(config: Config) -> None:
     sdnotify.claim()  # before the queue and worker processes are started: not theirs to use
-    app = App(config)
+    app = App(config, shared_metrics=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mailhouse import metrics
 from mailhouse.net.listener import ConnectionPool, Slot
 from mailhouse.net.session import CoreProtocol, Deadlines
 from mailhouse.proto.imap import server_events as ev
@@ -128,6 +129,7 @@ class ImapProtocol(CoreProtocol):
             return
         self.session = session if outcome is LoginOutcome.OK else None
         self.imap.login_result(outcome)
+        metrics.get().logins.labels("imap", outcome.name.lower()).inc()
         tls = "yes" if self.imap.tls_active else "no"
         if outcome is LoginOutcome.OK:  # a name that failed may be a mistyped password
             log.info("event=imap.login peer=%s mechanism=%s result=%s tls=%s user=%s", self.peer,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mailhouse import metrics
 from mailhouse.service.throttle import ip_key
 
 log = logging.getLogger("mailhouse.net")
@@ -127,6 +128,7 @@ class ConnectionPool:
         tracker.total += 1
         self.total += 1
         self.per_ip[key] += 1
+        metrics.get().connections.labels(self.name).inc()
         return Slot(self, key)
 
     def give_back(self, key: str) -> None:

@@ -8,6 +8,7 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
+from mailhouse import metrics
 from mailhouse.errors import MailError
 from mailhouse.net.listener import ConnectionPool, Slot
 from mailhouse.net.session import CoreProtocol, Deadlines
@@ -114,6 +115,7 @@ class Pop3Protocol(CoreProtocol):
             return
         self.maildrop = maildrop
         self.pop3.login_result(result, maildrop.entries if maildrop is not None else ())
+        metrics.get().logins.labels("pop3", result.name.lower()).inc()
         log.info("event=pop3.login peer=%s result=%s messages=%d", self.peer, result.name,
                  len(maildrop.entries) if maildrop is not None else 0)
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+from mailhouse import metrics
 from mailhouse.config import QueueConfig
 from mailhouse.errors import Reply
 from mailhouse.queue import schedule
@@ -530,6 +531,9 @@ def _log_attempt(
     message_id: int, domain: str, results: Sequence[RemoteResult], elapsed: float
 ) -> None:
     """One line per attempt: the outcome (or "mixed"), and the most severe reply."""
+    counted = metrics.get().deliveries
+    for result in results:
+        counted.labels(_OUTCOME_NAMES[result.outcome]).inc()
     outcomes = {r.outcome for r in results}
     outcome = _OUTCOME_NAMES[next(iter(outcomes))] if len(outcomes) == 1 else "mixed"
     worst = max(results, key=lambda r: _SEVERITY[r.outcome])

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from mailhouse import metrics
 from mailhouse.errors import MailError, Reply, StorageFull
 from mailhouse.model import Address, Envelope
 from mailhouse.pipeline.modifiers import protocol_keyword, trace_headers
@@ -204,6 +205,7 @@ class InboundSession:
         log.info("event=smtp.delivered peer=%s id=%s from=<%s> rcpts=%d copies=%d size=%d",
                  self.peer, self._queue_id, sender, len(targets), delivered, event.size)
         if delivered:
+            metrics.get().smtp_messages.labels("smtp").inc()
             return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
         if Outcome.TEMPORARY in outcomes:
             return TEMPORARY

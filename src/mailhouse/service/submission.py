@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Protocol
 
+from mailhouse import metrics
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError, MailError, Reply, StorageFull
 from mailhouse.model import Account, Address, AddressError, Directory, normalize_domain
@@ -189,6 +190,9 @@ class SubmissionSession:
         except Exception:
             log.exception("event=submission.auth_error peer=%s", self.peer)
             return AUTH_TEMPFAIL
+        result = "ok" if outcome.account is not None else (
+            "throttled" if outcome.throttled else "failed")
+        metrics.get().logins.labels("submission", result).inc()
         if outcome.account is not None:
             self.account = outcome.account
             log.info("event=submission.login peer=%s user=%s mechanism=%s", self.peer,
@@ -371,6 +375,7 @@ class SubmissionSession:
         log.info("event=submission.accepted peer=%s id=%s user=%s from=<%s> local=%d remote=%d "
                  "size=%d", self.peer, self._queue_id, account.address, mail.sender, delivered,
                  len(remote), size)
+        metrics.get().smtp_messages.labels("submission").inc()
         return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
 
     def _added_headers(self, mail: ev.MailFrom, message_id: bool, date: bool) -> bytes:

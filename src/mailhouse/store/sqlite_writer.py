@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailhouse import metrics
 from mailhouse.errors import MailError
 from mailhouse.store.failures import storage_error
 
@@ -259,6 +260,7 @@ class GroupCommitWriter:
                 committed = self._transaction(ready, batch)
             finally:  # the hooks below run unlocked: they may write (garbage) or take time
                 lock.release()
+        metrics.get().commit_batches.observe(len(committed))
         for job in committed:
             if job.error is None and job.after_commit is not None:
                 try:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 NO_STORE = {"Cache-Control": "no-store"}
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,8 @@ class Check:
 Readiness = Callable[[], Awaitable[Mapping[str, Check]]]
 
 
-def build_app(readiness: Readiness) -> Starlette:
+def build_app(readiness: Readiness, metrics: Callable[[], bytes] | None = None) -> Starlette:
+    """`metrics`: the Prometheus exposition (metrics.render), served at /metrics."""
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "live"}, headers=NO_STORE)
 
@@ -39,5 +41,12 @@ def build_app(readiness: Readiness) -> Starlette:
                 "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()}}
         return JSONResponse(body, status_code=200 if ok else 503, headers=NO_STORE)
 
-    return Starlette(routes=[Route("/healthz/live", live, methods=["GET", "HEAD"]),
-                             Route("/healthz/ready", ready, methods=["GET", "HEAD"])])
+    async def exposition(request: Request) -> Response:
+        assert metrics is not None
+        return Response(metrics(), media_type=METRICS_TYPE, headers=NO_STORE)
+
+    routes = [Route("/healthz/live", live, methods=["GET", "HEAD"]),
+              Route("/healthz/ready", ready, methods=["GET", "HEAD"])]
+    if metrics is not None:
+        routes.append(Route("/metrics", exposition, methods=["GET", "HEAD"]))
+    return Starlette(routes=routes)

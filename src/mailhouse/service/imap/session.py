@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from mailhouse import metrics
 from mailhouse.errors import MailError
 from mailhouse.model import Account
 from mailhouse.proto.imap.server_events import AppendChunk, Request
@@ -75,6 +76,7 @@ class ImapSession:
         if "CONDSTORE" in request.enabled or "QRESYNC" in request.enabled:
             self.condstore = True
         command = request.command
+        metrics.get().imap_commands.labels(command.name).inc()  # a name the grammar knows
         handler = _HANDLERS.get(command.name)
         if handler is None:
             return Completion("BAD", f"{command.name} is not supported")

@@ -1,0 +1,99 @@
+"""Prometheus metrics (issue 9 §6), counted in every process of `serve` and exposed as one set.
+
+`serve` is several processes (listeners, the queue, POP3 and IMAP workers), and a scrape must
+see their sum, including what a worker counted before it was restarted. prometheus-client's
+multiprocess mode does exactly that: each process writes its values to memory-mapped files in
+one directory (`data_dir/run/metrics`, emptied by the main process at start, before any child
+exists), and the exposition adds them up. Without that directory (tests, the CLI) the values
+live in this process only.
+
+Names follow Prometheus's conventions (`mailhouse_` prefix, `_total` counters, base units).
+Labels are bounded sets chosen by the server (a service name, an outcome, an IMAP command
+name from the grammar), never peer text, so no client can grow the series without bound.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+RUN_DIR = ("run", "metrics")
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    connections: Counter  # service
+    smtp_messages: Counter  # service (smtp, submission, submissions)
+    logins: Counter  # service, result
+    deliveries: Counter  # outcome: delivered, deferred, failed
+    imap_commands: Counter  # command
+    commit_batches: Histogram  # jobs per group commit
+
+
+def _build(registry: CollectorRegistry | None) -> Metrics:
+    return Metrics(
+        connections=Counter("mailhouse_connections", "Connections accepted",
+                            ["service"], registry=registry),
+        smtp_messages=Counter("mailhouse_smtp_messages", "Messages accepted over SMTP (250)",
+                              ["service"], registry=registry),
+        logins=Counter("mailhouse_logins", "Login attempts by outcome",
+                       ["service", "result"], registry=registry),
+        deliveries=Counter("mailhouse_deliveries",
+                           "Outbound delivery outcomes, one per recipient and attempt",
+                           ["outcome"], registry=registry),
+        imap_commands=Counter("mailhouse_imap_commands", "IMAP commands run",
+                              ["command"], registry=registry),
+        commit_batches=Histogram("mailhouse_store_commit_jobs",
+                                 "Writes committed together per group commit (fsync)",
+                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                                 registry=registry),
+    )
+
+
+_registry = CollectorRegistry()
+_metrics: Metrics | None = None
+
+
+def get() -> Metrics:
+    """The process's metrics, made on first use (after `prepare` or `attach` when serving)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = _build(_registry)
+    return _metrics
+
+
+def prepare(data_dir: Path) -> Path:
+    """The main process of `serve`, before any child starts: an empty directory for every
+    process's values, named in the environment the children inherit."""
+    directory = data_dir.joinpath(*RUN_DIR)
+    shutil.rmtree(directory, ignore_errors=True)  # the last run's processes are gone
+    directory.mkdir(parents=True, mode=0o700)
+    os.environ[ENV] = str(directory)
+    attach()
+    return directory
+
+
+def attach() -> None:
+    """Count into the shared directory when one is named (a child of `serve`)."""
+    global _metrics, _registry
+    if os.environ.get(ENV):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        _registry = CollectorRegistry()
+        _metrics = _build(_registry)
+
+
+def render() -> bytes:
+    """The exposition of every process's values (or this process's alone)."""
+    directory = os.environ.get(ENV)
+    if not directory:
+        get()
+        return generate_latest(_registry)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
