@@ -81,7 +81,8 @@ def test_dns_records_prints_every_record_and_makes_keys(
     assert sum("._domainkey.example.test. IN TXT" in line for line in records) == 2
     assert any(line.startswith("_dmarc.example.test. IN TXT") for line in records)
     assert "_submissions._tcp.example.test. IN SRV 0 1 465 mx.example.test." in records
-    assert records[-1] == "autoconfig.example.test. IN CNAME mx.example.test."
+    assert records[-2:] == ["autoconfig.example.test. IN CNAME mx.example.test.",
+                            "autodiscover.example.test. IN CNAME mx.example.test."]
 
     keys = dkim_keys(config).keys("example.test")
     assert [k.key_type for k in keys] == ["rsa", "ed25519"]

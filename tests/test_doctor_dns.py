@@ -368,7 +368,7 @@ def test_ptr_without_any_address_skips(server: DnsServer, keys: list[DkimKey]) -
 def test_client_records_missing_warn_and_published_are_ok(server: DnsServer,
                                                           keys: list[DkimKey]) -> None:
     result = run(doctor(server, keys).check_client_records(DOMAIN))
-    assert result.status is Status.WARN and result.found.startswith("7 of 7 missing")
+    assert result.status is Status.WARN and result.found.startswith("8 of 8 missing")
     assert f"_imaps._tcp.{DOMAIN}. 3600 IN SRV 0 1 993 {HOST}." in result.fix
     assert f"autoconfig.{DOMAIN}. 3600 IN CNAME {HOST}." in result.fix
     for rrset in setup_for(keys).records[DOMAIN]:
@@ -378,7 +378,7 @@ def test_client_records_missing_warn_and_published_are_ok(server: DnsServer,
     server.set(f"_imaps._tcp.{DOMAIN}", "SRV", ["0 1 993 old.example.test."])
     result = run(doctor(server, keys).check_client_records(DOMAIN))
     assert result.status is Status.WARN and result.found == (
-        f"1 of 7 missing or different: _imaps._tcp.{DOMAIN}")
+        f"1 of 8 missing or different: _imaps._tcp.{DOMAIN}")
 
 
 # --- the whole run ------------------------------------------------------------------------------

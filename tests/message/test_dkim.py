@@ -281,7 +281,10 @@ def test_dns_records(keys: DkimKeys) -> None:
                 "_pop3s._tcp.example.org. IN SRV 20 1 995 mx.example.org.",
                 "_pop3._tcp.example.org. IN SRV 30 1 110 mx.example.org."):
         assert srv in lines
-    assert lines[-1] == "autoconfig.example.org. IN CNAME mx.example.org."
+    assert ('_smtp._tls.example.org. IN TXT '
+            '"v=TLSRPTv1; rua=mailto:postmaster@example.org"') in lines  # RFC 8460 §3
+    assert lines[-2:] == ["autoconfig.example.org. IN CNAME mx.example.org.",
+                          "autodiscover.example.org. IN CNAME mx.example.org."]
     assert all(len(line) < 998 and line.isascii() for line in lines)
 
 

@@ -418,7 +418,8 @@ def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey],
                 offered: Collection[str] | None = None) -> list[str]:
     """Zone-file lines (RFC 1035 §5.1 master file format, absolute names) the operator
     publishes for `domain` served by `hostname`: MX, SPF, one DKIM TXT per key, DMARC, the
-    RFC 6186 SRV records and an autoconfig CNAME for mail clients.
+    TLS-RPT address, the RFC 6186 SRV records and autoconfig/autodiscover CNAMEs for mail
+    clients.
 
     `offered`: the listener kinds the server serves (None: all). A client service not offered
     gets the RFC 6186 §4 "not available" record (target "."), so clients stop looking rather
@@ -436,8 +437,13 @@ def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey],
     lines += [f"{label}._tcp.{zone} IN SRV {priority} 1 {STANDARD_PORTS[kind]} {host}"
               if offered is None or kind in offered else f"{label}._tcp.{zone} IN SRV 0 0 0 ."
               for label, kind, priority in _SRV]
-    # Thunderbird's autoconfig looks up autoconfig.<domain> (served over HTTP by us later).
+    # RFC 8460 §3: where sending servers report TLS failures delivering to us.
+    lines.append(f"_smtp._tls.{zone} IN TXT "
+                 f"{_txt(f'v=TLSRPTv1; rua=mailto:postmaster@{zone[:-1]}')}")
+    # Thunderbird looks up autoconfig.<domain>, Outlook autodiscover.<domain>
+    # (service/autoconfig.py writes the documents; served over HTTPS by us later).
     lines.append(f"autoconfig.{zone} IN CNAME {host}")
+    lines.append(f"autodiscover.{zone} IN CNAME {host}")
     return lines
 
 
