@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mailhouse import metrics
 from mailhouse.config import load_config
 from mailhouse.errors import ConfigError
 from mailhouse.web.health import Check, build_app
@@ -194,6 +195,15 @@ def test_metrics_add_up_every_process(tmp_path: Path) -> None:
         assert sample(text, 'mailhouse_logins_total{result="failed",service="imap"}') == 1
         assert sample(text, 'mailhouse_imap_commands_total{command="SELECT"}') == 1
         assert sample(text, "mailhouse_store_commit_jobs_count") >= 1
+        assert "mailhouse_queue_messages 0.0" in text  # read from the store at the scrape
+        assert "mailhouse_queue_oldest_age_seconds 0.0" in text
         assert (server.data_dir / "run" / "metrics").is_dir()
     finally:
         server.close()
+
+
+def test_queue_gauges_in_the_exposition() -> None:
+    text = metrics.render(metrics.QueueNow(2, 3, 42.5)).decode()
+    assert "mailhouse_queue_messages 2.0" in text
+    assert "mailhouse_queue_recipients 3.0" in text
+    assert "mailhouse_queue_oldest_age_seconds 42.5" in text

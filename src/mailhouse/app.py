@@ -23,6 +23,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -378,7 +379,7 @@ class App:
         for name in self._worker_bound:
             await self._start_workers(MAILBOX_SERVICES[name], pem)
         if self._admin_sockets:
-            self.admin = HttpListener(build_health_app(self.readiness, metrics.render),
+            self.admin = HttpListener(build_health_app(self.readiness, self.metrics_text),
                                       self._admin_sockets, tls)
             self._admin_sockets = []
             await self.admin.start()
@@ -396,6 +397,16 @@ class App:
             raise ConfigError(f"admin.listen: cannot listen on {endpoints}: "
                               f"{exc.strerror}") from exc
         return bound
+
+    async def metrics_text(self) -> bytes:
+        """/metrics: every process's counters, and the queue as the store has it now."""
+        try:
+            stats = await asyncio.wait_for(self.store.queue_stats(), READY_STORE_TIMEOUT)
+        except Exception:  # the counters still answer; the gauges are left out
+            log.warning("event=metrics.queue_failed", exc_info=True)
+            return metrics.render()
+        age = None if stats.oldest is None else max(0.0, time.time() - stats.oldest)
+        return metrics.render(metrics.QueueNow(stats.messages, stats.recipients, age))
 
     async def readiness(self) -> dict[str, Check]:
         """/healthz/ready (web/health.py): can this server take mail now?"""

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUN_DIR = ("run", "metrics")
@@ -88,12 +91,43 @@ def attach() -> None:
         _metrics = _build(_registry)
 
 
-def render() -> bytes:
-    """The exposition of every process's values (or this process's alone)."""
+@dataclass(frozen=True, slots=True)
+class QueueNow:
+    """What waits in the queue at the scrape (the store's aggregate)."""
+
+    messages: int
+    recipients: int
+    oldest_age: float | None  # seconds since the oldest waiting message arrived
+
+
+def render(queue: QueueNow | None = None) -> bytes:
+    """The exposition of every process's values (or this process's alone), and the queue's
+    state read at the scrape."""
     directory = os.environ.get(ENV)
     if not directory:
         get()
-        return generate_latest(_registry)
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-    return generate_latest(registry)
+        text = generate_latest(_registry)
+    else:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        text = generate_latest(registry)
+    if queue is None:
+        return text
+    now = CollectorRegistry()
+    now.register(_Queue(queue))
+    return text + generate_latest(now)
+
+
+class _Queue(Collector):
+    def __init__(self, queue: QueueNow) -> None:
+        self._queue = queue
+
+    def collect(self) -> Iterator[Metric]:
+        q = self._queue
+        yield GaugeMetricFamily("mailhouse_queue_messages", "Messages waiting for delivery",
+                                value=q.messages)
+        yield GaugeMetricFamily("mailhouse_queue_recipients", "Recipients waiting for delivery",
+                                value=q.recipients)
+        yield GaugeMetricFamily("mailhouse_queue_oldest_age_seconds",
+                                "Age of the oldest waiting message (0: none waits)",
+                                value=q.oldest_age or 0.0)

@@ -62,8 +62,8 @@ class TwoProcesses:
         "directory_serial", "directory", "list_domains", "get_account", "list_accounts",
         "list_aliases", "list_mailboxes", "get_mailbox", "list_messages", "list_expunged",
         "read_message", "read_blob", "queue_due", "queue_next_attempt", "queue_get",
-        "queue_list", "list_subscriptions", "structures", "read_range", "read_ranges",
-        "search_fields", "search_candidates",
+        "queue_list", "queue_stats", "list_subscriptions", "structures", "read_range",
+        "read_ranges", "search_fields", "search_candidates",
     })
 
     def __init__(self, data_dir: Path) -> None:

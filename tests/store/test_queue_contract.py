@@ -12,6 +12,7 @@ from mailhouse.store.base import (
     Outcome,
     QueuedMessage,
     QueueRequest,
+    QueueStats,
     RecipientStatus,
     RecipientUpdate,
     Store,
@@ -379,3 +380,16 @@ async def test_ids_are_never_reused(store: Store) -> None:
     await store.queue_delete(first.id)
     second = await enqueue(store)
     assert second.id > first.id
+
+
+async def test_queue_stats_count_what_waits(store: Store) -> None:
+    assert await store.queue_stats() == QueueStats(0, 0, None)
+    first = await enqueue(store, ("a@remote.example", "b@remote.example"))
+    second = await enqueue(store, ("c@remote.example",))
+    stats = await store.queue_stats()
+    assert (stats.messages, stats.recipients) == (2, 3)
+    assert stats.oldest == min(first.created, second.created)
+    await store.queue_update(first.id, [
+        RecipientUpdate("a@remote.example", RecipientStatus.DELIVERED, 0, "250 ok"),
+        RecipientUpdate("b@remote.example", RecipientStatus.FAILED, 0, "550 no")])
+    assert await store.queue_stats() == QueueStats(1, 1, second.created)

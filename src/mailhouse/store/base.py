@@ -215,6 +215,13 @@ class QueuedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueStats:
+    messages: int  # with at least one PENDING recipient
+    recipients: int  # PENDING
+    oldest: float | None  # arrival (epoch seconds) of the oldest such message
+
+
+@dataclass(frozen=True, slots=True)
 class RecipientUpdate:
     """The outcome of one delivery attempt for one recipient."""
 
@@ -532,6 +539,11 @@ class Store(Protocol):
     async def queue_next_attempt(self) -> float | None:
         """The earliest next_attempt of any PENDING recipient; None for an empty queue. The
         scheduler sleeps until then (or until told of new mail)."""
+
+    async def queue_stats(self) -> QueueStats:
+        """How much waits in the queue, from one aggregate (metrics, doctor): never a walk
+        over the messages."""
+        ...
 
     async def queue_get(self, message_id: int) -> QueuedMessage | None: ...
 

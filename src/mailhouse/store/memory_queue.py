@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from mailhouse.store.base import QueuedMessage, QueueRecipient, RecipientStatus, RecipientUpdate
+from mailhouse.store.base import (
+    QueuedMessage,
+    QueueRecipient,
+    QueueStats,
+    RecipientStatus,
+    RecipientUpdate,
+)
 from mailhouse.store.queue_rules import checked_updates, clean_reply
 
 
@@ -61,6 +67,14 @@ class MemoryQueue:
             else r
             for r in message.recipients
         ))
+
+    async def queue_stats(self) -> QueueStats:
+        self._check_open()
+        waiting = [(m.created, sum(r.status is RecipientStatus.PENDING for r in m.recipients))
+                   for m in self._queue.values()]
+        waiting = [(created, count) for created, count in waiting if count]
+        return QueueStats(len(waiting), sum(count for _, count in waiting),
+                          min((created for created, _ in waiting), default=None))
 
     async def queue_next_attempt(self) -> float | None:
         self._check_open()

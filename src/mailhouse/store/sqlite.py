@@ -62,6 +62,7 @@ from mailhouse.store.base import (
     Outcome,
     QueuedMessage,
     QueueRequest,
+    QueueStats,
     Quota,
     RecipientUpdate,
     Spool,
@@ -731,6 +732,9 @@ class SqliteStore:
 
     async def queue_next_attempt(self) -> float | None:
         return await self._read(sqlite_queue.next_attempt)
+
+    async def queue_stats(self) -> QueueStats:
+        return await self._read(sqlite_queue.stats)
 
     async def queue_get(self, message_id: int) -> QueuedMessage | None:
         return await self._read(partial(sqlite_queue.get, message_id=message_id))

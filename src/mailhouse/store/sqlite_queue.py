@@ -20,6 +20,7 @@ from mailhouse.store.base import (
     QueuedMessage,
     QueueRecipient,
     QueueRequest,
+    QueueStats,
     RecipientStatus,
     RecipientUpdate,
 )
@@ -65,6 +66,14 @@ def next_attempt(conn: sqlite3.Connection) -> float | None:
         "SELECT min(next_attempt) FROM queue_recipients WHERE status = 'pending'"
     ).fetchone()
     return None if row[0] is None else float(row[0])
+
+
+def stats(conn: sqlite3.Connection) -> QueueStats:
+    row = conn.execute(
+        "SELECT count(DISTINCT r.queue_id), count(*), min(q.created) FROM queue_recipients r"
+        " JOIN queue q ON q.id = r.queue_id WHERE r.status = 'pending'"
+    ).fetchone()
+    return QueueStats(int(row[0]), int(row[1]), None if row[2] is None else float(row[2]))
 
 
 def get(conn: sqlite3.Connection, message_id: int) -> QueuedMessage | None:

@@ -29,7 +29,8 @@ class Check:
 Readiness = Callable[[], Awaitable[Mapping[str, Check]]]
 
 
-def build_app(readiness: Readiness, metrics: Callable[[], bytes] | None = None) -> Starlette:
+def build_app(readiness: Readiness,
+              metrics: Callable[[], Awaitable[bytes]] | None = None) -> Starlette:
     """`metrics`: the Prometheus exposition (metrics.render), served at /metrics."""
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "live"}, headers=NO_STORE)
@@ -43,7 +44,7 @@ def build_app(readiness: Readiness, metrics: Callable[[], bytes] | None = None) 
 
     async def exposition(request: Request) -> Response:
         assert metrics is not None
-        return Response(metrics(), media_type=METRICS_TYPE, headers=NO_STORE)
+        return Response(await metrics(), media_type=METRICS_TYPE, headers=NO_STORE)
 
     routes = [Route("/healthz/live", live, methods=["GET", "HEAD"]),
               Route("/healthz/ready", ready, methods=["GET", "HEAD"])]
