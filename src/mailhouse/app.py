@@ -46,7 +46,7 @@ from mailhouse.net.listener import (
 from mailhouse.net.pop3 import Pop3Endpoint
 from mailhouse.net.session import Deadlines
 from mailhouse.net.smtp import SmtpEndpoint, SmtpTimeouts
-from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.net.tls import ensure_self_signed, reload_certificate, server_context
 from mailhouse.privileges import (
     DATA_DIR_MODE,
     UMASK,
@@ -281,6 +281,7 @@ class App:
         # Listening sockets bound as root before the drop, until a Listener serves them.
         self._bound: dict[str, list[socket.socket]] = {}
         self.admin: HttpListener | None = None
+        self._tls: ssl.SSLContext | None = None
         self._admin_sockets: list[socket.socket] = []
         self._serving = False  # every listener started (readiness)
         self.throttle_server: ThrottleServer | None = None
@@ -329,6 +330,7 @@ class App:
         if self.shared_metrics:  # as the service user, before any child process exists
             metrics.prepare(config.data_dir)
         tls, pem = configured_tls or self._load_tls()
+        self._tls = tls
         await self.wakeups.start()
         await self.store.open()
         if config.demo:
@@ -397,6 +399,21 @@ class App:
             raise ConfigError(f"admin.listen: cannot listen on {endpoints}: "
                               f"{exc.strerror}") from exc
         return bound
+
+    def reload_tls(self) -> None:
+        """SIGHUP: the certificate and key files read again (a renewal), here and in every
+        worker; new handshakes get the new pair, open sessions are not touched."""
+        if self._tls is None:
+            return
+        cert, key = self.tls_files()
+        problem = reload_certificate(self._tls, cert, key)
+        if problem is None:
+            log.info("event=tls.reloaded cert=%s", cert)
+        else:
+            log.error("event=tls.reload_failed cert=%s error=%s (the old certificate stays)",
+                      cert, problem)
+        for worker in self.workers:
+            worker.send_signal(signal.SIGHUP)
 
     async def metrics_text(self) -> bytes:
         """/metrics: every process's counters, and the queue as the store has it now."""
@@ -592,6 +609,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
     try:
         await app.start()
         print(app.banner(), file=sys.stderr, flush=True)

@@ -99,6 +99,13 @@ class ChildSupervisor:
         process = self._process
         return process.pid if process is not None and process.returncode is None else None
 
+    def send_signal(self, signum: int) -> None:
+        """Pass a signal to the running child (SIGHUP: reload); nothing when none runs."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signum)
+
     async def start(self) -> None:
         """Start the first child (raises if it cannot be spawned at all), then supervise."""
         process = await self._spawn()

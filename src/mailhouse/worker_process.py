@@ -32,6 +32,7 @@ store) and at once when the parent is gone (end of file on the pipe, PR_SET_PDEA
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -44,7 +45,7 @@ from mailhouse import supervisor
 from mailhouse.app import MAILBOX_SERVICES, SHUTDOWN_GRACE, service_limits
 from mailhouse.config import Config
 from mailhouse.net.listener import ConnectionLimits, ConnectionTracker, Listener
-from mailhouse.net.tls import ensure_self_signed, server_context
+from mailhouse.net.tls import ensure_self_signed, reload_certificate, server_context
 from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.throttle import LoginGuard
 from mailhouse.service.throttle_channel import REPLY_MARGIN, RemoteThrottle
@@ -74,6 +75,21 @@ def tls_context(config: Config, pem: tuple[bytes, bytes] | None) -> ssl.SSLConte
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def reload_tls(config: Config, tls: ssl.SSLContext, log: logging.Logger) -> None:
+    """SIGHUP from the parent: the certificate files read again, as the parent does (as this
+    process's user: a key only root can read cannot be reloaded, by anyone, after the drop)."""
+    if config.tls.cert and config.tls.key:
+        cert, key = config.tls.cert, config.tls.key
+    else:
+        cert, key = ensure_self_signed(config.data_dir / "tls", config.hostname)
+    problem = reload_certificate(tls, cert, key)
+    if problem is None:
+        log.info("event=tls.reloaded cert=%s", cert)
+    else:
+        log.error("event=tls.reload_failed cert=%s error=%s (the old certificate stays)",
+                  cert, problem)
 
 
 def remote_throttle(config: Config, payload: dict[str, Any]) -> RemoteThrottle:
@@ -119,6 +135,8 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
         tracker.start()
         for listener in listeners:
             await listener.start()
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, reload_tls, config, tls, log)  # the parent passes its SIGHUP on
         log.info("event=%s.process_ready pid=%d worker=%s", service.name, os.getpid(),
                  payload["index"])
         orphaned = await serve_until_stopped(control)

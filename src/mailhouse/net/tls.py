@@ -80,6 +80,20 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
+def reload_certificate(ctx: ssl.SSLContext, cert: Path, key: Path) -> str | None:
+    """Load a renewed certificate and key into `ctx` in place: every listener holding the
+    context hands the new pair to the handshakes that start from now on, and sessions already
+    established keep theirs (nothing is dropped). None when done, else why not (the old pair
+    stays: a bad renewal never leaves the server without a certificate)."""
+    try:
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check.load_cert_chain(cert, key)  # the pair must load on its own first
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def describe(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
     """`TLSv1.3 TLS_AES_256_GCM_SHA384` for logs and the Received header."""
     if ssl_object is None:
