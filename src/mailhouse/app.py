@@ -77,6 +77,7 @@ from mailhouse.store.wakeup import SocketWakeups, Wakeups
 from mailhouse.supervisor import ChildSupervisor, configure_logging
 from mailhouse.web.health import Check
 from mailhouse.web.health import build_app as build_health_app
+from mailhouse.web.public import build_app as build_public_app
 
 log = logging.getLogger("mailhouse")
 
@@ -283,6 +284,8 @@ class App:
         self.admin: HttpListener | None = None
         self._tls: ssl.SSLContext | None = None
         self._admin_sockets: list[socket.socket] = []
+        self.web: HttpListener | None = None
+        self._web_sockets: list[socket.socket] = []
         self._serving = False  # every listener started (readiness)
         self.throttle_server: ThrottleServer | None = None
 
@@ -319,6 +322,7 @@ class App:
         configured_tls = self._load_tls() if config.tls.cert and config.tls.key else None
         self._bound = self._bind_listening_sockets()
         self._admin_sockets = self._bind_admin_sockets()
+        self._web_sockets = self._bind_http("web.listen", config.web.endpoints())
         if account is not None:
             become(account)
             log.info("event=privileges.dropped user=%s", account.name)
@@ -385,10 +389,20 @@ class App:
                                       self._admin_sockets, tls)
             self._admin_sockets = []
             await self.admin.start()
+        if self._web_sockets:
+            served = frozenset(kind for kind in LISTENER_KINDS
+                               if kind not in NOT_BUILT and config.listen_endpoints(kind))
+            self.web = HttpListener(
+                build_public_app(config, lambda: self.directory.current.domains, served),
+                self._web_sockets, tls, name="web")
+            self._web_sockets = []
+            await self.web.start()
         self._serving = True
 
     def _bind_admin_sockets(self) -> list[socket.socket]:
-        endpoints = self.config.admin.endpoints()
+        return self._bind_http("admin.listen", self.config.admin.endpoints())
+
+    def _bind_http(self, key: str, endpoints: list[tuple[str, int]]) -> list[socket.socket]:
         bound: list[socket.socket] = []
         try:
             for host, port in endpoints:
@@ -396,7 +410,7 @@ class App:
         except OSError as exc:
             for sock in bound:
                 sock.close()
-            raise ConfigError(f"admin.listen: cannot listen on {endpoints}: "
+            raise ConfigError(f"{key}: cannot listen on {endpoints}: "
                               f"{exc.strerror}") from exc
         return bound
 
@@ -550,12 +564,13 @@ class App:
 
     async def stop(self) -> None:
         self._serving = False
-        if self.admin is not None:
-            await self.admin.stop()
-            self.admin = None
-        for sock in self._admin_sockets:  # start-up failed before they were served
+        for http in (self.admin, self.web):
+            if http is not None:
+                await http.stop()
+        self.admin = self.web = None
+        for sock in [*self._admin_sockets, *self._web_sockets]:  # start-up failed first
             sock.close()
-        self._admin_sockets = []
+        self._admin_sockets, self._web_sockets = [], []
         if self.queue_process is not None:
             self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
         for worker in self.workers:
@@ -594,6 +609,10 @@ class App:
             for sock in self.admin.sockets:
                 host, port = sock.getsockname()[:2]
                 lines.append(f"  {'admin':<11} https://{host}:{port}/healthz/ready")
+        if self.web is not None:
+            for sock in self.web.sockets:
+                host, port = sock.getsockname()[:2]
+                lines.append(f"  {'web':<11} https://{host}:{port} (client autoconfiguration)")
         lines.append(f"  data        {self.config.data_dir}")
         if self.config.demo:
             lines.append(f"  demo domain {DEMO_DOMAIN}")

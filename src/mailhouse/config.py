@@ -531,6 +531,18 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The public HTTPS server mail clients configure themselves from (autoconfig,
+    autodiscover, the Apple profile). Off unless listed: port 443 is often another web
+    server's (docs/operations.md, "Mail client autoconfiguration")."""
+
+    listen: tuple[str, ...] = field(default=(), metadata=checked(_endpoints))
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [parse_endpoint(text) for text in self.listen]
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Field defaults are the production defaults except `hostname`
     (load_config asks the system for it only when a file leaves it out)."""
@@ -555,6 +567,7 @@ class Config:
     pop3: Pop3Config = field(default_factory=Pop3Config, metadata=_section(Pop3Config))
     imap: ImapConfig = field(default_factory=ImapConfig, metadata=_section(ImapConfig))
     admin: AdminConfig = field(default_factory=AdminConfig, metadata=_section(AdminConfig))
+    web: WebConfig = field(default_factory=WebConfig, metadata=_section(WebConfig))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.
     source: Path | None = None

@@ -32,8 +32,9 @@ class _Server(uvicorn.Server):
 
 class HttpListener:
     def __init__(self, app: ASGIApp, sockets: list[socket.socket],
-                 tls: ssl.SSLContext | None) -> None:
+                 tls: ssl.SSLContext | None, *, name: str = "admin") -> None:
         self.sockets = sockets
+        self.name = name
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 http="h11", server_header=False, date_header=True,
                                 timeout_graceful_shutdown=int(STOP_GRACE),
@@ -53,7 +54,7 @@ class HttpListener:
             await self._task  # raises what stopped it
         for sock in self.sockets:
             host, port = sock.getsockname()[:2]
-            log.info("event=listen service=admin address=%s:%d", host, port)
+            log.info("event=listen service=%s address=%s:%d", self.name, host, port)
 
     async def stop(self) -> None:
         if self._task is None:

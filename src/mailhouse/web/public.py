@@ -1,0 +1,56 @@
+"""The public HTTPS face: what mail clients fetch to configure themselves (issue 9 §3) —
+Thunderbird's autoconfig (`autoconfig.DOMAIN` and the domain's `/.well-known/` path),
+Microsoft Autodiscover (POX and JSON v2, `autodiscover.DOMAIN`) and the Apple profile. The
+documents are service/autoconfig.py's; this only turns HTTP into its requests and back,
+bounding the body before reading it whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailhouse.config import Config
+from mailhouse.service import autoconfig
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def build_app(config: Config, hosted: Callable[[], Collection[str]],
+              served: Collection[str]) -> Starlette:
+    """`hosted`: the domains the store serves now (the directory cache); `served`: the
+    listener kinds this server answers on (what clients are offered)."""
+
+    async def answer(request: Request) -> Response:
+        path = request.url.path
+        if not autoconfig.handles(path):
+            return Response(b"not found\n", 404, media_type="text/plain", headers=NO_STORE)
+        body = b""
+        if request.method == "POST":
+            declared = request.headers.get("content-length")
+            if declared is not None and (not declared.isdigit()
+                                         or int(declared) > autoconfig.MAX_POX_BODY):
+                return Response(b"request too large\n", 413, media_type="text/plain")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > autoconfig.MAX_POX_BODY:  # chunked bodies are bounded here
+                    return Response(b"request too large\n", 413, media_type="text/plain")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        result = autoconfig.handle(
+            autoconfig.Request(request.method, path, request.url.query, body,
+                               request.headers.get("host", "")),
+            config, hosted(), served=served)
+        headers = dict(NO_STORE)
+        if result.status == 200 and path.lower() == autoconfig.MOBILECONFIG:
+            headers["Content-Disposition"] = 'attachment; filename="mailhouse.mobileconfig"'
+        return Response(result.body, result.status, media_type=result.content_type,
+                        headers=headers)
+
+    return Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "POST", "HEAD"])])
