@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TextIO
 
-from mailhouse import __version__, cli_backup, cli_dns, cli_doctor, cli_queue, cli_transfer
+from mailhouse import (
+    __version__,
+    cli_backup,
+    cli_dns,
+    cli_doctor,
+    cli_operator,
+    cli_queue,
+    cli_transfer,
+)
 from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
 from mailhouse.cli_common import error as _error
 from mailhouse.cli_common import out as _out
+from mailhouse.cli_common import read_password as _read_password
 from mailhouse.cli_common import table as _table
 from mailhouse.config import ENV_CONFIG, Config, config_path, load_config
 from mailhouse.errors import ConfigError, MailError
@@ -179,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_queue.register(commands, parents=[common])
     cli_backup.register(commands, parents=[common])
     cli_doctor.register(commands, parents=[common])
+    cli_operator.register(commands, parents=[common])
     return parser
 
 
@@ -295,25 +303,6 @@ def _domain_list(args: argparse.Namespace, config: Config) -> int:
 
 
 # --- users ------------------------------------------------------------------------------------
-
-def _read_password(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
-    """First line of stdin with --password-stdin (scripts), else asked twice without echo."""
-    if args.password_stdin:
-        line = (stdin or sys.stdin).readline()
-        password = line.rstrip("\n").rstrip("\r")
-        if not password:
-            raise InvalidInput("no password on standard input")
-        return password
-    try:
-        first = getpass.getpass("Password: ")
-        second = getpass.getpass("Repeat password: ")
-    except EOFError:
-        raise InvalidInput(
-            "no password given; type it at the prompt or pipe it with --password-stdin") from None
-    if first != second:
-        raise AccountError("the passwords do not match; nothing changed")
-    return first
-
 
 def _with_password(args: argparse.Namespace, config: Config,
                    make: Callable[[str], StoreAction]) -> int:

@@ -4,10 +4,12 @@ data_dir, the service user (privileges.py). Kept apart from __main__ so command 
 
 from __future__ import annotations
 
+import argparse
+import getpass
 import os
 import sys
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TextIO
 
 from mailhouse.config import Config
 from mailhouse.privileges import (
@@ -18,6 +20,7 @@ from mailhouse.privileges import (
     prepare_data_dir,
     service_account,
 )
+from mailhouse.service.accounts import AccountError, InvalidInput
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the operation failed (exists, not found, storage error)
@@ -59,3 +62,22 @@ def become_data_dir_owner(config: Config) -> None:
     become(account)
     check_interpreter(account)
     check_data_dir_access(config.data_dir, account)
+
+
+def read_password(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
+    """First line of stdin with --password-stdin (scripts), else asked twice without echo."""
+    if args.password_stdin:
+        line = (stdin or sys.stdin).readline()
+        password = line.rstrip("\n").rstrip("\r")
+        if not password:
+            raise InvalidInput("no password on standard input")
+        return password
+    try:
+        first = getpass.getpass("Password: ")
+        second = getpass.getpass("Repeat password: ")
+    except EOFError:
+        raise InvalidInput(
+            "no password given; type it at the prompt or pipe it with --password-stdin") from None
+    if first != second:
+        raise AccountError("the passwords do not match; nothing changed")
+    return first

@@ -63,7 +63,8 @@ class TwoProcesses:
         "list_aliases", "list_mailboxes", "get_mailbox", "list_messages", "list_expunged",
         "read_message", "read_blob", "queue_due", "queue_next_attempt", "queue_get",
         "queue_list", "queue_stats", "list_subscriptions", "structures", "read_range",
-        "read_ranges", "search_fields", "search_candidates",
+        "read_ranges", "search_fields", "search_candidates", "get_admin", "list_admins",
+        "list_audit",
     })
 
     def __init__(self, data_dir: Path) -> None:

@@ -215,6 +215,27 @@ class QueuedMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminAccount:
+    """Someone who operates the server (the admin API, the web admin); not a mail account."""
+
+    id: int
+    name: str
+    password_hash: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One change made by an operator: who (`cli:root`, `admin:alice`), what, to what."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     messages: int  # with at least one PENDING recipient
     recipients: int  # PENDING
@@ -539,6 +560,27 @@ class Store(Protocol):
     async def queue_next_attempt(self) -> float | None:
         """The earliest next_attempt of any PENDING recipient; None for an empty queue. The
         scheduler sleeps until then (or until told of new mail)."""
+
+    # --- operators (issue 9 §1) ---------------------------------------------------------------
+    async def add_admin(self, name: str, password_hash: str, now: float) -> AdminAccount:
+        """KeyError when `name` exists. Names: rules.check_admin_name."""
+        ...
+
+    async def get_admin(self, name: str) -> AdminAccount | None: ...
+
+    async def list_admins(self) -> list[AdminAccount]: ...
+
+    async def set_admin_password(self, name: str, password_hash: str) -> bool: ...
+
+    async def remove_admin(self, name: str) -> bool: ...
+
+    async def audit(self, actor: str, action: str, detail: str, now: float) -> None:
+        """Append to the audit log; nothing ever edits or removes an entry."""
+        ...
+
+    async def list_audit(self, limit: int) -> list[AuditEntry]:
+        """The newest `limit` entries, newest first."""
+        ...
 
     async def queue_stats(self) -> QueueStats:
         """How much waits in the queue, from one aggregate (metrics, doctor): never a walk

@@ -4,6 +4,7 @@ tests cannot drift from the embedded one on anything a client can observe."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 
 from mailhouse.store.base import FlagOp, MailboxExists, MailboxNotAllowed, NoSuchMailbox
@@ -147,3 +148,14 @@ def check_alias_key(alias: str) -> None:
         check_address_key(alias)
     elif len(alias) < 2:
         raise ValueError("catch-all alias needs a domain")
+
+
+_ADMIN_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def check_admin_name(name: str) -> str:
+    """Operator names: lower-case letters, digits, `.`, `_`, `-`, at most 64; they appear in
+    the audit log and in URLs, so nothing there needs quoting."""
+    if not _ADMIN_NAME.fullmatch(name):
+        raise ValueError(f"not an admin name: {name!r} (a-z, 0-9, . _ -, at most 64)")
+    return name

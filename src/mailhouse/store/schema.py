@@ -77,6 +77,11 @@ Version 10 (issue 8, search without a join):
   UID), so no write path can forget it; a delivery or APPEND inserts its message row before
   the blob row, so it then sets the fields itself (`sqlite_messages`), as does the derivation
   of fields for older rows (`structures.save_search`).
+
+Version 11 (issue 9, operators):
+- `admins`: the server's operators (name, Argon2 hash), apart from mail accounts: operating the
+  server is not a mailbox.
+- `audit`: every change an operator makes, append-only (AUTOINCREMENT: ids never reused).
 """
 
 from __future__ import annotations
@@ -246,7 +251,23 @@ CREATE TRIGGER message_search_renumber AFTER UPDATE OF mailbox_id, uid ON messag
 END;
 """
 
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10]
+_V11 = """
+CREATE TABLE admins (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created       REAL NOT NULL
+);
+CREATE TABLE audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at     REAL NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11]
 
 
 def latest_version() -> int:

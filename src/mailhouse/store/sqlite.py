@@ -40,6 +40,7 @@ from mailhouse.message.structure_codec import literal_in_search_bytes
 from mailhouse.model import Account, Directory
 from mailhouse.store import (
     schema,
+    sqlite_admin,
     sqlite_directory,
     sqlite_expunge,
     sqlite_mailboxes,
@@ -49,6 +50,8 @@ from mailhouse.store import (
 )
 from mailhouse.store.base import (
     MAX_UID,
+    AdminAccount,
+    AuditEntry,
     CopyResult,
     DeliveryTarget,
     ExpungedMessage,
@@ -83,6 +86,7 @@ from mailhouse.store.rules import (
     INBOX,
     canonical_mailbox_name,
     check_address_key,
+    check_admin_name,
     check_alias_key,
     check_flags,
     check_mailbox_name,
@@ -732,6 +736,32 @@ class SqliteStore:
 
     async def queue_next_attempt(self) -> float | None:
         return await self._read(sqlite_queue.next_attempt)
+
+    # --- operators (sqlite_admin.py) --------------------------------------------------------
+    async def add_admin(self, name: str, password_hash: str, now: float) -> AdminAccount:
+        check_admin_name(name)
+        return await self._write(partial(sqlite_admin.add, name=name,
+                                         password_hash=password_hash, now=now))
+
+    async def get_admin(self, name: str) -> AdminAccount | None:
+        return await self._read(partial(sqlite_admin.get, name=name))
+
+    async def list_admins(self) -> list[AdminAccount]:
+        return await self._read(sqlite_admin.list_all)
+
+    async def set_admin_password(self, name: str, password_hash: str) -> bool:
+        return await self._write(partial(sqlite_admin.set_password, name=name,
+                                         password_hash=password_hash))
+
+    async def remove_admin(self, name: str) -> bool:
+        return await self._write(partial(sqlite_admin.remove, name=name))
+
+    async def audit(self, actor: str, action: str, detail: str, now: float) -> None:
+        await self._write(partial(sqlite_admin.audit, actor=actor, action=action,
+                                  detail=detail, now=now))
+
+    async def list_audit(self, limit: int) -> list[AuditEntry]:
+        return await self._read(partial(sqlite_admin.list_audit, limit=limit))
 
     async def queue_stats(self) -> QueueStats:
         return await self._read(sqlite_queue.stats)
