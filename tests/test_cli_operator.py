@@ -99,3 +99,28 @@ def test_wired_into_the_mailhouse_command(tmp_path: Path, config: Config,
     assert cli.main(["operator", "list", "--config", str(tmp_path / "mailhouse.toml")]) == 0
     assert "no operators" in capsys.readouterr().out
     assert cli_operator.actor().startswith("cli:")
+
+
+def test_every_account_change_is_audited(tmp_path: Path, config: Config,
+                                         capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = str(tmp_path / "mailhouse.toml")
+    monkeypatch.setattr("sys.stdin", io.StringIO("a password\n"))
+    for argv in (["domain", "add", "example.org"],
+                 ["user", "add", "ann@example.org", "--password-stdin"],
+                 ["user", "quota", "ann@example.org", "1G"],
+                 ["alias", "add", "info@example.org", "ann@example.org"],
+                 ["alias", "remove", "info@example.org"],
+                 ["user", "remove", "ann@example.org"],
+                 ["domain", "remove", "example.org"]):
+        assert cli.main([*argv, "--config", toml]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert cli.main(["operator", "audit", "--config", toml]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    expected = ["domain.remove", "user.remove", "alias.remove", "alias.set", "user.quota",
+                "user.add", "domain.add"]
+    assert len(lines) == len(expected)
+    assert all(f" {action} " in line for action, line in zip(expected, lines, strict=True))
+    assert "ann@example.org 1073741824" in lines[4]
+    assert all(cli_operator.actor() in line for line in lines)
+    assert "info@example.org -> ann@example.org" in lines[3]

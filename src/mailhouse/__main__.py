@@ -84,6 +84,8 @@ def _main(argv: Sequence[str] | None) -> int:
         _error(f"config error: {exc}")
         return EXIT_USAGE
     handler: Handler = args.handler
+    global _ACTOR
+    _ACTOR = cli_operator.actor()  # before any command drops privileges
     try:
         return handler(args, config)
     except ConfigError as exc:  # e.g. data_dir belongs to another user (privileges.py)
@@ -91,6 +93,14 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+_ACTOR = "cli"  # who runs this command (`cli:root`); set in _main, before any privilege drop
+
+
+def _accounts(store: Store) -> Accounts:
+    """The account service, every change it makes written to the audit log as ours."""
+    return Accounts(store, actor=_ACTOR)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,7 +285,7 @@ async def _run_with_store(data_dir: Path, action: StoreAction) -> int:
 
 def _domain_add(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
-        domain = await Accounts(store).add_domain(args.domain)
+        domain = await _accounts(store).add_domain(args.domain)
         _out(f"added domain {domain}")
         cli_dns.on_domain_added(config, domain)  # DKIM keys exist from the first moment
         return EXIT_OK
@@ -285,7 +295,7 @@ def _domain_add(args: argparse.Namespace, config: Config) -> int:
 
 def _domain_remove(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
-        domain = await Accounts(store).remove_domain(args.domain)
+        domain = await _accounts(store).remove_domain(args.domain)
         _out(f"removed domain {domain}")
         return EXIT_OK
 
@@ -295,7 +305,7 @@ def _domain_remove(args: argparse.Namespace, config: Config) -> int:
 def _domain_list(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
         rows = [(d.name, str(d.users), str(d.aliases))
-                for d in await Accounts(store).list_domains()]
+                for d in await _accounts(store).list_domains()]
         _table(("DOMAIN", "USERS", "ALIASES"), rows)
         return EXIT_OK
 
@@ -323,7 +333,7 @@ def _with_password(args: argparse.Namespace, config: Config,
 def _user_add(args: argparse.Namespace, config: Config) -> int:
     def make(password: str) -> StoreAction:
         async def action(store: Store) -> int:
-            account = await Accounts(store).add_user(args.address, password)
+            account = await _accounts(store).add_user(args.address, password)
             _out(f"added user {account.address}")
             return EXIT_OK
         return action
@@ -334,7 +344,7 @@ def _user_add(args: argparse.Namespace, config: Config) -> int:
 def _user_passwd(args: argparse.Namespace, config: Config) -> int:
     def make(password: str) -> StoreAction:
         async def action(store: Store) -> int:
-            address = await Accounts(store).set_password(args.address, password)
+            address = await _accounts(store).set_password(args.address, password)
             _out(f"changed the password of {address}")
             return EXIT_OK
         return action
@@ -344,7 +354,7 @@ def _user_passwd(args: argparse.Namespace, config: Config) -> int:
 
 def _user_remove(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
-        removal = await Accounts(store).remove_user(args.address)
+        removal = await _accounts(store).remove_user(args.address)
         _out(f"removed user {removal.key} and all its mail")
         _report_alias_changes(removal)
         return EXIT_OK
@@ -355,7 +365,7 @@ def _user_remove(args: argparse.Namespace, config: Config) -> int:
 def _user_list(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
         rows = [(u.address, str(u.mailboxes), str(u.messages), format_size(u.used),
-                 _limit_text(u.limit)) for u in await Accounts(store).summaries()]
+                 _limit_text(u.limit)) for u in await _accounts(store).summaries()]
         _table(("ADDRESS", "MAILBOXES", "MESSAGES", "USED", "QUOTA"), rows)
         return EXIT_OK
 
@@ -370,7 +380,7 @@ def _user_quota(args: argparse.Namespace, config: Config) -> int:
         return EXIT_USAGE
 
     async def action(store: Store) -> int:
-        accounts = Accounts(store)
+        accounts = _accounts(store)
         if args.size is None:
             _out(_quota_line(await accounts.summary(args.address)))
             return EXIT_OK
@@ -401,7 +411,7 @@ def _quota_line(summary: UserSummary) -> str:
 
 def _alias_add(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
-        alias, targets = await Accounts(store).add_alias(args.alias, args.targets)
+        alias, targets = await _accounts(store).add_alias(args.alias, args.targets)
         _out(f"alias {alias} -> {', '.join(targets)}")
         return EXIT_OK
 
@@ -410,7 +420,7 @@ def _alias_add(args: argparse.Namespace, config: Config) -> int:
 
 def _alias_remove(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
-        removal = await Accounts(store).remove_alias(args.alias)
+        removal = await _accounts(store).remove_alias(args.alias)
         _out(f"removed alias {removal.key}")
         _report_alias_changes(removal)
         return EXIT_OK
@@ -421,7 +431,7 @@ def _alias_remove(args: argparse.Namespace, config: Config) -> int:
 def _alias_list(args: argparse.Namespace, config: Config) -> int:
     async def action(store: Store) -> int:
         rows = [(alias, ", ".join(targets))
-                for alias, targets in await Accounts(store).list_aliases()]
+                for alias, targets in await _accounts(store).list_aliases()]
         _table(("ALIAS", "TARGETS"), rows)
         return EXIT_OK
 

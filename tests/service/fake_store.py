@@ -59,6 +59,10 @@ class FakeStore:
         self.opened = 0
         self.closed = 0
         self._ids = itertools.count(1)
+        self.audited: list[tuple[str, str, str]] = []  # (actor, action, detail)
+
+    async def audit(self, actor: str, action: str, detail: str, now: float) -> None:
+        self.audited.append((actor, action, detail))
 
     async def open(self) -> None:
         self.opened += 1

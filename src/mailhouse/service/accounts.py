@@ -23,7 +23,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -277,15 +277,25 @@ class Removal:
 class Accounts:
     """Domain, user and alias administration and login checks on top of a Store."""
 
-    def __init__(self, store: Store, passwords: Passwords | None = None) -> None:
+    def __init__(self, store: Store, passwords: Passwords | None = None, *,
+                 actor: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`actor`: who makes the changes (`cli:root`, later `operator:ann`); each change is
+        then written to the audit log. None: no log (the server's own login checks)."""
         self._store = store
         self._passwords = passwords or Passwords()
+        self._actor = actor
+        self._clock = clock
+
+    async def _audit(self, action: str, detail: str) -> None:
+        if self._actor is not None:
+            await self._store.audit(self._actor, action, detail, self._clock())
 
     # --- domains ------------------------------------------------------------------------------
     async def add_domain(self, name: str) -> str:
         """Idempotent: adding a domain we already host is not an error."""
         domain = canonical_domain(name)
         await self._store.add_domain(domain)
+        await self._audit("domain.add", domain)
         return domain
 
     async def remove_domain(self, name: str) -> str:
@@ -303,6 +313,7 @@ class Accounts:
                 f"{_count(len(aliases), 'alias')}: remove them first (see `mailhouse user list` "
                 "and `mailhouse alias list`)")
         await self._store.remove_domain(domain)
+        await self._audit("domain.remove", domain)
         return domain
 
     async def list_domains(self) -> list[DomainSummary]:
@@ -329,9 +340,11 @@ class Accounts:
             raise AlreadyExists(f"user {key} already exists")
         password_hash = await asyncio.to_thread(self._passwords.hash, password)
         try:
-            return await self._store.add_account(key, password_hash)
+            account = await self._store.add_account(key, password_hash)
         except KeyError:
             raise AlreadyExists(f"user {key} already exists") from None
+        await self._audit("user.add", key)
+        return account
 
     async def set_password(self, address: str, password: str) -> str:
         key = canonical_address(address)
@@ -339,6 +352,7 @@ class Accounts:
         password_hash = await asyncio.to_thread(self._passwords.hash, password)
         if not await self._store.set_password(key, password_hash):
             raise NotFound(f"no user {key}")
+        await self._audit("user.password", key)
         return key
 
     async def remove_user(self, address: str) -> Removal:
@@ -347,6 +361,7 @@ class Accounts:
         key = canonical_address(address)
         if not await self._store.remove_account(key):
             raise NotFound(f"no user {key}")
+        await self._audit("user.remove", key)
         changed, removed = await self._drop_references(key)
         return Removal(key, changed, removed)
 
@@ -375,6 +390,7 @@ class Accounts:
             raise InvalidInput(f"a quota is 0 to {MAX_QUOTA} octets, not {limit}")
         if not await self._store.set_quota(key, limit):
             raise NotFound(f"no user {key}")
+        await self._audit("user.quota", f"{key} {'none' if limit is None else limit}")
         return await self.summary(key)
 
     async def summary(self, address: str) -> UserSummary:
@@ -409,6 +425,7 @@ class Accounts:
         if loop:
             raise AccountError(f"that would make a loop: {' → '.join(loop)}")
         await self._store.set_alias(key, merged)
+        await self._audit("alias.set", f"{key} -> {' '.join(merged)}")
         return key, merged
 
     async def remove_alias(self, alias: str) -> Removal:
@@ -416,6 +433,7 @@ class Accounts:
         key = canonical_alias(alias)
         if not await self._store.remove_alias(key):
             raise NotFound(f"no alias {key}")
+        await self._audit("alias.remove", key)
         changed, removed = await self._drop_references(key)
         return Removal(key, changed, removed)
 
