@@ -217,3 +217,22 @@ def test_wired_into_the_mailhouse_command(capsys: pytest.CaptureFixture[str],
     code = cli.main(["--config", str(tmp_path / "mailhouse.toml"), "queue", "delete",
                      str(queue_id)])
     assert code == 0
+
+
+def test_queue_changes_are_audited(capsys: pytest.CaptureFixture[str], config: Config) -> None:
+    queue_id = enqueue(config, ["bob@remote.example"])
+    for argv in (("queue", "flush"), ("queue", "retry", str(queue_id)),
+                 ("queue", "delete", str(queue_id))):
+        assert mh(capsys, config, *argv).code == 0
+
+    async def audited() -> list[tuple[str, str]]:
+        store = open_store(config.data_dir)
+        await store.open()
+        try:
+            return [(e.action, e.detail) for e in await store.list_audit(10)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(audited()) == [("queue.delete", str(queue_id)),
+                                      ("queue.retry", str(queue_id)),
+                                      ("queue.flush", "1 recipients")]

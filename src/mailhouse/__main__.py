@@ -31,7 +31,7 @@ from mailhouse import (
     cli_queue,
     cli_transfer,
 )
-from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, actor
 from mailhouse.cli_common import become_data_dir_owner as _become_data_dir_owner
 from mailhouse.cli_common import error as _error
 from mailhouse.cli_common import out as _out
@@ -85,7 +85,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     handler: Handler = args.handler
     global _ACTOR
-    _ACTOR = cli_operator.actor()  # before any command drops privileges
+    _ACTOR = actor()  # before any command drops privileges
     try:
         return handler(args, config)
     except ConfigError as exc:  # e.g. data_dir belongs to another user (privileges.py)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import pwd
 import sys
 from collections.abc import Sequence
 from typing import Final, TextIO
@@ -81,3 +82,13 @@ def read_password(args: argparse.Namespace, stdin: TextIO | None = None) -> str:
     if first != second:
         raise AccountError("the passwords do not match; nothing changed")
     return first
+
+
+def actor() -> str:
+    """Who runs this command, read before it drops privileges."""
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = str(os.getuid())
+    sudo = os.environ.get("SUDO_USER")
+    return f"cli:{name}" + (f" (sudo {sudo})" if sudo and sudo != name else "")

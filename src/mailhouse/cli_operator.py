@@ -6,8 +6,6 @@ of their changes. The actor of a change made here is `cli:<the Unix user who ran
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -15,6 +13,7 @@ from mailhouse.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    actor,
     error,
     out,
     read_password,
@@ -49,16 +48,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
     p = actions.add_parser("audit", parents=list(parents), help="the newest changes, newest first")
     p.add_argument("--limit", type=int, default=AUDIT_PAGE, metavar="N")
     p.set_defaults(handler=_audit)
-
-
-def actor() -> str:
-    """Who runs this command, read before it drops privileges."""
-    try:
-        name = pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        name = str(os.getuid())
-    sudo = os.environ.get("SUDO_USER")
-    return f"cli:{name}" + (f" (sudo {sudo})" if sudo and sudo != name else "")
 
 
 def _run(config: Config, work: Callable[[Operators], Awaitable[None]]) -> int:

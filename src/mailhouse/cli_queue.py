@@ -21,7 +21,15 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 
-from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, become_data_dir_owner, error, out, table
+from mailhouse.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    actor,
+    become_data_dir_owner,
+    error,
+    out,
+    table,
+)
 from mailhouse.config import Config
 from mailhouse.errors import MailError
 from mailhouse.store.base import QueuedMessage, RecipientStatus, Store
@@ -147,8 +155,11 @@ def queue_show(args: argparse.Namespace, config: Config, *,
 
 def queue_flush(args: argparse.Namespace, config: Config, *,
                 run: StoreRunner = run_with_store) -> int:
+    who = actor()  # before the privilege drop
+
     async def action(store: Store) -> int:
         count = await store.queue_retry(None, time.time())
+        await store.audit(who, "queue.flush", f"{count} recipients", time.time())
         out(f"{_plural(count, 'recipient')} due now; a running server tries them within a second")
         return EXIT_OK
 
@@ -157,10 +168,13 @@ def queue_flush(args: argparse.Namespace, config: Config, *,
 
 def queue_retry(args: argparse.Namespace, config: Config, *,
                 run: StoreRunner = run_with_store) -> int:
+    who = actor()
+
     async def action(store: Store) -> int:
         if await store.queue_get(args.id) is None:
             return _no_such(args.id)
         count = await store.queue_retry(args.id, time.time())
+        await store.audit(who, "queue.retry", str(args.id), time.time())
         out(f"message {args.id}: {_plural(count, 'recipient')} due now")
         return EXIT_OK
 
@@ -169,9 +183,12 @@ def queue_retry(args: argparse.Namespace, config: Config, *,
 
 def queue_delete(args: argparse.Namespace, config: Config, *,
                  run: StoreRunner = run_with_store) -> int:
+    who = actor()
+
     async def action(store: Store) -> int:
         if not await store.queue_delete(args.id):
             return _no_such(args.id)
+        await store.audit(who, "queue.delete", str(args.id), time.time())
         out(f"deleted message {args.id} from the queue (no bounce sent)")
         return EXIT_OK
 
