@@ -3,7 +3,6 @@ being written), put back into an empty one; every refusal is one line and exit 1
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sqlite3
@@ -18,6 +17,7 @@ from mailhouse.config import Config, load_config
 from mailhouse.store import open_store
 from mailhouse.store.base import DeliveryTarget, QueueRequest, Store
 from mailhouse.store.schema import latest_version
+from tests.helpers.cli import run_group
 from tests.store.conftest import deliver_bytes
 
 
@@ -30,13 +30,8 @@ def _config(tmp_path: Path, name: str) -> Config:
 
 
 def mh(capsys: pytest.CaptureFixture[str], config: Config, *argv: str) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="mailhouse")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code = args.handler(args, config)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
+    run = run_group(register, capsys, config, *argv)
+    return run.code, run.out, run.err
 
 
 def message(n: int) -> bytes:

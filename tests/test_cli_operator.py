@@ -3,7 +3,6 @@ the Unix user who made it; bad names and passwords refused before the store open
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 from pathlib import Path
@@ -15,6 +14,7 @@ import mailhouse.__main__ as cli
 from mailhouse import cli_operator
 from mailhouse.config import Config, load_config
 from mailhouse.store import open_store
+from tests.helpers.cli import run_group
 
 
 @pytest.fixture
@@ -28,13 +28,8 @@ def config(tmp_path: Path) -> Config:
 def mh(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, config: Config,
        *argv: str, stdin: str = "") -> tuple[int, str, str]:
     monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    parser = argparse.ArgumentParser(prog="mailhouse")
-    cli_operator.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    code = args.handler(args, config)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
+    run = run_group(cli_operator.register, capsys, config, *argv)
+    return run.code, run.out, run.err
 
 
 def test_add_list_passwd_remove_and_the_audit_log(

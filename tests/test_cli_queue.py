@@ -16,6 +16,7 @@ from mailhouse.cli_queue import register
 from mailhouse.config import Config, load_config
 from mailhouse.store import open_store
 from mailhouse.store.base import QueuedMessage, QueueRequest, RecipientStatus, RecipientUpdate
+from tests.helpers.cli import Run, run_group
 
 MESSAGE = b"From: alice@example.org\r\nSubject: queued\r\n\r\nhello\r\n"
 LATER = 4_000_000_000.0  # 2096-10-02T07:06:40Z
@@ -30,24 +31,9 @@ def config(tmp_path: Path) -> Config:
     return load_config(path)
 
 
-class Run:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-
 def mh(capsys: pytest.CaptureFixture[str], config: Config, *argv: str) -> Run:
-    """Parse `argv` with a parser holding only the queue commands and run the handler."""
-    parser = argparse.ArgumentParser(prog="mailhouse")
-    register(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 2
-    else:
-        code = args.handler(args, config)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return Run(code, captured.out, captured.err)
+    """The queue commands' handlers, as wired (tests/helpers/cli.py)."""
+    return run_group(register, capsys, config, *argv)
 
 
 def store_do(config: Config, job: str, *args: object) -> object:

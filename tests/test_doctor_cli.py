@@ -3,7 +3,6 @@ greeting server on loopback as the SMTP listener; the table, --json and the exit
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,6 +21,7 @@ from mailhouse.cli_doctor import build_setup, register
 from mailhouse.config import Config, config_from_table
 from mailhouse.service.accounts import Accounts
 from mailhouse.store import open_store
+from tests.helpers.cli import Run, run_group
 from tests.helpers.dns import DnsServer
 from tests.test_doctor_dns import ADDRESS, DOMAIN, HOST, good_zones
 from tests.test_doctor_host import FakeNtp, Greeter, write_cert
@@ -84,23 +84,8 @@ def world(tmp_path: Path, greeter: Greeter) -> Iterator[tuple[Config, DnsServer]
         yield config, dns_server
 
 
-class Run:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-
 def mh(capsys: pytest.CaptureFixture[str], config: Config, *argv: str) -> Run:
-    parser = argparse.ArgumentParser(prog="mailhouse")
-    register(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 2
-    else:
-        code = args.handler(args, config)
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return Run(code, captured.out, captured.err)
+    return run_group(register, capsys, config, *argv)
 
 
 def test_a_healthy_server_exits_0_with_a_table(capsys: pytest.CaptureFixture[str],

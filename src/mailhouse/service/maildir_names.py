@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Final
 
@@ -135,8 +136,9 @@ def flags_from_info(info: str, keywords: dict[str, str]) -> tuple[str, ...]:
 
 # --- line endings -----------------------------------------------------------------------------
 
-class CrlfToLf:
-    """Streaming CRLF → LF; a CR at a chunk's end waits for the next chunk."""
+class _LineEnds(ABC):
+    """A streaming line-ending conversion: a CR at a chunk's end waits for the next chunk, so
+    a CRLF split across two chunks is still seen whole."""
 
     def __init__(self) -> None:
         self._held = b""
@@ -146,28 +148,27 @@ class CrlfToLf:
         self._held = b""
         if data.endswith(b"\r"):
             data, self._held = data[:-1], b"\r"
-        return data.replace(b"\r\n", b"\n")
+        return self._convert(data)
 
     def finish(self) -> bytes:
         held, self._held = self._held, b""
         return held
 
+    @abstractmethod
+    def _convert(self, data: bytes) -> bytes: ...
 
-class LfToCrlf:
+
+class CrlfToLf(_LineEnds):
+    """Streaming CRLF → LF."""
+
+    def _convert(self, data: bytes) -> bytes:
+        return data.replace(b"\r\n", b"\n")
+
+
+class LfToCrlf(_LineEnds):
     """Streaming bare LF → CRLF (existing CRLF left alone): our store keeps the wire form."""
 
     _BARE_LF = re.compile(rb"(?<!\r)\n")
 
-    def __init__(self) -> None:
-        self._held = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._held + chunk
-        self._held = b""
-        if data.endswith(b"\r"):
-            data, self._held = data[:-1], b"\r"
+    def _convert(self, data: bytes) -> bytes:
         return self._BARE_LF.sub(b"\r\n", data)
-
-    def finish(self) -> bytes:
-        held, self._held = self._held, b""
-        return held
