@@ -423,6 +423,13 @@ class App:
         problem = reload_certificate(self._tls, cert, key)
         if problem is None:
             log.info("event=tls.reloaded cert=%s", cert)
+            try:  # a worker restarted from now on starts with the new pair
+                pem = (cert.read_bytes(), key.read_bytes())
+            except OSError:
+                pem = None
+            if pem is not None:
+                for worker in self.workers:
+                    worker.update_payload(pem=pem)
         else:
             log.error("event=tls.reload_failed cert=%s error=%s (the old certificate stays)",
                       cert, problem)

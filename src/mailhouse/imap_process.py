@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
-from mailhouse.worker_process import child_main
+# First thing: a reload (SIGHUP, passed on by the parent) must not end a worker still starting;
+# worker_process catches up with the files once its listeners run.
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+from mailhouse.worker_process import child_main  # noqa: E402 (after the line above)
 
 if __name__ == "__main__":
     sys.exit(child_main("imap"))

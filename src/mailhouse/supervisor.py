@@ -99,6 +99,10 @@ class ChildSupervisor:
         process = self._process
         return process.pid if process is not None and process.returncode is None else None
 
+    def update_payload(self, **changes: Any) -> None:
+        """What the next spawn gets (a restarted child: the renewed certificate's PEM)."""
+        self._payload.update(changes)
+
     def send_signal(self, signum: int) -> None:
         """Pass a signal to the running child (SIGHUP: reload); nothing when none runs."""
         process = self._process

@@ -92,6 +92,17 @@ def reload_tls(config: Config, tls: ssl.SSLContext, log: logging.Logger) -> None
                   cert, problem)
 
 
+def _certificate_changed(config: Config, pem: tuple[bytes, bytes] | None) -> bool:
+    """Whether the configured files now hold another pair than the one the parent handed
+    over at the spawn (a renewal reloaded while this worker was starting)."""
+    if pem is None or not (config.tls.cert and config.tls.key):
+        return False
+    try:
+        return (config.tls.cert.read_bytes(), config.tls.key.read_bytes()) != pem
+    except OSError:  # a key only root reads: the parent's copy is all there is
+        return False
+
+
 def remote_throttle(config: Config, payload: dict[str, Any]) -> RemoteThrottle:
     """The main process's login throttle, through this spawn's channel."""
     (channel,) = payload["channels"]
@@ -135,8 +146,12 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
         tracker.start()
         for listener in listeners:
             await listener.start()
+        # Until here SIGHUP was ignored (imap_process/pop3_process): a reload while this
+        # worker started is caught up by comparing the files with what the parent handed us.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGHUP, reload_tls, config, tls, log)  # the parent passes its SIGHUP on
+        if _certificate_changed(config, payload.get("pem")):
+            reload_tls(config, tls, log)
         log.info("event=%s.process_ready pid=%d worker=%s", service.name, os.getpid(),
                  payload["index"])
         orphaned = await serve_until_stopped(control)
