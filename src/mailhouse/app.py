@@ -146,15 +146,11 @@ def pop3_listeners(config: Config, store: Store, guard: LoginGuard,
                             allow_plaintext_auth=config.pop3.allow_plaintext_auth,
                             max_errors=config.limits.max_errors,
                             junk_command_limit=config.limits.junk_command_limit)
-    out: list[Listener] = []
-    for name, endpoints, implicit_tls in (("pop3", plain, False), ("pop3s", implicit, True)):
-        if endpoints:
-            endpoint = Pop3Endpoint(core, service, pool, tls, config.pop3.idle_timeout,
-                                    config.limits.session_lifetime, implicit_tls,
-                                    deadlines(config, config.limits.login_timeout))
-            out.append(_listener(config, name, endpoints, endpoint.factory, pool, tls,
-                                 implicit_tls, sockets))
-    return out
+    return _plain_and_implicit(
+        config, "pop3", pool, tls, sockets,
+        lambda implicit_tls: Pop3Endpoint(core, service, pool, tls, config.pop3.idle_timeout,
+                                          config.limits.session_lifetime, implicit_tls,
+                                          deadlines(config, config.limits.login_timeout)).factory)
 
 
 def imap_settings(config: Config) -> ImapSettings:
@@ -188,13 +184,23 @@ def imap_listeners(config: Config, store: Store, guard: LoginGuard,
     settings = imap_settings(config)
     service = ImapMailService(store, guard, wakeups=wakeups, settings=settings)
     core = imap_core_config(config, settings)
+    return _plain_and_implicit(
+        config, "imap", pool, tls, sockets,
+        lambda implicit_tls: ImapEndpoint(core, service, pool, tls, config.imap.idle_timeout,
+                                          config.limits.session_lifetime, implicit_tls,
+                                          deadlines(config, config.limits.login_timeout)).factory)
+
+
+def _plain_and_implicit(config: Config, kind: str, pool: ConnectionPool, tls: ssl.SSLContext,
+                        sockets: dict[str, list[socket.socket]] | None,
+                        factory: Callable[[bool], SessionFactory]) -> list[Listener]:
+    """The `kind` listener (STARTTLS/STLS) and the `kind`+"s" one (implicit TLS, RFC 8314),
+    each where the config lists addresses; `factory(implicit_tls)` makes their protocols."""
     out: list[Listener] = []
-    for name, endpoints, implicit_tls in (("imap", plain, False), ("imaps", implicit, True)):
+    for name, implicit_tls in ((kind, False), (kind + "s", True)):
+        endpoints = config.listen_endpoints(name)
         if endpoints:
-            endpoint = ImapEndpoint(core, service, pool, tls, config.imap.idle_timeout,
-                                    config.limits.session_lifetime, implicit_tls,
-                                    deadlines(config, config.limits.login_timeout))
-            out.append(_listener(config, name, endpoints, endpoint.factory, pool, tls,
+            out.append(_listener(config, name, endpoints, factory(implicit_tls), pool, tls,
                                  implicit_tls, sockets))
     return out
 
@@ -442,9 +448,11 @@ class App:
             stats = await asyncio.wait_for(self.store.queue_stats(), READY_STORE_TIMEOUT)
         except Exception:  # the counters still answer; the gauges are left out
             log.warning("event=metrics.queue_failed", exc_info=True)
-            return metrics.render()
+            return await asyncio.to_thread(metrics.render)
         age = None if stats.oldest is None else max(0.0, time.time() - stats.oldest)
-        return metrics.render(metrics.QueueNow(stats.messages, stats.recipients, age))
+        # The shared files of every process are read and summed: not on the event loop.
+        return await asyncio.to_thread(
+            metrics.render, metrics.QueueNow(stats.messages, stats.recipients, age))
 
     async def readiness(self) -> dict[str, Check]:
         """/healthz/ready (web/health.py): can this server take mail now?"""
