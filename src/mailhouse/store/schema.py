@@ -82,6 +82,14 @@ Version 11 (issue 9, operators):
 - `admins`: the server's operators (name, Argon2 hash), apart from mail accounts: operating the
   server is not a mailbox.
 - `audit`: every change an operator makes, append-only (AUTOINCREMENT: ids never reused).
+
+Version 12 (issue 9, the admin API and the message trace):
+- `api_tokens`: operators' tokens for automation. Only a SHA-256 digest of each token is kept
+  (the token is 256 random bits shown once, so a slow hash adds nothing); `scopes` is a
+  space-separated list; a token goes with its operator.
+- `message_events`: each step of a message's way through the server (received, accepted,
+  refused, stored, queued, delivered, deferred, bounced), searchable by trace id, sender,
+  recipient and Message-ID for the message trace; old rows are pruned by age.
 """
 
 from __future__ import annotations
@@ -267,7 +275,37 @@ CREATE TABLE audit (
 );
 """
 
-MIGRATIONS: list[Migration] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11]
+_V12 = """
+CREATE TABLE api_tokens (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    admin_id  INTEGER NOT NULL REFERENCES admins(id) ON DELETE CASCADE,
+    label     TEXT NOT NULL,
+    scopes    TEXT NOT NULL,
+    digest    BLOB NOT NULL UNIQUE,
+    created   REAL NOT NULL,
+    expires   REAL,
+    last_used REAL
+);
+CREATE INDEX api_tokens_admin ON api_tokens (admin_id);
+CREATE TABLE message_events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         REAL NOT NULL,
+    trace      TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    sender     TEXT NOT NULL,
+    recipient  TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    detail     TEXT NOT NULL
+);
+CREATE INDEX message_events_trace ON message_events (trace);
+CREATE INDEX message_events_sender ON message_events (sender);
+CREATE INDEX message_events_recipient ON message_events (recipient);
+CREATE INDEX message_events_message_id ON message_events (message_id);
+CREATE INDEX message_events_at ON message_events (at);
+"""
+
+MIGRATIONS: list[Migration] = [
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12]
 
 
 def latest_version() -> int:
