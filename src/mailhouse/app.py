@@ -75,8 +75,9 @@ from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.store.wakeup import SocketWakeups, Wakeups
 from mailhouse.supervisor import ChildSupervisor, configure_logging
+from mailhouse.web.admin import AdminContext, FaceRoutes
+from mailhouse.web.admin import build_app as build_admin_app
 from mailhouse.web.health import Check
-from mailhouse.web.health import build_app as build_health_app
 from mailhouse.web.public import build_app as build_public_app
 
 log = logging.getLogger("mailhouse")
@@ -87,6 +88,8 @@ SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 # Capabilities whose listeners exist in the config but are not built yet: never bound.
 NOT_BUILT: tuple[str, ...] = ()
 POP3_PROTOCOLS = ("pop3", "pop3s")
+# The admin listener's faces beside its probes (web/admin.py): the JSON API, the web admin.
+ADMIN_FACES: tuple[FaceRoutes, ...] = ()
 IMAP_PROTOCOLS = ("imap", "imaps")
 CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 or IMAP worker closes its store
 READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer a /healthz/ready probe
@@ -391,7 +394,9 @@ class App:
         for name in self._worker_bound:
             await self._start_workers(MAILBOX_SERVICES[name], pem)
         if self._admin_sockets:
-            self.admin = HttpListener(build_health_app(self.readiness, self.metrics_text),
+            context = AdminContext(config, self.store, self.passwords, self.login_throttle,
+                                   self.readiness, self.metrics_text)
+            self.admin = HttpListener(build_admin_app(context, ADMIN_FACES),
                                       self._admin_sockets, tls)
             self._admin_sockets = []
             await self.admin.start()

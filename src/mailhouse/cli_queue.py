@@ -2,10 +2,7 @@
 queue, whether the server runs or not.
 
 Like every admin command these open the store directly (docs: the CLI and the server share it
-through SQLite WAL). They only edit the store: a running server's queue worker looks at the store
-at least once a second, so a `flush` or `retry` is acted on within a second, and a message
-deleted while its delivery is in flight is simply not recorded (the worker's late update is a
-no-op). `delete` sends no bounce, as Postfix's `postsuper -d`.
+through SQLite WAL); what they do is service/queue_admin.py's, as in the admin API.
 
 Exit codes as the rest of the CLI: 0 done, 1 the operation failed (no such message), 2 usage.
 Times are printed in UTC, ISO 8601. This module is imported by __main__ (which wires
@@ -32,6 +29,7 @@ from mailhouse.cli_common import (
 )
 from mailhouse.config import Config
 from mailhouse.errors import MailError
+from mailhouse.service.queue_admin import NoSuchMessage, QueueAdmin
 from mailhouse.store.base import QueuedMessage, RecipientStatus, Store
 
 StoreAction = Callable[[Store], Awaitable[int]]
@@ -110,7 +108,7 @@ async def _run_with_store(config: Config, action: StoreAction) -> int:
 def queue_list(args: argparse.Namespace, config: Config, *,
                run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
-        messages = await store.queue_list()
+        messages = await QueueAdmin(store, actor="").list()
         if not messages:
             out("the queue is empty")
             return EXIT_OK
@@ -134,20 +132,17 @@ def queue_list(args: argparse.Namespace, config: Config, *,
 def queue_show(args: argparse.Namespace, config: Config, *,
                run: StoreRunner = run_with_store) -> int:
     async def action(store: Store) -> int:
-        message = await store.queue_get(args.id)
-        if message is None:
-            return _no_such(args.id)
-        if args.message:
+        queue = QueueAdmin(store, actor="")
+        try:
+            if not args.message:
+                _show(await queue.get(args.id))
+                return EXIT_OK
             out = sys.stdout.buffer
-            try:
-                async for chunk in store.read_blob(message.blob_id):
-                    out.write(chunk)
-            except KeyError:
-                error(f"message {args.id}: its content is gone (deleted meanwhile?)")
-                return EXIT_FAILED
+            async for chunk in queue.content(args.id):
+                out.write(chunk)
             out.flush()
-            return EXIT_OK
-        _show(message)
+        except NoSuchMessage:
+            return _no_such(args.id)
         return EXIT_OK
 
     return run(config, action)
@@ -158,8 +153,7 @@ def queue_flush(args: argparse.Namespace, config: Config, *,
     who = actor()  # before the privilege drop
 
     async def action(store: Store) -> int:
-        count = await store.queue_retry(None, time.time())
-        await store.audit(who, "queue.flush", f"{count} recipients", time.time())
+        count = await QueueAdmin(store, actor=who).flush()
         out(f"{_plural(count, 'recipient')} due now; a running server tries them within a second")
         return EXIT_OK
 
@@ -171,10 +165,10 @@ def queue_retry(args: argparse.Namespace, config: Config, *,
     who = actor()
 
     async def action(store: Store) -> int:
-        if await store.queue_get(args.id) is None:
+        try:
+            count = await QueueAdmin(store, actor=who).retry(args.id)
+        except NoSuchMessage:
             return _no_such(args.id)
-        count = await store.queue_retry(args.id, time.time())
-        await store.audit(who, "queue.retry", str(args.id), time.time())
         out(f"message {args.id}: {_plural(count, 'recipient')} due now")
         return EXIT_OK
 
@@ -186,9 +180,10 @@ def queue_delete(args: argparse.Namespace, config: Config, *,
     who = actor()
 
     async def action(store: Store) -> int:
-        if not await store.queue_delete(args.id):
+        try:
+            await QueueAdmin(store, actor=who).delete(args.id)
+        except NoSuchMessage:
             return _no_such(args.id)
-        await store.audit(who, "queue.delete", str(args.id), time.time())
         out(f"deleted message {args.id} from the queue (no bounce sent)")
         return EXIT_OK
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 NO_STORE = {"Cache-Control": "no-store"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
@@ -31,6 +31,12 @@ Readiness = Callable[[], Awaitable[Mapping[str, Check]]]
 
 def build_app(readiness: Readiness,
               metrics: Callable[[], Awaitable[bytes]] | None = None) -> Starlette:
+    """The probes alone (tests); the server serves web/admin.py's app, which includes them."""
+    return Starlette(routes=health_routes(readiness, metrics))
+
+
+def health_routes(readiness: Readiness,
+                  metrics: Callable[[], Awaitable[bytes]] | None = None) -> list[BaseRoute]:
     """`metrics`: the Prometheus exposition (metrics.render), served at /metrics."""
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "live"}, headers=NO_STORE)
@@ -46,8 +52,8 @@ def build_app(readiness: Readiness,
         assert metrics is not None
         return Response(await metrics(), media_type=METRICS_TYPE, headers=NO_STORE)
 
-    routes = [Route("/healthz/live", live, methods=["GET", "HEAD"]),
-              Route("/healthz/ready", ready, methods=["GET", "HEAD"])]
+    routes: list[BaseRoute] = [Route("/healthz/live", live, methods=["GET", "HEAD"]),
+                               Route("/healthz/ready", ready, methods=["GET", "HEAD"])]
     if metrics is not None:
         routes.append(Route("/metrics", exposition, methods=["GET", "HEAD"]))
-    return Starlette(routes=routes)
+    return routes
