@@ -18,6 +18,7 @@ A failed write is logged and its steps dropped: tracing never fails or delays a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -146,3 +147,46 @@ class TraceRecorder:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush()
+
+
+PRUNE_INTERVAL = 3600.0  # seconds between two prunings of old steps
+DAY = 86_400.0
+
+
+class TracePruner:
+    """Forgets steps older than `keep_days` ([trace] keep_days): once at start, then every
+    PRUNE_INTERVAL. Run by the main process only (one pruner per data directory is enough;
+    a DELETE by age is idempotent, so a second one would only repeat it)."""
+
+    def __init__(self, store: Store, keep_days: int, *, interval: float = PRUNE_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._keep = keep_days * DAY
+        self._interval = interval
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def prune(self) -> int:
+        pruned = await self._store.prune_events(self._clock() - self._keep)
+        if pruned:
+            log.info("event=trace.pruned steps=%d", pruned)
+        return pruned
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="trace-prune")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # the store is unavailable: try again next time
+                log.warning("event=trace.prune_failed", exc_info=True)
+            await asyncio.sleep(self._interval)
