@@ -3,6 +3,8 @@ directory, as the server and the CLI are)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mailhouse.store.base import (
@@ -88,7 +90,7 @@ async def test_a_full_page_is_allowed(store: Store) -> None:
     {"message_id": "m" * (MAX_EVENT_FIELD + 1)}, {"detail": "d" * (MAX_EVENT_DETAIL + 1)},
 ])
 async def test_steps_over_the_limits_are_refused_whole(store: Store,
-                                                       bad: dict[str, object]) -> None:
+                                                       bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         await store.record_events([_event(0, "OK"), _event(1, **bad)])
     assert await store.search_events(TraceSearch(), 10) == []

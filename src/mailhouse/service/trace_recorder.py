@@ -90,6 +90,7 @@ class TraceRecorder:
         self._buffer: list[TraceEvent] = []
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._soon = False  # a flush task is started and has not taken the buffer yet
         self.dropped = 0  # steps lost to a full buffer or a failed write
         self.writes = 0  # store jobs made (the cost the buffer bounds)
 
@@ -106,6 +107,8 @@ class TraceRecorder:
             at=self._clock(), trace=clip(trace), kind=clip(kind),
             sender=clip(sender.lower()), recipient=clip(recipient.lower()),
             message_id=clip(message_id), detail=detail_json(detail or {}), queue_id=queue_id))
+        if self._soon:
+            return
         if len(self._buffer) >= self._flush_at:
             self._spawn()
         elif self._timer is None:
@@ -123,6 +126,7 @@ class TraceRecorder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._soon = True
         task = asyncio.get_running_loop().create_task(self.flush())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -130,6 +134,7 @@ class TraceRecorder:
     async def flush(self) -> None:
         """Write what is buffered, as one store job."""
         batch, self._buffer = self._buffer, []
+        self._soon = False
         if not batch:
             return
         self.writes += 1
