@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import sqlite3
 import ssl
 import threading
 from collections.abc import Iterator
@@ -174,3 +175,17 @@ def test_mail_by_the_mx_port_is_traced_with_its_refused_recipient(
     assert "HELO client.remote.test" in descriptions[1]
     assert "without TLS" in descriptions[1]
     assert "INBOX" in descriptions[2]
+
+
+def test_steps_older_than_keep_days_are_pruned_by_the_server(server: MailhouseServer) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=30) as smtp:
+        smtp.sendmail("old@remote.test", ["alice@example.test"], b"Subject: old\r\n\r\nx\r\n")
+    assert wait_until(lambda: bool(_trace(server, "old@remote.test")), timeout=15,
+                      interval=0.2), server.log_tail()
+    assert server.stop() == 0
+    with sqlite3.connect(server.data_dir / "mailhouse.db") as conn:
+        conn.execute("UPDATE message_events SET at = at - 31 * 86400")  # a month ago
+    server.start()
+    assert wait_until(lambda: not _trace(server, "old@remote.test"), timeout=15,
+                      interval=0.2), server.log_tail()
+    assert "event=trace.pruned steps=2" in server.log_path.read_text()

@@ -24,6 +24,7 @@ from mailhouse.service.trace import (
     TraceService,
     classify,
     describe,
+    record_queue_action,
 )
 from mailhouse.service.trace_recorder import (
     DAY,
@@ -374,3 +375,21 @@ def test_the_submission_session_records_the_user_the_queue_and_refusals() -> Non
         assert rejected.kind == "rejected" and rejected.trace != trace_id
 
     run(scenario)
+
+
+def test_an_operators_queue_action_is_a_step_of_the_trace() -> None:
+    async def main() -> None:
+        store = await _opened()
+        spool = store.new_spool()
+        await spool.write(b"Subject: x\r\n\r\n")
+        await store.deliver(spool, [], queue=QueueRequest("s@x.org", ("r@y.org",), trace="AAA"))
+        [queued] = await store.queue_list()
+        await record_queue_action(store, queued, "retry", "cli:root", 50.0)
+        with pytest.raises(ValueError):
+            await record_queue_action(store, queued, "bounce", "cli:root", 51.0)
+        [trace] = await TraceService(store).find(str(queued.id))
+        [retry] = trace.steps
+        assert (trace.trace, retry.kind, retry.queue_id) == ("AAA", "retry", queued.id)
+        assert retry.description == "retried now by cli:root"
+
+    asyncio.run(main())

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from mailhouse.store.base import Store, TraceEvent, TraceSearch
+from mailhouse.service.trace_recorder import clip
+from mailhouse.store.base import QueuedMessage, Store, TraceEvent, TraceSearch
 from mailhouse.store.event_rules import MAX_EVENT_FIELD, MAX_EVENT_PAGE
 
 DEFAULT_TRACES = 20  # traces one `find` returns
@@ -129,6 +130,21 @@ class TraceService:
         message_id = next((e.message_id for e in events if e.message_id), "")
         return Trace(trace, message_id, sender, tuple(recipients), first.at, events[-1].at,
                      events[-1].kind, steps)
+
+
+QUEUE_ACTIONS = frozenset({"retry", "delete"})
+
+
+async def record_queue_action(store: Store, message: QueuedMessage, action: str, actor: str,
+                              now: float) -> None:
+    """An operator's `retry` or `delete` of one queued message, as a step of its trace, for
+    the queue's service to call (cli:root, admin:ann). Written at once: operator actions are
+    rare, and the step must be there when the operator looks next."""
+    if action not in QUEUE_ACTIONS:
+        raise ValueError(f"not a queue action: {action!r}")
+    await store.record_events([TraceEvent(
+        now, message.trace or f"Q{message.id}", action, sender=message.sender,
+        detail=json.dumps({"actor": clip(actor)}), queue_id=message.id)])
 
 
 def step(event: TraceEvent) -> Step:
