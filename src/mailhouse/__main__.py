@@ -29,6 +29,7 @@ from mailhouse import (
     cli_doctor,
     cli_operator,
     cli_queue,
+    cli_trace,
     cli_transfer,
 )
 from mailhouse.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, actor
@@ -194,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_dns.register(commands, parents=[common])
     cli_queue.register(commands, parents=[common])
+    cli_trace.register(commands, parents=[common])
     cli_backup.register(commands, parents=[common])
     cli_doctor.register(commands, parents=[common])
     cli_operator.register(commands, parents=[common])

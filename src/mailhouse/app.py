@@ -71,6 +71,7 @@ from mailhouse.service.pop3 import Pop3Service
 from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.service.throttle_channel import ThrottleServer
+from mailhouse.service.trace_recorder import TracePruner, TraceRecorder
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.store.wakeup import SocketWakeups, Wakeups
@@ -265,6 +266,8 @@ class App:
         self.wakeups = SocketWakeups(config.data_dir)
         self.store: Store = open_store(config.data_dir, wakeups=self.wakeups)
         self.directory = DirectoryCache(self.store)
+        self.trace = TraceRecorder(self.store)  # the message trace's steps, this process's
+        self.trace_pruner = TracePruner(self.store, config.trace.keep_days)
         self.tracker = ConnectionTracker(config.limits.max_connections)
         self.listeners: list[Listener] = []
         self.demo_password: str | None = None
@@ -281,7 +284,7 @@ class App:
         self.outbound: Outbound | None = None
         self.queue_process: QueueSupervisor | None = None
         if config.queue.process == "inline":
-            self.outbound = build_outbound(config, self.store, self.directory)
+            self.outbound = build_outbound(config, self.store, self.directory, self.trace)
         else:
             self.queue_process = QueueSupervisor(config)
         self.on_queued = on_queued or self._wake_queue
@@ -349,6 +352,7 @@ class App:
         if config.demo:
             await self._ensure_demo()
         await self.directory.start()
+        self.trace_pruner.start()
         if self.outbound is not None:
             await self.outbound.worker.start()
         limits = config.limits
@@ -363,7 +367,8 @@ class App:
             junk_command_limit=limits.junk_command_limit,
         )
         inbound = InboundService(self.store, self.directory,
-                                 InboundPolicy(config.hostname, config.smtp.plus_separator))
+                                 InboundPolicy(config.hostname, config.smtp.plus_separator),
+                                 trace=self.trace)
         timeouts = SmtpTimeouts(limits.idle_timeout, limits.data_timeout,
                                 limits.session_lifetime)
         mx = SmtpEndpoint(core, inbound, self.tracker.pool("smtp", service_limits(config, "smtp")),
@@ -519,7 +524,8 @@ class App:
             return
         service = SubmissionService(self.store, self.directory, self.login_guard,
                                     SubmissionPolicy.from_config(config),
-                                    signer=self.signer, on_queued=self.on_queued)
+                                    signer=self.signer, on_queued=self.on_queued,
+                                    trace=self.trace)
         core = replace(core, auth_mechanisms=MECHANISMS, require_auth=True)
         pool = self.tracker.pool("submission", service_limits(config, "submission"))
         opening = deadlines(config, config.limits.helo_timeout)
@@ -615,6 +621,8 @@ class App:
             await self.outbound.stop(QUEUE_GRACE)
         if self.queue_process is not None:
             await self.queue_process.stop(QUEUE_GRACE)
+        await self.trace_pruner.stop()
+        await self.trace.close()  # what the sessions and the queue recorded, before the store
         await self.directory.stop()
         await self.store.close()
         await self.wakeups.close()

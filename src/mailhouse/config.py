@@ -519,6 +519,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TraceConfig:
+    """The message trace (docs/operations.md, "Message trace")."""
+
+    # Days a message's steps are kept; older ones are pruned every hour. 30: past the queue's
+    # 5-day lifetime and a month of "where did my mail go?", at about 1 KB a message.
+    keep_days: int = field(default=30, metadata=checked(_integer(1)))
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     """The HTTPS server of the operating side (issue 9): today /healthz/live and
     /healthz/ready. Off unless listed: the admin API that will join it needs its accounts first
@@ -558,6 +567,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig, metadata=_section(LimitsConfig))
     smtp: SmtpConfig = field(default_factory=SmtpConfig, metadata=_section(SmtpConfig))
     log: LogConfig = field(default_factory=LogConfig, metadata=_section(LogConfig))
+    trace: TraceConfig = field(default_factory=TraceConfig, metadata=_section(TraceConfig))
     submission: SubmissionConfig = field(default_factory=SubmissionConfig,
                                          metadata=_section(SubmissionConfig))
     queue: QueueConfig = field(default_factory=QueueConfig, metadata=_section(QueueConfig))

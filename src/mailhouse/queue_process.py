@@ -45,6 +45,7 @@ from mailhouse.net.delivery import SmtpDelivery
 from mailhouse.queue.bounces import StoreBounceSender
 from mailhouse.queue.worker import QueueWorker
 from mailhouse.service.directory import DirectoryCache
+from mailhouse.service.trace_recorder import TraceRecorder
 from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.store.wakeup import SocketWakeups
@@ -86,7 +87,8 @@ class Outbound:
         await self.delivery.close()
 
 
-def build_outbound(config: Config, store: Store, directory: DirectoryCache) -> Outbound:
+def build_outbound(config: Config, store: Store, directory: DirectoryCache,
+                   trace: TraceRecorder | None = None) -> Outbound:
     delivery = SmtpDelivery(config.delivery, config.dns, hostname=config.hostname,
                             local_addresses=local_addresses(config))
     worker: QueueWorker | None = None
@@ -98,7 +100,8 @@ def build_outbound(config: Config, store: Store, directory: DirectoryCache) -> O
     worker = QueueWorker(
         store, delivery, config.queue,
         StoreBounceSender(store, directory, hostname=config.hostname,
-                          plus_separator=config.smtp.plus_separator, wake=wake))
+                          plus_separator=config.smtp.plus_separator, wake=wake),
+        trace=trace)
     return Outbound(delivery, worker)
 
 
@@ -125,11 +128,12 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
     store = open_store(config.data_dir, wakeups=wakeups)
     await store.open()
     directory = DirectoryCache(store)
+    trace = TraceRecorder(store)
     outbound: Outbound | None = None
     orphaned = False
     try:
         await directory.start()
-        outbound = build_outbound(config, store, directory)
+        outbound = build_outbound(config, store, directory, trace)
         await outbound.worker.start()
         log.info("event=queue.process_ready pid=%d", os.getpid())
         orphaned = await serve_until_stopped(control, outbound.worker.wake)
@@ -137,6 +141,7 @@ async def _run_child(config: Config, payload: dict[str, Any], control: int) -> N
     finally:
         if outbound is not None:
             await outbound.stop(0.0 if orphaned else QUEUE_GRACE)
+        await trace.close()
         await directory.stop()
         await store.close()
         await wakeups.close()

@@ -67,7 +67,8 @@ class StoreBounceSender:
         elif found.route is Route.NOT_OURS:
             await spool.write(report)
             await self._store.deliver(spool, [], queue=QueueRequest(
-                "", (message.sender,), smtputf8=not sender.is_ascii))
+                "", (message.sender,), smtputf8=not sender.is_ascii,
+                trace=message.trace))  # the report's own attempts join the message's trace
             self._wake()
         else:
             await spool.abort()

@@ -67,6 +67,7 @@ from mailhouse.queue.contracts import (
     RemoteDelivery,
     RemoteResult,
 )
+from mailhouse.service.trace_recorder import TraceRecorder
 from mailhouse.store.base import (
     Outcome,
     QueuedMessage,
@@ -169,8 +170,10 @@ class QueueWorker:
         clock: Callable[[], float] = time.time,
         idle_wake: float = IDLE_WAKE,
         active_limit: int = ACTIVE_LIMIT,
+        trace: TraceRecorder | None = None,
     ) -> None:
         self._store = store
+        self._trace = trace  # each attempt's outcome per recipient, for the message trace
         self._delivery = delivery
         self._config = config
         self._bounce = bounce
@@ -403,6 +406,13 @@ class QueueWorker:
             else:
                 failures.append(_Failure(recipient, result))
         _log_attempt(message.id, domain, matched, now - started)
+        if self._trace is not None:
+            next_at = {u.address: u.next_attempt for u in updates}
+            for result in matched:
+                if result.outcome is not Outcome.PERMANENT:  # _fail records those
+                    self._step(message, _STEP_NAMES[result.outcome], result.recipient,
+                               reply=reply_line(result.reply), host=result.remote_host or "",
+                               next_attempt=next_at.get(result.recipient, 0.0))
         if updates:
             await self._store.queue_update(message.id, updates)
             self._recorded(message.id, updates)
@@ -439,11 +449,16 @@ class QueueWorker:
     ) -> None:
         """One DSN for the round's failures, then record them (see the module doc for why in
         this order)."""
+        hosts = {f.address: f.remote_mta or "" for f in failed}
         if message.sender:
             try:
                 await self._bounce.send_dsn(message, failed, delayed=False)
             except Exception:
                 log.exception("event=queue.dsn_failed id=%d rcpts=%d", message.id, len(failed))
+                for update in updates:
+                    self._step(message, "deferred", update.address, reply=update.reply or "",
+                               host=hosts.get(update.address, ""),
+                               reason="the bounce could not be sent")
                 # Not clamped to the expiry (an expired message would come straight back) and
                 # never sooner than a failed round would be.
                 now = self._clock()
@@ -460,9 +475,13 @@ class QueueWorker:
                 await self._store.queue_update(message.id, retry)
                 self._recorded(message.id, retry)
                 return
+            self._step(message, "dsn", message.sender, report="failed", recipients=len(failed))
         else:
             log.info("event=queue.no_dsn id=%d rcpts=%d reason=null_sender", message.id,
                      len(failed))
+        for update in updates:
+            self._step(message, "bounced", update.address, reply=update.reply or "",
+                       host=hosts.get(update.address, ""))
         await self._store.queue_update(message.id, updates)
         self._recorded(message.id, updates)
 
@@ -489,7 +508,17 @@ class QueueWorker:
         except Exception:  # a warning is a courtesy: try again after the next attempt
             log.exception("event=queue.dsn_failed id=%d kind=delayed", message_id)
             return
+        self._step(current, "dsn", current.sender, report="delayed",
+                   recipients=len(delayed))
         await self._store.queue_update(message_id, [], delay_warned=True)
+
+    def _step(self, message: QueuedMessage, kind: str, recipient: str, **detail: object) -> None:
+        """One step of the message trace; a message queued before traces existed gets one
+        named after its queue id."""
+        if self._trace is not None:
+            self._trace.record(kind, message.trace or f"Q{message.id}", detail,
+                               sender=message.sender, recipient=recipient,
+                               queue_id=message.id)
 
 
 def _due_addresses(message: QueuedMessage, now: float) -> list[str]:
@@ -524,6 +553,7 @@ _OUTCOME_NAMES = {
     Outcome.TEMPORARY: "deferred",
     Outcome.PERMANENT: "failed",
 }
+_STEP_NAMES = {Outcome.DELIVERED: "delivered", Outcome.TEMPORARY: "deferred"}
 _SEVERITY = {Outcome.DELIVERED: 0, Outcome.TEMPORARY: 1, Outcome.PERMANENT: 2}
 
 

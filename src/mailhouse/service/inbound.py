@@ -21,6 +21,12 @@ from mailhouse.pipeline.router import Resolution, Route, resolve_rcpt
 from mailhouse.proto.smtp import events as ev
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.mailbox_quota import MAILBOX_FULL, grace_targets, has_limit, over_quota
+from mailhouse.service.trace_recorder import (
+    MAX_HEAD_SCAN,
+    TraceRecorder,
+    message_id_of,
+    reply_text,
+)
 from mailhouse.store.base import Outcome, Spool, Store
 
 log = logging.getLogger("mailhouse.smtp")
@@ -55,10 +61,12 @@ class InboundPolicy:
 class InboundService:
     """Shared by every MX session: the store, the directory and the policy."""
 
-    def __init__(self, store: Store, directory: DirectoryCache, policy: InboundPolicy) -> None:
+    def __init__(self, store: Store, directory: DirectoryCache, policy: InboundPolicy,
+                 trace: TraceRecorder | None = None) -> None:
         self.store = store
         self.directory = directory
         self.policy = policy
+        self.trace = trace  # the message trace's steps (service/trace_recorder.py)
 
     def session(self, peer: str) -> InboundSession:
         return InboundSession(self, peer)
@@ -77,7 +85,12 @@ class InboundSession:
         self._spool: Spool | None = None
         self._failure: Reply | None = None  # a spool write failed: the reply for end of data
         self._pending = b""  # content the spool could not take without I/O
-        self._queue_id = ""
+        self._queue_id = ""  # also the message trace's id: given at MAIL, so RCPT steps have it
+        self._head = b""  # the message's start, until its header ends: for the Message-ID
+        self._scanning = False  # still adding to _head
+        self._trace_sender = ""
+        self._via: dict[int, str] = {}  # account id -> the recipient that reached it
+        self._message_id = ""
 
     # --- decisions -------------------------------------------------------------------------
     # MAIL, RCPT and the first bytes of DATA are answered synchronously (the directory is in
@@ -89,6 +102,8 @@ class InboundSession:
     def mail_from(self, event: ev.MailFrom) -> Reply:
         self.reset()
         self._mail = event
+        self._queue_id, self._message_id = new_queue_id(), ""
+        self._trace_sender = str(event.sender) if event.sender else ""
         return SENDER_OK
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply | None:
@@ -111,10 +126,12 @@ class InboundSession:
         if found.route is Route.NOT_OURS:
             log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=relay", self.peer,
                      recipient)
+            self._step("refused", str(recipient), reply=RELAY_DENIED, reason="relay")
             return RELAY_DENIED
         if found.route is Route.UNKNOWN_USER:
             log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=unknown", self.peer,
                      recipient)
+            self._step("refused", str(recipient), reply=UNKNOWN_USER, reason="unknown user")
             return UNKNOWN_USER
         declared = self._mail.size if self._mail is not None and self._mail.size else 0
         try:
@@ -126,6 +143,7 @@ class InboundSession:
         if full:
             log.info("event=smtp.rcpt_rejected peer=%s rcpt=<%s> reason=mailbox_full size=%d",
                      self.peer, recipient, declared)
+            self._step("refused", str(recipient), reply=MAILBOX_FULL, reason="mailbox full")
             return MAILBOX_FULL
         self._add(recipient, found)
         return RECIPIENT_OK
@@ -139,11 +157,13 @@ class InboundSession:
         for account in found.account_ids:
             if account not in self._accounts:
                 self._accounts.append(account)
+                self._via[account] = str(recipient)
 
     def data_start(self) -> bool:
         """Open the spool with the trace headers. True if `write()` must be awaited next."""
         assert self._mail is not None
-        self._queue_id = new_queue_id()
+        self._queue_id = self._queue_id or new_queue_id()
+        self._head, self._scanning = b"", self._service.trace is not None
         self._failure = None
         self._spool = self._service.store.new_spool()
         self._pending = trace_headers(self.envelope(), hostname=self._service.policy.hostname,
@@ -156,6 +176,9 @@ class InboundSession:
             return False
         if self._pending:
             data, self._pending = self._pending + data, b""
+        if self._scanning:
+            self._head += data[:MAX_HEAD_SCAN]
+            self._scanning = b"\r\n\r\n" not in self._head and len(self._head) < MAX_HEAD_SCAN
         if self._spool.write_nowait(data):
             return False
         self._pending = data
@@ -179,28 +202,36 @@ class InboundSession:
         await self.write()
         spool, self._spool = self._spool, None
         sender = self._mail_sender()
+        if self._service.trace is not None:
+            self._received(event.size)
         if spool is None:
             self._reset_envelope()
-            return self._failure or TEMPORARY
+            return self._refused(self._failure or TEMPORARY)
         refusal = await self._quota_refusal(spool)
         if refusal is not None:
             self._reset_envelope()
-            return refusal
+            return self._refused(refusal, "mailbox full")
         targets = grace_targets(self._accounts)
+        via = self._via
         try:
             outcomes = await self._service.store.deliver(spool, targets)
         except StorageFull as exc:
             log.warning("event=smtp.store_full peer=%s id=%s", self.peer, self._queue_id)
-            return exc.reply
+            return self._refused(exc.reply)
         except MailError as exc:
             log.warning("event=smtp.store_failed peer=%s id=%s reply=%r", self.peer,
                         self._queue_id, exc.reply.text)
-            return exc.reply
+            return self._refused(exc.reply)
         except Exception:
             log.exception("event=smtp.store_failed peer=%s id=%s", self.peer, self._queue_id)
-            return Reply(451, "4.3.0", "Temporary local problem, try again later")
+            return self._refused(TEMPORARY)
         finally:
             self._reset_envelope()
+        if self._service.trace is not None:
+            for target, outcome in zip(targets, outcomes, strict=True):
+                self._step("stored" if outcome is Outcome.DELIVERED else "not_stored",
+                           via.get(target.account_id, ""), mailbox=target.mailbox,
+                           account=target.account_id, outcome=outcome.name.lower())
         delivered = outcomes.count(Outcome.DELIVERED)
         log.info("event=smtp.delivered peer=%s id=%s from=<%s> rcpts=%d copies=%d size=%d",
                  self.peer, self._queue_id, sender, len(targets), delivered, event.size)
@@ -241,10 +272,34 @@ class InboundSession:
             task.add_done_callback(_background.discard)
         self._reset_envelope()
 
+    # --- the message trace -----------------------------------------------------------------
+    def _step(self, kind: str, recipient: str = "", **detail: object) -> None:
+        trace = self._service.trace
+        if trace is not None and self._queue_id:
+            if isinstance(reply := detail.get("reply"), Reply):
+                detail["reply"] = reply_text(reply)
+            trace.record(kind, self._queue_id, detail, sender=self._trace_sender,
+                         recipient=recipient, message_id=self._message_id)
+
+    def _received(self, size: int) -> None:
+        """The reception step: where from, how, how big, for whom (one step per recipient,
+        so a search by recipient finds it)."""
+        self._message_id = message_id_of(self._head)
+        self._head, self._scanning = b"", False
+        for recipient in self._recipients:
+            self._step("received", str(recipient), client=self.peer, helo=self.helo,
+                       tls=self.tls or "", esmtp=self.esmtp, size=size, via="smtp")
+
+    def _refused(self, reply: Reply, reason: str = "") -> Reply:
+        """The end-of-data refusal, as a step."""
+        self._step("rejected", reply=reply_text(reply), reason=reason)
+        return reply
+
     # --- helpers ---------------------------------------------------------------------------
     def _reset_envelope(self) -> None:
         self._mail = None
         self._recipients, self._accounts = [], []
+        self._via = {}
 
     def _mail_sender(self) -> str:
         return str(self._mail.sender) if self._mail and self._mail.sender else ""

@@ -44,7 +44,13 @@ from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.inbound import new_queue_id
 from mailhouse.service.mailbox_quota import MAILBOX_FULL, grace_targets, has_limit, over_quota
 from mailhouse.service.throttle import LoginGuard
-from mailhouse.store.base import Outcome, QueueRequest, Store
+from mailhouse.service.trace_recorder import (
+    MAX_HEAD_SCAN,
+    TraceRecorder,
+    message_id_of,
+    reply_text,
+)
+from mailhouse.store.base import DeliveryTarget, Outcome, QueueRequest, Store
 
 log = logging.getLogger("mailhouse.submission")
 
@@ -122,8 +128,10 @@ class SubmissionService:
 
     def __init__(self, store: Store, directory: DirectoryCache, guard: LoginGuard,
                  policy: SubmissionPolicy, *, signer: Signer | None = None,
-                 on_queued: Callable[[], None] | None = None) -> None:
+                 on_queued: Callable[[], None] | None = None,
+                 trace: TraceRecorder | None = None) -> None:
         self.store = store
+        self.trace = trace  # the message trace's steps (service/trace_recorder.py)
         self.directory = directory
         self.guard = guard
         self.policy = policy
@@ -176,7 +184,9 @@ class SubmissionSession:
         # single byte is stored. Mail sent by our own users is smaller and rarer than MX
         # traffic; the MX path streams to the spool instead.
         self._data: bytearray | None = None
-        self._queue_id = ""
+        self._queue_id = ""  # also the message trace's id: given at MAIL, so RCPT steps have it
+        self._message_id = ""
+        self._via: dict[int, str] = {}  # account id -> the recipient that reached it
 
     # --- decisions -------------------------------------------------------------------------
     def on_helo(self, event: ev.Helo) -> None:
@@ -212,6 +222,7 @@ class SubmissionSession:
                      account.address, event.sender)
             return SENDER_NOT_OWNED
         self._mail = event
+        self._queue_id, self._message_id = new_queue_id(), ""
         return SENDER_OK
 
     def rcpt_to(self, event: ev.RcptTo) -> Reply | None:
@@ -238,7 +249,7 @@ class SubmissionSession:
         if found.route is Route.UNKNOWN_USER:
             log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=unknown",
                      self.peer, recipient)
-            return UNKNOWN_USER
+            return self._refused(UNKNOWN_USER, str(recipient), "unknown user")
         declared = self._mail.size or 0
         try:
             full = await over_quota(self._service.store, self._service.directory.current,
@@ -250,7 +261,7 @@ class SubmissionSession:
         if full:
             log.info("event=submission.rcpt_rejected peer=%s rcpt=<%s> reason=mailbox_full "
                      "size=%d", self.peer, recipient, declared)
-            return MAILBOX_FULL
+            return self._refused(MAILBOX_FULL, str(recipient), "mailbox full")
         self._add(recipient, found)
         return RECIPIENT_OK
 
@@ -265,9 +276,10 @@ class SubmissionSession:
         for account in found.account_ids:
             if account not in self._accounts:
                 self._accounts.append(account)
+                self._via[account] = str(recipient)
 
     def data_start(self) -> bool:
-        self._queue_id = new_queue_id()
+        self._queue_id = self._queue_id or new_queue_id()
         self._data = bytearray()
         return False
 
@@ -302,16 +314,16 @@ class SubmissionSession:
         try:
             fields = header_fields(bytes(data if end < 0 else data[: end + 4]))
         except HeaderError:
-            return BAD_HEADER
+            return self._refused(BAD_HEADER, "", "header")
         author = _single_from(fields)
         if author is None:
             log.info("event=submission.from_rejected peer=%s user=%s reason=count", self.peer,
                      account.address)
-            return ONE_FROM
+            return self._refused(ONE_FROM, "", "From")
         if not service.may_send_as(account, author):
             log.info("event=submission.from_rejected peer=%s user=%s from=<%s>", self.peer,
                      account.address, author)
-            return FROM_NOT_OWNED
+            return self._refused(FROM_NOT_OWNED, "", "From")
         names = {name for name, _ in fields}
         message = self._added_headers(mail, "message-id" not in names, "date" not in names)
         message += data
@@ -330,10 +342,12 @@ class SubmissionSession:
             log.exception("event=submission.quota_failed peer=%s id=%s", self.peer,
                           self._queue_id)
             return TEMPORARY
+        if service.trace is not None:
+            self._received(message, account, size, "signed" if signature else "not signed")
         if over and len(over) == len(self._accounts) and not remote:
             log.info("event=submission.mailbox_full peer=%s id=%s user=%s size=%d", self.peer,
                      self._queue_id, account.address, size)
-            return MAILBOX_FULL
+            return self._refused(MAILBOX_FULL, "", "mailbox full")
         if over:
             log.info("event=submission.quota_grace peer=%s id=%s accounts=%s size=%d",
                      self.peer, self._queue_id, ",".join(map(str, over)), size)
@@ -345,21 +359,24 @@ class SubmissionSession:
             await spool.write(message)
             if remote:
                 queue = QueueRequest(str(mail.sender), remote, smtputf8=mail.smtputf8,
-                                     body_8bit=mail.body_8bit or not message.isascii())
+                                     body_8bit=mail.body_8bit or not message.isascii(),
+                                     trace=self._queue_id)
                 outcomes = await service.store.deliver(spool, targets, queue=queue)
             else:
                 outcomes = await service.store.deliver(spool, targets)
         except StorageFull as exc:
             log.warning("event=submission.store_full peer=%s id=%s", self.peer, self._queue_id)
-            return exc.reply
+            return self._refused(exc.reply, "", "storage")
         except MailError as exc:
             log.warning("event=submission.store_failed peer=%s id=%s reply=%r", self.peer,
                         self._queue_id, exc.reply.text)
-            return exc.reply
+            return self._refused(exc.reply, "", "storage")
         except Exception:
             log.exception("event=submission.store_failed peer=%s id=%s", self.peer,
                           self._queue_id)
-            return TEMPORARY
+            return self._refused(TEMPORARY, "", "storage")
+        if service.trace is not None:
+            self._stored(targets, outcomes, remote)
         delivered = outcomes.count(Outcome.DELIVERED)
         if delivered < len(targets):
             log.warning("event=submission.local_failed peer=%s id=%s failed=%d", self.peer,
@@ -415,9 +432,43 @@ class SubmissionSession:
         # Whatever the signer's line endings, what we store and send is CRLF only (checklist 28).
         return signature.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
+    # --- the message trace -----------------------------------------------------------------
+    def _step(self, kind: str, recipient: str, detail: dict[str, object]) -> None:
+        trace = self._service.trace
+        mail = self._mail
+        if trace is not None and self._queue_id:
+            sender = str(mail.sender) if mail is not None and mail.sender else ""
+            trace.record(kind, self._queue_id, detail, sender=sender, recipient=recipient,
+                         message_id=self._message_id)
+
+    def _refused(self, reply: Reply, recipient: str, reason: str) -> Reply:
+        """A recipient refused at RCPT, or (no recipient) the message at its end."""
+        self._step("refused" if recipient else "rejected", recipient,
+                   {"reply": reply_text(reply), "reason": reason})
+        return reply
+
+    def _received(self, message: bytes, account: Account, size: int, dkim: str) -> None:
+        self._message_id = message_id_of(bytes(message[:MAX_HEAD_SCAN]))
+        for recipient in self._recipients:
+            self._step("received", str(recipient), {
+                "client": self.peer, "helo": self.helo, "tls": self.tls or "",
+                "user": account.address, "size": size, "via": "submission", "dkim": dkim})
+
+    def _stored(self, targets: list[DeliveryTarget], outcomes: list[Outcome],
+                remote: tuple[str, ...]) -> None:
+        via = self._via
+        for target, outcome in zip(targets, outcomes, strict=True):
+            self._step("stored" if outcome is Outcome.DELIVERED else "not_stored",
+                       via.get(target.account_id, ""),
+                       {"mailbox": target.mailbox, "account": target.account_id,
+                        "outcome": outcome.name.lower()})
+        for address in remote:
+            self._step("queued", address, {})
+
     def _reset_envelope(self) -> None:
         self._mail = None
         self._recipients, self._accounts, self._remote = [], [], []
+        self._via = {}
 
 
 # --- header inspection (the message itself is never re-serialized) ---------------------------

@@ -190,6 +190,7 @@ class QueueRequest:
     smtputf8: bool = False
     body_8bit: bool = False
     not_before: float | None = None  # first attempt time (epoch seconds); None: now
+    trace: str = ""  # the message trace's id (the reception's queue id), carried to each attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,7 @@ class QueuedMessage:
     body_8bit: bool
     delay_warned: bool  # a "delayed" DSN has been sent
     recipients: tuple[QueueRecipient, ...]
+    trace: str = ""  # QueueRequest.trace; "" for a message queued before schema version 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,40 @@ class AuditEntry:
     actor: str
     action: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One step of a message's way through the server, for the message trace (issue 9 §2).
+
+    `trace` ties a message's steps together: the id the reception gave it (the one in its
+    Received header and in "250 Ok: queued as ..."), which the outbound queue carries to every
+    attempt. `kind` is one of service/trace_events.py's names; `detail` a small JSON object.
+    Addresses are stored lower-cased; `id` is 0 until stored (then it orders one trace's steps).
+    """
+
+    at: float
+    trace: str
+    kind: str
+    sender: str = ""
+    recipient: str = ""
+    message_id: str = ""
+    detail: str = "{}"
+    queue_id: int = 0  # the outbound queue's numeric id (`mailhouse queue list`), 0 if none
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSearch:
+    """What `Store.search_events` matches: every field given must match exactly (AND)."""
+
+    trace: str | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    message_id: str | None = None
+    queue_id: int | None = None
+    since: float | None = None  # at >= since
+    until: float | None = None  # at < until
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,6 +616,25 @@ class Store(Protocol):
 
     async def list_audit(self, limit: int) -> list[AuditEntry]:
         """The newest `limit` entries, newest first."""
+        ...
+
+    # --- the message trace (issue 9 §2) -------------------------------------------------------
+    async def record_events(self, events: Sequence[TraceEvent]) -> None:
+        """Store a batch of steps in one write (group commit: it shares the batch transaction
+        of whatever else commits then). Their `id` is ignored. Durable on return."""
+        ...
+
+    async def search_events(self, search: TraceSearch, limit: int) -> list[TraceEvent]:
+        """Steps matching `search`, newest first (by id), at most `limit` (1 ..
+        event_rules.MAX_EVENT_PAGE; ValueError beyond)."""
+        ...
+
+    async def trace_events(self, trace: str, limit: int) -> list[TraceEvent]:
+        """One trace's steps in the order they were recorded, the first `limit`."""
+        ...
+
+    async def prune_events(self, before: float) -> int:
+        """Forget the steps recorded at a time earlier than `before`; how many went."""
         ...
 
     async def queue_stats(self) -> QueueStats:

@@ -46,6 +46,7 @@ from mailhouse.store.base import (
 from mailhouse.store.blobs import READ_CHUNK
 from mailhouse.store.maildrop_lock import MaildropLocks
 from mailhouse.store.memory_admin import MemoryAdmins
+from mailhouse.store.memory_events import MemoryEvents
 from mailhouse.store.memory_queue import MemoryQueue
 from mailhouse.store.queue_rules import queue_recipients
 from mailhouse.store.rules import (
@@ -136,12 +137,13 @@ def _counted(info: MailboxInfo, messages: Iterable[MessageInfo], sign: int) -> M
     )
 
 
-class MemoryStore(MemoryQueue, MemoryAdmins):
+class MemoryStore(MemoryQueue, MemoryAdmins, MemoryEvents):
     """Store (base.py) in memory. `open()` and `close()` only mark the lifecycle."""
 
     def __init__(self, wakeups: Wakeups | None = None) -> None:
         self._wakeups = wakeups
         self._init_admins()
+        self._init_events()
         self._open = False
         self._serial = 0
         self._last_uidvalidity = 0
@@ -349,6 +351,7 @@ class MemoryStore(MemoryQueue, MemoryAdmins):
                 recipients=tuple(
                     QueueRecipient(a, RecipientStatus.PENDING, 0, first, None) for a in recipients
                 ),
+                trace=queue.trace,
             )
             references += 1
         if references:  # parsed once, as the SQLite store does, when a mailbox holds it

@@ -89,7 +89,10 @@ Version 12 (issue 9, the admin API and the message trace):
   space-separated list; a token goes with its operator.
 - `message_events`: each step of a message's way through the server (received, accepted,
   refused, stored, queued, delivered, deferred, bounced), searchable by trace id, sender,
-  recipient and Message-ID for the message trace; old rows are pruned by age.
+  recipient, Message-ID and outbound queue id for the message trace; old rows are pruned by
+  age.
+- `queue.trace`: the trace id of a queued message (the reception's id), so every delivery
+  attempt's steps join its reception's; '' for rows queued before.
 """
 
 from __future__ import annotations
@@ -295,13 +298,16 @@ CREATE TABLE message_events (
     sender     TEXT NOT NULL,
     recipient  TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    detail     TEXT NOT NULL
+    detail     TEXT NOT NULL,
+    queue_id   INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX message_events_trace ON message_events (trace);
 CREATE INDEX message_events_sender ON message_events (sender);
 CREATE INDEX message_events_recipient ON message_events (recipient);
 CREATE INDEX message_events_message_id ON message_events (message_id);
+CREATE INDEX message_events_queue_id ON message_events (queue_id) WHERE queue_id <> 0;
 CREATE INDEX message_events_at ON message_events (at);
+ALTER TABLE queue ADD COLUMN trace TEXT NOT NULL DEFAULT '';
 """
 
 MIGRATIONS: list[Migration] = [

@@ -95,6 +95,7 @@ from mailhouse.store.rules import (
     check_zone,
     encode_flags,
 )
+from mailhouse.store.sqlite_events import SqliteEvents
 from mailhouse.store.sqlite_writer import GroupCommitWriter, WriteLock, WriterStats
 from mailhouse.store.wakeup import Wakeups
 
@@ -112,7 +113,7 @@ PRIVATE_FILE_MODE = 0o600
 INLINE_ROWS = 64  # reads of at most this many rows run on the caller's thread (`_read_small`)
 
 
-class SqliteStore:
+class SqliteStore(SqliteEvents):
     """Store (base.py) on SQLite WAL + blob files. Open with `await open()`, end with `close()`."""
 
     def __init__(

@@ -27,7 +27,8 @@ from mailhouse.store.base import (
 from mailhouse.store.blobs import SealedBlob
 from mailhouse.store.queue_rules import clean_reply
 
-_MESSAGE = "SELECT id, blob_id, size, sender, created, smtputf8, body_8bit, delay_warned FROM queue"
+_MESSAGE = ("SELECT id, blob_id, size, sender, created, smtputf8, body_8bit, delay_warned, trace"
+            " FROM queue")
 _RECIPIENT = (
     "SELECT queue_id, address, status, attempts, next_attempt, last_reply FROM queue_recipients"
 )
@@ -125,8 +126,9 @@ def _recipients(rows: sqlite3.Cursor) -> dict[int, list[QueueRecipient]]:
 
 
 def _message(row: tuple[object, ...], recipients: Sequence[QueueRecipient]) -> QueuedMessage:
-    queue_id, blob_id, size, sender, created, smtputf8, body_8bit, warned = row
+    queue_id, blob_id, size, sender, created, smtputf8, body_8bit, warned, trace = row
     assert isinstance(queue_id, int) and isinstance(blob_id, str) and isinstance(sender, str)
+    assert isinstance(trace, str)
     assert isinstance(size, int) and isinstance(created, int | float)
     return QueuedMessage(
         id=queue_id,
@@ -138,6 +140,7 @@ def _message(row: tuple[object, ...], recipients: Sequence[QueueRecipient]) -> Q
         body_8bit=bool(body_8bit),
         delay_warned=bool(warned),
         recipients=tuple(recipients),
+        trace=trace,
     )
 
 
@@ -151,9 +154,10 @@ def insert(
 ) -> int:
     """The queue row and its recipients; the caller counts the blob reference."""
     cursor = conn.execute(
-        "INSERT INTO queue (blob_id, size, sender, created, smtputf8, body_8bit)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (blob.blob_id, blob.size, request.sender, now, request.smtputf8, request.body_8bit),
+        "INSERT INTO queue (blob_id, size, sender, created, smtputf8, body_8bit, trace)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (blob.blob_id, blob.size, request.sender, now, request.smtputf8, request.body_8bit,
+         request.trace),
     )
     queue_id = cursor.lastrowid
     assert queue_id is not None
