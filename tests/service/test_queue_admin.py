@@ -44,6 +44,9 @@ async def _scenario(data_dir: Path) -> None:
             ("operator:alice", "queue.flush", "1 recipients"),
             ("operator:alice", "queue.delete", str(queued.id))]
         assert all(e.at == 1e9 for e in audit)
+        steps = await store.trace_events(queued.trace or f"Q{queued.id}", 50)
+        assert [(e.kind, e.queue_id) for e in steps][-2:] == [
+            ("retry", queued.id), ("delete", queued.id)]
     finally:
         await store.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 
+from mailhouse.service.trace import record_queue_action
 from mailhouse.store.base import QueuedMessage, Store
 
 
@@ -57,13 +58,16 @@ class QueueAdmin:
         return count
 
     async def retry(self, queue_id: int) -> int:
-        """One message's deferred recipients due now; how many."""
-        await self.get(queue_id)
+        """One message's deferred recipients due now; how many. Also a step of its trace."""
+        message = await self.get(queue_id)
         count = await self._store.queue_retry(queue_id, self._clock())
         await self._store.audit(self._actor, "queue.retry", str(queue_id), self._clock())
+        await record_queue_action(self._store, message, "retry", self._actor, self._clock())
         return count
 
     async def delete(self, queue_id: int) -> None:
+        message = await self.get(queue_id)
         if not await self._store.queue_delete(queue_id):
             raise NoSuchMessage(queue_id)
         await self._store.audit(self._actor, "queue.delete", str(queue_id), self._clock())
+        await record_queue_action(self._store, message, "delete", self._actor, self._clock())
