@@ -1,6 +1,7 @@
 """`mailhouse operator add|passwd NAME`, `operator remove NAME`, `operator list`,
 `operator audit [--limit N]`: the server's operators (service/operators.py) and the audit log
-of their changes; `operator token …` is cli_operator_token.py. The actor of a change made here is `cli:<the Unix user who ran it>`.
+of their changes; `operator token …` is cli_operator_token.py. The actor of a change made here
+is `cli:<the Unix user who ran it>`.
 """
 
 from __future__ import annotations
