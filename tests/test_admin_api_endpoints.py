@@ -14,19 +14,24 @@ from pathlib import Path
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.requests import Request
 from starlette.routing import Mount, Route
 
 from mailhouse.config import Config, load_config
+from mailhouse.errors import MailError
 from mailhouse.net.tls import ensure_self_signed
-from mailhouse.service.accounts import Passwords
+from mailhouse.service.accounts import Accounts, Passwords
 from mailhouse.service.api_tokens import ApiTokens
 from mailhouse.service.doctor import CheckResult, Doctor, Status
 from mailhouse.service.throttle import LoginThrottle
 from mailhouse.store import open_store
 from mailhouse.store.base import QueueRequest, Store
+from mailhouse.store.memory import MemoryStore
 from mailhouse.web import api
 from mailhouse.web.admin import AdminContext, build_app
-from mailhouse.web.api_http import MAX_API_BODY
+from mailhouse.web.api_http import MAX_API_BODY, ApiError, Guard
 from mailhouse.web.api_openapi import openapi_path
 from mailhouse.web.health import Check
 
@@ -362,12 +367,34 @@ def test_bodies_are_bounded_json_objects(tmp_path: Path) -> None:
 def test_wrong_methods_and_unknown_paths_answer_json(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
         r = await h.client.patch("/domains")
-        assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+        assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST"
         assert r.json()["error"] == "method_not_allowed"
         r = await h.client.get("/nothing/here")
         assert r.status_code == 404 and r.json()["error"] == "not_found"
+        r = await h.client.head("/domains", headers=bearer(await h.token("read")))
+        assert r.status_code == 200
 
     run(tmp_path, scenario)
+
+
+def test_a_failing_store_is_503_and_not_counted_against_the_client(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: object) -> None:
+        raise MailError()
+
+    async def scenario(h: Harness) -> None:
+        auth = bearer(await h.token("read"))
+        monkeypatch.setattr(Accounts, "list_domains", broken)
+        r = await h.client.get("/domains", headers=auth)
+        assert r.status_code == 503 and r.json()["error"] == "storage_error"
+        assert "retry-after" in r.headers
+        monkeypatch.setattr(ApiTokens, "authenticate", broken)
+        r = await h.client.get("/users", headers=auth)
+        assert r.status_code == 503  # and the throttle records no failure:
+        assert h.context.login_throttle.check("192.0.2.7", "x@example.org")
+        assert h.context.login_throttle.in_flight == 0
+
+    run(tmp_path, scenario, limit=1)  # one recorded failure would lock the address
 
 
 # --- OpenAPI ----------------------------------------------------------------------------------
@@ -389,7 +416,7 @@ async def served(h: Harness) -> set[tuple[str, str]]:
         r = await h.client.patch(concrete(route.path))
         assert r.status_code == 405, route.path
         out |= {(m.strip().lower(), openapi_path(route.path))
-                for m in r.headers["allow"].split(",")}
+                for m in r.headers["allow"].split(",") if m.strip() != "HEAD"}
     return out
 
 
@@ -418,3 +445,24 @@ def test_the_openapi_description_matches_the_routes(tmp_path: Path) -> None:
                     assert r.status_code != 404 or r.json()["detail"] != "no such endpoint"
 
     run(tmp_path, scenario)
+
+
+# --- the Authorization header, whatever it holds ----------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255), max_size=80))
+def test_any_authorization_header_is_a_clean_401(value: str) -> None:
+    async def check() -> None:
+        store = MemoryStore()
+        await store.open()
+        await store.add_admin("ann", "h", 1.0)
+        await ApiTokens(store).create("ann", ["read"], actor="cli:root")
+        guard = Guard(ApiTokens(store), LoginThrottle(1000, 60.0))
+        request = Request({"type": "http", "method": "GET", "path": "/api/v1/domains",
+                           "headers": [(b"authorization", value.encode("latin-1"))],
+                           "client": ("192.0.2.1", 1)})
+        with pytest.raises(ApiError) as refused:
+            await guard.token(request)
+        assert refused.value.status == 401
+        assert refused.value.headers["WWW-Authenticate"].startswith("Bearer realm=")
+
+    asyncio.run(check())

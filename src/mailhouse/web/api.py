@@ -16,13 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
+import dns.exception
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 from mailhouse.cli_dns import dkim_keys, offered_services
 from mailhouse.cli_doctor import DNS_TIMEOUT, build_setup
-from mailhouse.message.dkim import DkimError, dns_records
+from mailhouse.message.dkim import dns_records
 from mailhouse.service.accounts import Accounts, InvalidInput, UserSummary, canonical_domain
 from mailhouse.service.api_tokens import ApiTokens
 from mailhouse.service.cert_info import describe, served_certificate
@@ -215,10 +216,7 @@ class Api:
         domain = canonical_domain(request.path_params["domain"])
         if domain not in (await self.context.store.directory()).domains:
             raise ApiError(404, "not_found", f"{domain} is not one of our domains")
-        try:
-            keys = await asyncio.to_thread(dkim_keys(self.context.config).keys, domain)
-        except DkimError as exc:
-            raise ApiError(500, "dkim_error", str(exc)) from None
+        keys = await asyncio.to_thread(dkim_keys(self.context.config).keys, domain)
         return json_response({"domain": domain, "keys": [
             {"selector": k.selector, "algorithm": k.algorithm, "name": k.record_name,
              "txt": k.record()} for k in keys]})
@@ -246,7 +244,11 @@ class Api:
         if unknown:
             raise ApiError(404, "not_found", f"{', '.join(unknown)}: not one of our domains")
         setup = await asyncio.to_thread(build_setup, config, wanted or hosted)
-        lookups = DnsLookups(make_resolver(config.dns.addresses(), DNS_TIMEOUT))
+        try:
+            lookups = DnsLookups(make_resolver(config.dns.addresses(), DNS_TIMEOUT))
+        except dns.exception.DNSException as exc:
+            raise ApiError(500, "no_resolver", f"no resolver: {exc}; set [dns] nameservers "
+                           "in the config") from None
         doctor = Doctor(setup, lookups, queue=store.queue_list)
         try:
             async with asyncio.timeout(DOCTOR_TIMEOUT):

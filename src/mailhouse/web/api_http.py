@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mailhouse.errors import MailError
+from mailhouse.message.dkim import DkimError
 from mailhouse.service.accounts import AccountError, AlreadyExists, InvalidInput, NotFound
 from mailhouse.service.api_tokens import SCOPES, ApiTokens
 from mailhouse.service.queue_admin import NoSuchMessage
@@ -56,6 +58,10 @@ def translate(exc: Exception) -> ApiError | None:
         return ApiError(409, "exists", str(exc))
     if isinstance(exc, AccountError):
         return ApiError(409, "conflict", str(exc))
+    if isinstance(exc, MailError):  # the store failed (disk full, I/O error): try later
+        return ApiError(503, "storage_error", exc.reply.text, {"Retry-After": "60"})
+    if isinstance(exc, DkimError):  # a key file the operator must fix; the message names it
+        return ApiError(500, "dkim_error", str(exc))
     return None
 
 
@@ -133,12 +139,13 @@ class Guard:
             retry = max(1, math.ceil(self._throttle.window))
             raise ApiError(429, "throttled", "too many failed token checks from this address",
                            {"Retry-After": str(retry)})
-        found = None
         try:
             found = await self._tokens.authenticate(credentials.strip())
-        finally:
-            self._throttle.release(ticket, CheckResult.SUCCESS if found is not None
-                                   else CheckResult.FAILURE)
+        except BaseException:  # the store failed, or the client left: no verdict on the token
+            self._throttle.release(ticket, CheckResult.ABANDONED)
+            raise
+        self._throttle.release(ticket, CheckResult.SUCCESS if found is not None
+                               else CheckResult.FAILURE)
         if found is None:
             raise ApiError(401, "invalid_token", "the token is unknown, revoked or expired", {
                 "WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token", '
@@ -165,11 +172,12 @@ def make_routes(endpoints: Sequence[Endpoint], guard: Guard,
 
     def dispatcher(methods: dict[str, Endpoint]) -> Callable[[Request], Awaitable[Response]]:
         async def dispatch(request: Request) -> Response:
-            endpoint = methods.get(request.method)
+            # HEAD is GET without the body (RFC 9110 §9.3.2; the server drops the body).
+            endpoint = methods.get("GET" if request.method == "HEAD" else request.method)
             try:
                 if endpoint is None:
                     raise ApiError(405, "method_not_allowed", f"{request.method} is not "
-                                   "allowed here", {"Allow": ", ".join(sorted(methods))})
+                                   "allowed here", {"Allow": ", ".join(_allowed(methods))})
                 token = await guard.token(request)
                 require(token, endpoint.scope)
                 return await endpoint.handler(request, token)
@@ -187,3 +195,7 @@ def make_routes(endpoints: Sequence[Endpoint], guard: Guard,
     routes += [Route(path, dispatcher(methods), methods=list(_METHODS))
                for path, methods in by_path.items()]
     return routes
+
+
+def _allowed(methods: dict[str, Endpoint]) -> list[str]:
+    return sorted({*methods, *(("HEAD",) if "GET" in methods else ())})
