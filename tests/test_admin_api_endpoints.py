@@ -6,6 +6,7 @@ limit, the audit log and the OpenAPI description."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
@@ -168,7 +173,8 @@ def test_domains(tmp_path: Path) -> None:
         assert (await h.client.post("/domains", json={"name": 5}, headers=auth)).status_code \
             == 400
         listed = await h.client.get("/domains", headers=auth)
-        assert listed.json() == [{"name": "example.org", "users": 0, "aliases": 0}]
+        assert listed.json() == [{"name": "example.org", "users": 0, "aliases": 0,
+                                  "records": body["records"]}]
         one = await h.client.get("/domains/example.org", headers=auth)
         assert one.status_code == 200 and one.json()["records"] == body["records"]
         assert (await h.client.get("/domains/example.net", headers=auth)).status_code == 404
@@ -301,8 +307,29 @@ def test_the_certificate(tmp_path: Path) -> None:
         assert cert["self_signed"] is True and "mx.example.test" in cert["names"]
         assert cert["days_left"] > 30 and cert["not_after"].endswith("Z")
         assert cert["subject"] == cert["issuer"]
+        h.context.certificate = lambda: issued(tmp_path)  # what App.tls_files says now
+        cert = (await h.client.get("/certificate", headers=auth)).json()
+        assert cert["self_signed"] is False and cert["names"] == ["mx.example.test"]
+        assert cert["issuer"] == "CN=Test CA" and cert["days_left"] in (9, 10)
 
     run(tmp_path, scenario)
+
+
+def issued(directory: Path) -> Path:
+    """A certificate for mx.example.test from a CA of its own, valid ten days."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.test")])
+    cert = (x509.CertificateBuilder().subject_name(name)
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test CA")]))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=10, hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx.example.test")]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    path = directory / "issued.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
 
 
 def test_the_doctor_runs_bounded_in_time(tmp_path: Path,

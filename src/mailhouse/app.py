@@ -396,7 +396,8 @@ class App:
             await self._start_workers(MAILBOX_SERVICES[name], pem)
         if self._admin_sockets:
             context = AdminContext(config, self.store, self.passwords, self.login_throttle,
-                                   self.readiness, self.metrics_text)
+                                   self.readiness, self.metrics_text,
+                                   certificate=lambda: self.tls_files()[0])
             self.admin = HttpListener(build_admin_app(context, ADMIN_FACES),
                                       self._admin_sockets, tls)
             self._admin_sockets = []

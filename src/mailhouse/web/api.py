@@ -100,8 +100,18 @@ class Api:
                 "records": await self._records(domain)}
 
     async def list_domains(self, request: Request, token: ApiToken) -> Response:
-        return json_response([{"name": d.name, "users": d.users, "aliases": d.aliases}
-                              for d in await self.accounts(token).list_domains()])
+        domains = await self.accounts(token).list_domains()
+        config = self.context.config
+
+        def all_records() -> list[list[str]]:  # the DKIM keys are files: one thread for all
+            keys, offered = dkim_keys(config), offered_services(config)
+            return [dns_records(d.name, config.hostname, keys.keys(d.name), offered)
+                    for d in domains]
+
+        records = await asyncio.to_thread(all_records)
+        return json_response([{"name": d.name, "users": d.users, "aliases": d.aliases,
+                               "records": lines} for d, lines in zip(domains, records,
+                                                                     strict=True)])
 
     async def get_domain(self, request: Request, token: ApiToken) -> Response:
         return json_response(await self._domain(token, request.path_params["domain"]))
@@ -222,8 +232,9 @@ class Api:
              "txt": k.record()} for k in keys]})
 
     async def certificate(self, request: Request, token: ApiToken) -> Response:
-        config = self.context.config
-        path = served_certificate(config.tls.cert, config.data_dir)
+        config, current = self.context.config, self.context.certificate
+        path = (await asyncio.to_thread(current) if current is not None
+                else served_certificate(config.tls.cert, config.data_dir))
         if path is None:
             raise ApiError(404, "not_found", "no certificate yet")
         try:
@@ -269,8 +280,8 @@ class Api:
     # --- the table --------------------------------------------------------------------------
     def endpoints(self) -> list[Endpoint]:
         return [
-            Endpoint("GET", "/domains", "read", "our domains", self.list_domains,
-                     response=s.array(s.DOMAIN)),
+            Endpoint("GET", "/domains", "read", "our domains and their DNS records",
+                     self.list_domains, response=s.array(s.DOMAIN_RECORDS)),
             Endpoint("POST", "/domains", "accounts", "add a domain (and make its DKIM keys)",
                      self.add_domain, request=s.obj(name=s.STR), response=s.DOMAIN_RECORDS,
                      status=201),

@@ -24,7 +24,6 @@ def obj(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
             "required": [name for name in properties if name not in optional]}
 
 
-DOMAIN = obj(name=STR, users=INT, aliases=INT)
 DOMAIN_RECORDS = obj(name=STR, users=INT, aliases=INT, records=array(
     {"type": "string", "description": "a zone-file line (RFC 1035 §5.1)"}))
 USER = obj(address=STR, mailboxes=INT, messages=INT, used=INT, quota=QUOTA)
