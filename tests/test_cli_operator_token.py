@@ -64,6 +64,10 @@ def test_add_list_revoke(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert code == 0 and "read queue" in listing and out.strip() not in listing
     assert mh(capsys, monkeypatch, config, "operator", "token", "list", "bob")[1].startswith(
         "no tokens")
+    monkeypatch.setattr("time.time", lambda: token.created + 31 * 86400)
+    assert "(expired)" in mh(capsys, monkeypatch, config, "operator", "token", "list")[1]
+    monkeypatch.undo()
+    monkeypatch.setattr(cli_common, "actor", lambda: "cli:root")
     code, text, _ = mh(capsys, monkeypatch, config, "operator", "token", "revoke",
                        str(token.id))
     assert (code, text) == (0, f"revoked token {token.id} of operator ann\n")

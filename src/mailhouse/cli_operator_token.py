@@ -73,8 +73,10 @@ def _add(args: argparse.Namespace, config: Config) -> int:
 
 def _list(args: argparse.Namespace, config: Config) -> int:
     async def work(tokens: ApiTokens) -> None:
+        now = time.time()
         rows = [(str(t.id), t.admin, " ".join(t.scopes), t.label, _when(t.created),
-                 _when(t.expires), _when(t.last_used)) for t in await tokens.list(args.name)]
+                 _when(t.expires) + (" (expired)" if t.expires and t.expires <= now else ""),
+                 _when(t.last_used)) for t in await tokens.list(args.name)]
         if rows:
             table(("ID", "OPERATOR", "SCOPES", "LABEL", "MADE", "EXPIRES", "LAST USED"), rows)
         else:
