@@ -78,6 +78,7 @@ from mailhouse.store.wakeup import SocketWakeups, Wakeups
 from mailhouse.supervisor import ChildSupervisor, configure_logging
 from mailhouse.web.admin import AdminContext, FaceRoutes
 from mailhouse.web.admin import build_app as build_admin_app
+from mailhouse.web.api import routes as api_routes
 from mailhouse.web.health import Check
 from mailhouse.web.public import build_app as build_public_app
 
@@ -90,7 +91,7 @@ SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 NOT_BUILT: tuple[str, ...] = ()
 POP3_PROTOCOLS = ("pop3", "pop3s")
 # The admin listener's faces beside its probes (web/admin.py): the JSON API, the web admin.
-ADMIN_FACES: tuple[FaceRoutes, ...] = ()
+ADMIN_FACES: tuple[FaceRoutes, ...] = (api_routes,)
 IMAP_PROTOCOLS = ("imap", "imaps")
 CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 or IMAP worker closes its store
 READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer a /healthz/ready probe
@@ -400,7 +401,8 @@ class App:
             await self._start_workers(MAILBOX_SERVICES[name], pem)
         if self._admin_sockets:
             context = AdminContext(config, self.store, self.passwords, self.login_throttle,
-                                   self.readiness, self.metrics_text)
+                                   self.readiness, self.metrics_text,
+                                   certificate=lambda: self.tls_files()[0])
             self.admin = HttpListener(build_admin_app(context, ADMIN_FACES),
                                       self._admin_sockets, tls)
             self._admin_sockets = []

@@ -1,6 +1,7 @@
 """`mailhouse operator add|passwd NAME`, `operator remove NAME`, `operator list`,
 `operator audit [--limit N]`: the server's operators (service/operators.py) and the audit log
-of their changes. The actor of a change made here is `cli:<the Unix user who ran it>`.
+of their changes; `operator token …` is cli_operator_token.py. The actor of a change made here
+is `cli:<the Unix user who ran it>`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mailhouse.cli_common import (
     read_password,
     table,
 )
+from mailhouse.cli_operator_token import register as register_token
 from mailhouse.cli_queue import run_with_store
 from mailhouse.config import Config
 from mailhouse.service.accounts import AccountError, InvalidInput
@@ -48,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
     p = actions.add_parser("audit", parents=list(parents), help="the newest changes, newest first")
     p.add_argument("--limit", type=int, default=AUDIT_PAGE, metavar="N")
     p.set_defaults(handler=_audit)
+    register_token(actions, parents=parents)
 
 
 def _run(config: Config, work: Callable[[Operators], Awaitable[None]]) -> int:

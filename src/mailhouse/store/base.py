@@ -272,6 +272,20 @@ class TraceSearch:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An operator's token for the admin API; the secret itself is never stored, only its
+    SHA-256 digest (the lookup key)."""
+
+    id: int
+    admin: str  # the operator's name; the token goes when the operator does
+    label: str
+    scopes: tuple[str, ...]
+    created: float
+    expires: float | None  # epoch seconds; None: until revoked
+    last_used: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     messages: int  # with at least one PENDING recipient
     recipients: int  # PENDING
@@ -635,6 +649,27 @@ class Store(Protocol):
 
     async def prune_events(self, before: float) -> int:
         """Forget the steps recorded at a time earlier than `before`; how many went."""
+    # --- API tokens (issue 9 §1; sqlite_tokens.py) -----------------------------------------
+    async def add_api_token(self, admin: str, label: str, scopes: Sequence[str], digest: bytes,
+                            now: float, expires: float | None) -> ApiToken:
+        """KeyError when no operator is named `admin`; ValueError for a scope that is not
+        one word (rules.check_scope) or a digest already stored."""
+        ...
+
+    async def api_token(self, digest: bytes) -> ApiToken | None:
+        """The token whose secret hashes to `digest`, expired or not (the caller decides)."""
+        ...
+
+    async def list_api_tokens(self, admin: str | None = None) -> list[ApiToken]:
+        """One operator's tokens, or everyone's; by id."""
+        ...
+
+    async def remove_api_token(self, token_id: int) -> ApiToken | None:
+        """The token removed, None when there was none."""
+        ...
+
+    async def touch_api_token(self, token_id: int, now: float) -> None:
+        """Record a use (callers write at most once a minute per token)."""
         ...
 
     async def queue_stats(self) -> QueueStats:

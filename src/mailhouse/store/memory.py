@@ -48,6 +48,7 @@ from mailhouse.store.maildrop_lock import MaildropLocks
 from mailhouse.store.memory_admin import MemoryAdmins
 from mailhouse.store.memory_events import MemoryEvents
 from mailhouse.store.memory_queue import MemoryQueue
+from mailhouse.store.memory_tokens import MemoryTokens
 from mailhouse.store.queue_rules import queue_recipients
 from mailhouse.store.rules import (
     INBOX,
@@ -137,13 +138,14 @@ def _counted(info: MailboxInfo, messages: Iterable[MessageInfo], sign: int) -> M
     )
 
 
-class MemoryStore(MemoryQueue, MemoryAdmins, MemoryEvents):
+class MemoryStore(MemoryQueue, MemoryAdmins, MemoryEvents, MemoryTokens):
     """Store (base.py) in memory. `open()` and `close()` only mark the lifecycle."""
 
     def __init__(self, wakeups: Wakeups | None = None) -> None:
         self._wakeups = wakeups
         self._init_admins()
         self._init_events()
+        self._init_tokens()
         self._open = False
         self._serial = 0
         self._last_uidvalidity = 0

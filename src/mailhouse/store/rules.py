@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from mailhouse.store.base import FlagOp, MailboxExists, MailboxNotAllowed, NoSuchMailbox
 
@@ -159,3 +159,15 @@ def check_admin_name(name: str) -> str:
     if not _ADMIN_NAME.fullmatch(name):
         raise ValueError(f"not an admin name: {name!r} (a-z, 0-9, . _ -, at most 64)")
     return name
+
+
+_SCOPE = re.compile(r"[a-z][a-z0-9:_-]{0,31}")
+
+
+def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
+    """API token scopes are stored space-separated: each must be one short word. Which words
+    mean something is the service's business (service/api_tokens.py)."""
+    for scope in scopes:
+        if not _SCOPE.fullmatch(scope):
+            raise ValueError(f"not a scope: {scope!r}")
+    return tuple(dict.fromkeys(scopes))

@@ -46,11 +46,13 @@ from mailhouse.store import (
     sqlite_mailboxes,
     sqlite_messages,
     sqlite_queue,
+    sqlite_tokens,
     structures,
 )
 from mailhouse.store.base import (
     MAX_UID,
     AdminAccount,
+    ApiToken,
     AuditEntry,
     CopyResult,
     DeliveryTarget,
@@ -91,6 +93,7 @@ from mailhouse.store.rules import (
     check_flags,
     check_mailbox_name,
     check_quota,
+    check_scopes,
     check_special_use,
     check_zone,
     encode_flags,
@@ -763,6 +766,25 @@ class SqliteStore(SqliteEvents):
 
     async def list_audit(self, limit: int) -> list[AuditEntry]:
         return await self._read(partial(sqlite_admin.list_audit, limit=limit))
+
+    # --- API tokens (sqlite_tokens.py) -------------------------------------------------------
+    async def add_api_token(self, admin: str, label: str, scopes: Sequence[str], digest: bytes,
+                            now: float, expires: float | None) -> ApiToken:
+        return await self._write(partial(sqlite_tokens.add, admin=admin, label=label,
+                                         scopes=check_scopes(scopes), digest=digest, now=now,
+                                         expires=expires))
+
+    async def api_token(self, digest: bytes) -> ApiToken | None:
+        return await self._read(partial(sqlite_tokens.by_digest, digest=digest))
+
+    async def list_api_tokens(self, admin: str | None = None) -> list[ApiToken]:
+        return await self._read(partial(sqlite_tokens.list_for, admin=admin))
+
+    async def remove_api_token(self, token_id: int) -> ApiToken | None:
+        return await self._write(partial(sqlite_tokens.remove, token_id=token_id))
+
+    async def touch_api_token(self, token_id: int, now: float) -> None:
+        await self._write(partial(sqlite_tokens.touch, token_id=token_id, now=now))
 
     async def queue_stats(self) -> QueueStats:
         return await self._read(sqlite_queue.stats)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -32,6 +33,9 @@ class AdminContext:
     readiness: Readiness
     metrics: Callable[[], Awaitable[bytes]] | None = None
     clock: Callable[[], float] = field(default=time.time)
+    # The certificate file the mail listeners present now (App.tls_files); None: tls.cert, or
+    # the self-signed one (service/cert_info.served_certificate).
+    certificate: Callable[[], Path] | None = None
 
 
 FaceRoutes = Callable[[AdminContext], list[BaseRoute]]

@@ -1,0 +1,42 @@
+"""JSON Schemas (2020-12, as OpenAPI 3.1 uses them) of the admin API's bodies: what
+web/api.py sends and takes, for web/api_openapi.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
+QUOTA: Schema = {"type": ["integer", "null"], "minimum": 0,
+                 "description": "octets; null: no limit"}
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def obj(*, optional: tuple[str, ...] = (), **properties: Schema) -> Schema:
+    return {"type": "object", "properties": properties,
+            "required": [name for name in properties if name not in optional]}
+
+
+DOMAIN_RECORDS = obj(name=STR, users=INT, aliases=INT, records=array(
+    {"type": "string", "description": "a zone-file line (RFC 1035 §5.1)"}))
+USER = obj(address=STR, mailboxes=INT, messages=INT, used=INT, quota=QUOTA)
+REMOVAL = obj(removed=STR, aliases_changed=array(STR), aliases_removed=array(STR))
+ALIAS = obj(alias=STR, targets=array(STR))
+RECIPIENT = obj(address=STR, status={"enum": ["pending", "delivered", "failed"]},
+                attempts=INT, next_attempt=TIME, last_reply={"type": ["string", "null"]})
+QUEUED = obj(id=INT, sender=STR, size=INT, created=TIME, recipients=array(RECIPIENT))
+RESCHEDULED = obj(rescheduled=INT)
+DKIM = obj(domain=STR, keys=array(obj(selector=STR, algorithm=STR, name=STR, txt=STR)))
+CERTIFICATE = obj(path=STR, subject=STR, issuer=STR, names=array(STR), not_before=TIME,
+                  not_after=TIME, days_left=INT, self_signed=BOOL)
+CHECK = obj(name=STR, status={"enum": ["ok", "warn", "fail", "skip"]}, found=STR,
+            why_it_matters=STR, fix=STR)
+AUDIT = obj(id=INT, at=TIME, actor=STR, action=STR, detail=STR)
+ERROR = obj(error=STR, detail=STR)
