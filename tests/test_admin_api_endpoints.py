@@ -293,6 +293,18 @@ def test_the_queue(tmp_path: Path) -> None:
         assert (await h.client.get("/queue/x", headers=auth)).status_code == 404
         actions = [e.action for e in await h.store.list_audit(10)]
         assert {"queue.retry", "queue.flush", "queue.delete"} <= set(actions)
+        # The operator's actions are steps of the message's trace, found by its queue id.
+        found = await h.client.get("/trace", params={"q": str(queued.id)}, headers=reader)
+        assert found.status_code == 200
+        (trace,) = found.json()
+        assert [step["kind"] for step in trace["steps"]][-2:] == ["retry", "delete"]
+        assert trace["steps"][-1]["detail"] == {"actor": "operator:ann"}
+        one = await h.client.get(f"/trace/{trace['trace']}", headers=reader)
+        assert one.json() == trace
+        assert (await h.client.get("/trace/nothing", headers=reader)).status_code == 404
+        for bad in ({"q": ""}, {"q": "a@b.example", "limit": "0"}, {"q": "x", "limit": "y"}):
+            r = await h.client.get("/trace", params=bad, headers=reader)
+            assert r.status_code == 400 and r.json()["error"] == "invalid_input", bad
 
     run(tmp_path, scenario)
 

@@ -1,8 +1,8 @@
 """The admin JSON API (issue 9 §1), under /api/v1/: domains with their DNS records, users
 with quotas and mailbox sizes, aliases, the outbound queue, DKIM keys, the certificate, the
-doctor's checks and the audit log — each a thin call into the same services the CLI uses
-(service/accounts.py, queue_admin.py, operators.py, doctor.py), made as `operator:<name>` so
-every change lands in the audit log with who made it.
+doctor's checks, the message trace and the audit log — each a thin call into the same
+services the CLI uses (service/accounts.py, queue_admin.py, operators.py, doctor.py,
+trace.py), made as `operator:<name>` so every change lands in the audit log with who made it.
 
 Automation authenticates with an operator's bearer token (service/api_tokens.py, RFC 6750);
 no cookies, so no CSRF. web/api_http.py holds the plumbing, web/api_openapi.py the OpenAPI 3.1
@@ -31,6 +31,7 @@ from mailhouse.service.doctor import Doctor
 from mailhouse.service.doctor_dns import DnsLookups, make_resolver
 from mailhouse.service.operators import Operators
 from mailhouse.service.queue_admin import QueueAdmin
+from mailhouse.service.trace import DEFAULT_TRACES, TraceQueryError, TraceService
 from mailhouse.store.base import ApiToken, QueuedMessage
 from mailhouse.web import api_schemas as s
 from mailhouse.web.admin import AdminContext
@@ -269,6 +270,23 @@ class Api:
                            "(slow DNS?); `mailhouse doctor` shows which") from None
         return json_response([r.as_json() for r in results])
 
+    async def find_traces(self, request: Request, token: ApiToken) -> Response:
+        text = request.query_params.get("limit", str(DEFAULT_TRACES))
+        if not text.isdigit():
+            raise InvalidInput("limit is a number of messages")
+        try:
+            found = await TraceService(self.context.store).find(
+                request.query_params.get("q", ""), limit=int(text))
+        except TraceQueryError as exc:
+            raise InvalidInput(str(exc)) from None
+        return json_response([t.as_json() for t in found])
+
+    async def show_trace(self, request: Request, token: ApiToken) -> Response:
+        trace = await TraceService(self.context.store).show(request.path_params["trace"])
+        if trace is None:
+            raise ApiError(404, "not_found", "no such trace (pruned after trace.keep_days?)")
+        return json_response(trace.as_json())
+
     async def audit(self, request: Request, token: ApiToken) -> Response:
         text = request.query_params.get("limit", "100")
         if not text.isdigit():
@@ -332,6 +350,11 @@ class Api:
             Endpoint("GET", "/doctor", "read", "run the live checks (`mailhouse doctor`)",
                      self.doctor, response=s.array(s.CHECK),
                      query=(("domain", "string"),)),
+            Endpoint("GET", "/trace", "read", "find messages' traces: q is an address, a "
+                     "<Message-ID>, a queue id or a trace id", self.find_traces,
+                     response=s.array(s.TRACE), query=(("q", "string"), ("limit", "integer"))),
+            Endpoint("GET", "/trace/{trace}", "read", "one message's steps", self.show_trace,
+                     response=s.TRACE),
             Endpoint("GET", "/audit", "audit", "the newest audit log entries, newest first",
                      self.audit, response=s.array(s.AUDIT), query=(("limit", "integer"),)),
         ]

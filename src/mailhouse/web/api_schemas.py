@@ -38,5 +38,9 @@ CERTIFICATE = obj(path=STR, subject=STR, issuer=STR, names=array(STR), not_befor
                   not_after=TIME, days_left=INT, self_signed=BOOL)
 CHECK = obj(name=STR, status={"enum": ["ok", "warn", "fail", "skip"]}, found=STR,
             why_it_matters=STR, fix=STR)
+STEP = obj(at={"type": "number"}, time=STR, kind=STR, sender=STR, recipient=STR,
+           queue_id=INT, description=STR, detail={"type": "object"})
+TRACE = obj(trace=STR, message_id=STR, sender=STR, recipients=array(STR), first=STR, last=STR,
+            outcome=STR, steps=array(STEP))
 AUDIT = obj(id=INT, at=TIME, actor=STR, action=STR, detail=STR)
 ERROR = obj(error=STR, detail=STR)
