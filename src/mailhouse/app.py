@@ -33,6 +33,7 @@ from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
 from mailhouse.message.dkim import DkimKeys, DkimSigner
+from mailhouse.net.acme_http import challenge_app, install_alpn_responder
 from mailhouse.net.http import HttpListener
 from mailhouse.net.imap import ImapEndpoint
 from mailhouse.net.listener import (
@@ -64,6 +65,10 @@ from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
 from mailhouse.queue_process import QUEUE_GRACE, Outbound, QueueSupervisor, build_outbound
 from mailhouse.service.accounts import Accounts, Passwords
+from mailhouse.service.acme_challenges import ChallengeBoard
+from mailhouse.service.acme_files import current_pair
+from mailhouse.service.acme_renewal import RenewalService
+from mailhouse.service.acme_renewal import from_config as acme_from_config
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.imap import ENABLEABLE, ImapMailService, ImapSettings, capabilities
 from mailhouse.service.inbound import InboundPolicy, InboundService
@@ -293,6 +298,11 @@ class App:
         self.web: HttpListener | None = None
         self._web_sockets: list[socket.socket] = []
         self._serving = False  # every listener started (readiness)
+        # [acme]: the renewal service, its challenge answers, and the HTTP-01 listener.
+        self.acme: RenewalService | None = None
+        self.acme_board = ChallengeBoard()
+        self.acme_http: HttpListener | None = None
+        self._acme_sockets: list[socket.socket] = []
         self.throttle_server: ThrottleServer | None = None
 
     def _wake_queue(self) -> None:
@@ -304,6 +314,9 @@ class App:
     def tls_files(self) -> tuple[Path, Path]:
         if self.config.tls.cert and self.config.tls.key:
             return self.config.tls.cert, self.config.tls.key
+        acme_pair = current_pair(self.config.data_dir) if self.config.acme.enabled else None
+        if acme_pair is not None:
+            return acme_pair
         return ensure_self_signed(self.config.data_dir / "tls", self.config.hostname)
 
     def _load_tls(self) -> tuple[ssl.SSLContext, tuple[bytes, bytes]]:
@@ -329,6 +342,9 @@ class App:
         self._bound = self._bind_listening_sockets()
         self._admin_sockets = self._bind_admin_sockets()
         self._web_sockets = self._bind_http("web.listen", config.web.endpoints())
+        if config.acme.enabled and "http-01" in config.acme.challenges:
+            self._acme_sockets = self._bind_http("acme.http_listen",
+                                                 config.acme.http_endpoints())
         if account is not None:
             become(account)
             log.info("event=privileges.dropped user=%s", account.name)
@@ -341,6 +357,10 @@ class App:
             metrics.prepare(config.data_dir)
         tls, pem = configured_tls or self._load_tls()
         self._tls = tls
+        if config.acme.enabled:
+            if "tls-alpn-01" in config.acme.challenges:
+                install_alpn_responder(tls, self.acme_board)
+            self.acme = acme_from_config(config, self.acme_board, self.reload_tls)
         await self.wakeups.start()
         await self.store.open()
         if config.demo:
@@ -403,6 +423,13 @@ class App:
                 self._web_sockets, tls, name="web")
             self._web_sockets = []
             await self.web.start()
+        if self._acme_sockets:
+            self.acme_http = HttpListener(challenge_app(self.acme_board), self._acme_sockets,
+                                          None, name="acme-http")
+            self._acme_sockets = []
+            await self.acme_http.start()
+        if self.acme is not None:  # after the listeners the CA will contact
+            self.acme.start()
         self._serving = True
 
     def _bind_admin_sockets(self) -> list[socket.socket]:
@@ -579,13 +606,15 @@ class App:
 
     async def stop(self) -> None:
         self._serving = False
-        for http in (self.admin, self.web):
+        if self.acme is not None:
+            await self.acme.stop()
+        for http in (self.admin, self.web, self.acme_http):
             if http is not None:
                 await http.stop()
-        self.admin = self.web = None
-        for sock in [*self._admin_sockets, *self._web_sockets]:  # start-up failed first
-            sock.close()
-        self._admin_sockets, self._web_sockets = [], []
+        self.admin = self.web = self.acme_http = None
+        for sock in [*self._admin_sockets, *self._web_sockets, *self._acme_sockets]:
+            sock.close()  # start-up failed first
+        self._admin_sockets, self._web_sockets, self._acme_sockets = [], [], []
         if self.queue_process is not None:
             self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
         for worker in self.workers:
