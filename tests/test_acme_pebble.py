@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import imaplib
+import json
 import socket
 import ssl
 from collections.abc import Iterator
@@ -24,7 +26,8 @@ from mailhouse.service.acme_client import AcmeSettings
 from mailhouse.service.acme_files import current_pair, install_pair, load_state
 from mailhouse.service.acme_renewal import RenewalService
 from tests.helpers.dns import DnsServer
-from tests.helpers.net import free_ports
+from tests.helpers.mailhouse import MailhouseServer
+from tests.helpers.net import free_ports, wait_until
 from tests.helpers.pebble import Pebble
 from tests.helpers.tools import require_tools
 
@@ -51,6 +54,24 @@ def pebble(tmp_path: Path, dns: DnsServer, ports: tuple[int, int]) -> Iterator[P
     with Pebble(tmp_path / "pebble", dns.nameserver, http_port=ports[0],
                 tls_port=ports[1]) as ca:
         yield ca
+
+
+def served_serial(port: int) -> int:
+    """The serial number of the certificate a TLS handshake on `port` gets."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def acme_toml(pebble: Pebble, http_port: int, extra: str = "") -> str:
+    return (f'[acme]\nenabled = true\ndirectory = "{pebble.directory}"\n'
+            f'ca_bundle = "{pebble.ca_bundle}"\nextra_names = ["{NAMES[1]}"]\n'
+            f'http_listen = ["127.0.0.1:{http_port}"]\n{extra}')
 
 
 def settings(pebble: Pebble, data_dir: Path, challenges: tuple[str, ...] = ("http-01",),
@@ -201,3 +222,74 @@ def test_failing_challenge_keeps_the_old_certificate(tmp_path: Path, pebble: Peb
     assert "event=acme.renewal_failed" in caplog.text
     pair = current_pair(data_dir)
     assert pair is not None and pair[0].resolve() == before[0].resolve()
+
+
+@pytest.mark.slow
+def test_serve_renews_inside_the_window_without_dropping_sessions(
+        tmp_path: Path, pebble: Pebble, ports: tuple[int, int]) -> None:
+    """`mailhouse serve` with [acme]: the pair in place expires just after the window opens;
+    the renewal task renews it, every process (an IMAP worker too) serves the new one, and a
+    session opened on the old one keeps working."""
+    server = MailhouseServer(
+        tmp_path / "mh", protocols=("smtp", "submissions", "imaps"), hostname=NAMES[0],
+        extra_toml=acme_toml(pebble, ports[0], "check_interval = 1\n[imap]\nworkers = 2\n"))
+    server.add_domain("example.test")
+    server.add_user("alice@example.test", "correct horse battery")
+    old = trustme.CA().issue_cert(*NAMES, not_after=datetime.datetime.now(datetime.UTC)
+                                  + datetime.timedelta(days=30, seconds=25))
+    install_pair(server.data_dir, old.cert_chain_pems[0].bytes(), old.private_key_pem.bytes())
+    old_serial = x509.load_pem_x509_certificate(old.cert_chain_pems[0].bytes()).serial_number
+    server.start()
+    try:
+        assert served_serial(server.port("submissions")) == old_serial
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        before = imaplib.IMAP4_SSL("127.0.0.1", server.port("imaps"), ssl_context=context,
+                                   timeout=10)
+        before.login("alice@example.test", "correct horse battery")
+
+        def renewed() -> bool:
+            return served_serial(server.port("submissions")) != old_serial
+
+        assert wait_until(renewed, timeout=90, interval=0.5), server.log_tail()
+        assert wait_until(lambda: {served_serial(server.port("imaps")) for _ in range(6)}
+                          != {old_serial}, timeout=15, interval=0.2)
+        pair = current_pair(server.data_dir)
+        assert pair is not None
+        issued_by(pebble, pair[0])
+        verified = ssl.create_default_context(cadata=pebble.roots().decode())
+        with socket.create_connection(("127.0.0.1", server.port("submissions")), 10) as raw, \
+                verified.wrap_socket(raw, server_hostname=NAMES[0]) as tls:
+            assert tls.version()  # the served chain verifies up to the CA's root
+        assert before.noop()[0] == "OK"  # the session opened on the old pair still works
+        before.logout()
+        log = server.log_path.read_text()
+        assert "event=acme.issued" in log and "event=tls.reloaded" in log
+        state = load_state(server.data_dir)
+        assert state is not None and state.last_error is None
+    finally:
+        server.stop()
+
+
+def test_cli_cert_renew_and_status(tmp_path: Path, pebble: Pebble,
+                                   ports: tuple[int, int]) -> None:
+    server = MailhouseServer(tmp_path / "mh", hostname=NAMES[0],
+                             extra_toml=acme_toml(pebble, ports[0]))
+    status = server.cli("cert", "status")
+    assert b"self-signed" in status.stdout and b"no attempt yet" in status.stdout
+    with socket.socket() as busy:  # `serve` would hold the port: renew says so, changes nothing
+        busy.bind(("127.0.0.1", ports[0]))
+        busy.listen()
+        refused = server.cli("cert", "renew", check=False)
+    assert refused.returncode == 1 and b"renews by itself" in refused.stderr
+    renewed = server.cli("cert", "renew")
+    assert b"installed" in renewed.stdout and b"SIGHUP" in renewed.stdout
+    pair = current_pair(server.data_dir)
+    assert pair is not None
+    issued_by(pebble, pair[0])
+    again = server.cli("cert", "renew")
+    assert b"not due" in again.stdout
+    shown = json.loads(server.cli("cert", "status", "--json").stdout)
+    assert shown["source"] == "acme" and shown["names"] == list(NAMES)
+    assert shown["renewal"]["last_error"] is None and shown["renewal"]["failures"] == 0

@@ -469,6 +469,13 @@ class App:
         for worker in self.workers:
             worker.send_signal(signal.SIGHUP)
 
+    def on_sighup(self) -> None:
+        """Certificates read again, and ACME renewal checks now rather than at its next
+        scheduled time (`systemctl reload mailhouse` after fixing DNS or the firewall)."""
+        self.reload_tls()
+        if self.acme is not None:
+            self.acme.wake()
+
     async def metrics_text(self) -> bytes:
         """/metrics: every process's counters, and the queue as the store has it now."""
         try:
@@ -672,7 +679,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
+    loop.add_signal_handler(signal.SIGHUP, app.on_sighup)
     try:
         await app.start()
         print(app.banner(), file=sys.stderr, flush=True)

@@ -145,7 +145,15 @@ def load_state(data_dir: Path) -> RenewalState | None:
     try:
         with open(acme_dir(data_dir) / "state.json", "rb") as fh:
             raw = json.loads(fh.read(MAX_STATE_FILE))
-        return RenewalState(**{k: raw.get(k) for k in RenewalState.__dataclass_fields__
-                               if k in raw})
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(raw, dict):
+        return None
+    times = ("not_after", "last_attempt", "last_success", "next_check")
+    if any(not isinstance(raw.get(k), int | float | None) or isinstance(raw.get(k), bool)
+           for k in times):
+        return None
+    error, failures = raw.get("last_error"), raw.get("failures", 0)
+    if not isinstance(error, str | None) or not isinstance(failures, int):
+        return None
+    return RenewalState(**{k: raw.get(k) for k in times}, last_error=error, failures=failures)
