@@ -11,6 +11,8 @@ import hashlib
 import os
 import re
 import ssl
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +344,26 @@ def test_doctor_shows_a_failing_renewal(tmp_path: Path) -> None:
     assert "connection refused" in result.found and "port 80" in result.fix
     expired = write_cert(tmp_path, names=[HOST], not_before=NOW - 90 * DAY, not_after=NOW - DAY)
     assert check_certificate(make_doctor(tmp_path, cert=expired)).status is Status.FAIL
+
+
+def test_stop_does_not_wait_for_an_issuance_in_flight(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CA that takes minutes must not hold up the server's shutdown."""
+    release = threading.Event()
+
+    def slow(settings: AcmeSettings, board: ChallengeBoard) -> tuple[Path, Path]:
+        release.wait(30)
+        raise AcmeError("late")
+
+    monkeypatch.setattr(acme_renewal, "issue", slow)
+
+    async def scenario() -> None:
+        renewal = service(tmp_path, [0.0])
+        renewal.start()
+        await asyncio.sleep(0.1)
+        await renewal.stop()
+
+    started = time.monotonic()
+    asyncio.run(scenario())  # returns without waiting for the thread
+    assert time.monotonic() - started < 5
+    release.set()

@@ -15,9 +15,10 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar, cast
 
 from mailhouse.config import Config
 from mailhouse.service.acme_challenges import ChallengeBoard
@@ -32,6 +33,7 @@ from mailhouse.service.acme_files import (
 
 log = logging.getLogger("mailhouse.acme")
 
+T = TypeVar("T")
 RETRY_MIN: Final = 60.0  # seconds before the first retry after a failure; doubles each time
 SECONDS_PER_DAY: Final = 86_400.0
 
@@ -71,7 +73,7 @@ class RenewalService:
             return False
         started = self._clock()
         try:
-            await asyncio.to_thread(issue, self.settings, self.board)
+            await _in_daemon_thread(issue, self.settings, self.board)
         except AcmeError as exc:
             failures = self.state.failures + 1
             delay = min(self.check_interval, RETRY_MIN * 2 ** min(failures - 1, 20))
@@ -125,6 +127,37 @@ class RenewalService:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+
+async def _in_daemon_thread(fn: Callable[[AcmeSettings, ChallengeBoard], T],
+                            settings: AcmeSettings, board: ChallengeBoard) -> T:
+    """`fn` in its own daemon thread rather than the loop's default executor: asyncio.run
+    waits for that executor at exit, and an order still polling the CA (up to the order
+    deadline plus network timeouts) would hold up a shutdown. Killed mid-way, an issuance
+    leaves at most an unlinked pair directory; `current` only ever moves in one rename."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, result))
+
+    def work() -> None:
+        try:
+            result = fn(settings, board)
+        except BaseException as exc:  # handed to the awaiting task, whatever it is
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="acme-issue", daemon=True).start()
+    return await future
 
 
 def _expiry_text(epoch: float | None) -> str:
