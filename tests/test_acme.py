@@ -367,3 +367,31 @@ def test_stop_does_not_wait_for_an_issuance_in_flight(tmp_path: Path,
     asyncio.run(scenario())  # returns without waiting for the thread
     assert time.monotonic() - started < 5
     release.set()
+
+
+def test_doctor_and_cert_status_use_the_acme_pair(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from mailhouse.__main__ import main
+    from mailhouse.cli_doctor import build_setup
+
+    config_file = tmp_path / "mailhouse.toml"
+    config_file.write_text(f'hostname = "{HOST}"\ndata_dir = "data"\nuser = "root"\n'
+                           "[acme]\nenabled = true\n")
+    config = config_from_table({"hostname": HOST, "data_dir": str(tmp_path / "data"),
+                                "acme": {"enabled": True}}, base_dir=tmp_path)
+    leaf = trustme.CA().issue_cert(HOST)
+    cert, _ = install_pair(tmp_path / "data", leaf.cert_chain_pems[0].bytes(),
+                           leaf.private_key_pem.bytes())
+    setup = build_setup(config, ())
+    assert setup.cert_path is not None and setup.cert_path.resolve() == cert.resolve()
+    assert main(["--config", str(config_file), "cert", "status"]) == 0
+    shown = capsys.readouterr().out
+    assert "acme:" in shown and "no attempt yet" in shown
+    save_state(tmp_path / "data", RenewalState(last_attempt=NOW, last_error="CA down",
+                                               failures=2))
+    assert main(["--config", str(config_file), "cert", "status"]) == 1  # failing: exit 1
+    assert "FAILING       2 attempt(s) in a row: CA down" in capsys.readouterr().out
+    off = tmp_path / "off.toml"
+    off.write_text(f'hostname = "{HOST}"\ndata_dir = "data"\nuser = "root"\n')
+    assert main(["--config", str(off), "cert", "renew"]) == 2
+    assert "[acme] is off" in capsys.readouterr().err
