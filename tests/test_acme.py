@@ -111,6 +111,11 @@ def test_acme_cross_key_rules() -> None:
              web={"listen": ["0.0.0.0:8443"]})
     with pytest.raises(ConfigError, match="at most 100 names"):
         load({"enabled": True, "extra_names": [f"n{i}.test" for i in range(MAX_ACME_NAMES)]})
+    with pytest.raises(ConfigError, match="hostname: 'localhost' cannot get a certificate"):
+        config_from_table({"hostname": "localhost", "acme": {"enabled": True}},
+                          base_dir=Path("/"))
+    with pytest.raises(ConfigError, match="acme.names: '192.0.2.1' cannot"):
+        load({"enabled": True, "names": ["192.0.2.1"]})
     # Off, nothing is checked across keys.
     assert not load({"http_listen": []}, tls={"cert": "c.pem", "key": "k.pem"}).acme.enabled
 

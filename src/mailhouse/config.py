@@ -805,6 +805,11 @@ def _check_acme(config: Config) -> None:
         if endpoint in taken:
             raise ConfigError(f"acme.http_listen: {endpoint[0]}:{endpoint[1]} is already "
                               "used by web.listen (HTTPS); port 80 is plain HTTP")
+    for name in acme.all_names(config.hostname):
+        if "." not in name or all(c.isdigit() or c == "." for c in name):
+            key = "hostname" if name == config.hostname and not acme.names else "acme.names"
+            raise ConfigError(f"{key}: {name!r} cannot get a certificate from a public CA; "
+                              "ACME needs a public DNS name such as \"mail.example.com\"")
     if len(acme.all_names(config.hostname)) > MAX_ACME_NAMES:
         raise ConfigError(f"acme.extra_names: at most {MAX_ACME_NAMES} names in one "
                           "certificate, names included")
