@@ -293,3 +293,28 @@ def test_cli_cert_renew_and_status(tmp_path: Path, pebble: Pebble,
     shown = json.loads(server.cli("cert", "status", "--json").stdout)
     assert shown["source"] == "acme" and shown["names"] == list(NAMES)
     assert shown["renewal"]["last_error"] is None and shown["renewal"]["failures"] == 0
+
+
+def test_serve_with_the_ca_down_keeps_serving_and_warns(tmp_path: Path, pebble: Pebble,
+                                                        ports: tuple[int, int]) -> None:
+    closed = free_ports(1)[0]
+    toml = acme_toml(pebble, ports[0]).replace(pebble.directory,
+                                               f"https://127.0.0.1:{closed}/dir")
+    server = MailhouseServer(tmp_path / "mh", protocols=("smtp", "submissions"),
+                             hostname=NAMES[0], extra_toml=toml)
+    server.start()
+    try:
+        def warned() -> bool:
+            return "event=acme.renewal_failed" in server.log_path.read_text()
+
+        assert wait_until(warned, timeout=30, interval=0.2), server.log_tail()
+        served_serial(server.port("submissions"))  # the self-signed pair still serves
+        assert current_pair(server.data_dir) is None
+        status = server.cli("cert", "status", check=False)
+        assert status.returncode == 1 and b"FAILING" in status.stdout
+        doctor = server.cli("doctor", "--json", check=False)
+        results = {r["name"]: r for r in json.loads(doctor.stdout)}
+        assert "ACME renewal failing" in results["certificate"]["found"]
+        assert "acme-http" in server.log_path.read_text()
+    finally:
+        server.stop()

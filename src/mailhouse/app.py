@@ -664,6 +664,10 @@ class App:
             for sock in self.web.sockets:
                 host, port = sock.getsockname()[:2]
                 lines.append(f"  {'web':<11} https://{host}:{port} (client autoconfiguration)")
+        if self.acme_http is not None:
+            for sock in self.acme_http.sockets:
+                host, port = sock.getsockname()[:2]
+                lines.append(f"  {'acme-http':<11} http://{host}:{port} (ACME HTTP-01 only)")
         lines.append(f"  data        {self.config.data_dir}")
         if self.config.demo:
             lines.append(f"  demo domain {DEMO_DOMAIN}")
