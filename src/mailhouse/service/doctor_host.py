@@ -170,8 +170,9 @@ def check_certificate(doctor: Doctor) -> CheckResult:
 def _check_certificate_file(doctor: Doctor) -> CheckResult:
     hostname = doctor.setup.hostname.lower().rstrip(".")
     path = doctor.setup.cert_path
-    fix_real = ("configure tls.cert and tls.key with a certificate for "
-                f"{hostname} from a CA (e.g. Let's Encrypt), then restart")
+    fix_real = ("set [acme] enabled = true to get one from Let's Encrypt (docs/operations.md, "
+                "\"Certificates from ACME\"), or configure tls.cert and tls.key with a "
+                f"certificate for {hostname} from a CA, then restart")
     if path is None:
         return CheckResult("certificate", Status.WARN, "none yet: the first `serve` makes a "
                            "self-signed one", "Clients and MTA-STS senders verify the "
