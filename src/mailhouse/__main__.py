@@ -25,6 +25,7 @@ from pathlib import Path
 from mailhouse import (
     __version__,
     cli_backup,
+    cli_cert,
     cli_dns,
     cli_doctor,
     cli_operator,
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_backup.register(commands, parents=[common])
     cli_doctor.register(commands, parents=[common])
     cli_operator.register(commands, parents=[common])
+    cli_cert.register(commands, parents=[common])
     return parser
 
 

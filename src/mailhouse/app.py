@@ -33,6 +33,7 @@ from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
 from mailhouse.message.dkim import DkimKeys, DkimSigner
+from mailhouse.net.acme_http import challenge_app, install_alpn_responder
 from mailhouse.net.http import HttpListener
 from mailhouse.net.imap import ImapEndpoint
 from mailhouse.net.listener import (
@@ -64,6 +65,10 @@ from mailhouse.proto.sasl import MECHANISMS
 from mailhouse.proto.smtp.server import SmtpServerConfig
 from mailhouse.queue_process import QUEUE_GRACE, Outbound, QueueSupervisor, build_outbound
 from mailhouse.service.accounts import Accounts, Passwords
+from mailhouse.service.acme_challenges import ChallengeBoard
+from mailhouse.service.acme_files import current_pair
+from mailhouse.service.acme_renewal import RenewalService
+from mailhouse.service.acme_renewal import from_config as acme_from_config
 from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.imap import ENABLEABLE, ImapMailService, ImapSettings, capabilities
 from mailhouse.service.inbound import InboundPolicy, InboundService
@@ -300,6 +305,11 @@ class App:
         self.web: HttpListener | None = None
         self._web_sockets: list[socket.socket] = []
         self._serving = False  # every listener started (readiness)
+        # [acme]: the renewal service, its challenge answers, and the HTTP-01 listener.
+        self.acme: RenewalService | None = None
+        self.acme_board = ChallengeBoard()
+        self.acme_http: HttpListener | None = None
+        self._acme_sockets: list[socket.socket] = []
         self.throttle_server: ThrottleServer | None = None
 
     def _wake_queue(self) -> None:
@@ -311,6 +321,9 @@ class App:
     def tls_files(self) -> tuple[Path, Path]:
         if self.config.tls.cert and self.config.tls.key:
             return self.config.tls.cert, self.config.tls.key
+        acme_pair = current_pair(self.config.data_dir) if self.config.acme.enabled else None
+        if acme_pair is not None:
+            return acme_pair
         return ensure_self_signed(self.config.data_dir / "tls", self.config.hostname)
 
     def _load_tls(self) -> tuple[ssl.SSLContext, tuple[bytes, bytes]]:
@@ -336,6 +349,9 @@ class App:
         self._bound = self._bind_listening_sockets()
         self._admin_sockets = self._bind_admin_sockets()
         self._web_sockets = self._bind_http("web.listen", config.web.endpoints())
+        if config.acme.enabled and "http-01" in config.acme.challenges:
+            self._acme_sockets = self._bind_http("acme.http_listen",
+                                                 config.acme.http_endpoints())
         if account is not None:
             become(account)
             log.info("event=privileges.dropped user=%s", account.name)
@@ -348,6 +364,10 @@ class App:
             metrics.prepare(config.data_dir)
         tls, pem = configured_tls or self._load_tls()
         self._tls = tls
+        if config.acme.enabled:
+            if "tls-alpn-01" in config.acme.challenges:
+                install_alpn_responder(tls, self.acme_board)
+            self.acme = acme_from_config(config, self.acme_board, self.reload_tls)
         await self.wakeups.start()
         await self.store.open()
         if config.demo:
@@ -415,6 +435,13 @@ class App:
                 self._web_sockets, tls, name="web")
             self._web_sockets = []
             await self.web.start()
+        if self._acme_sockets:
+            self.acme_http = HttpListener(challenge_app(self.acme_board), self._acme_sockets,
+                                          None, name="acme-http")
+            self._acme_sockets = []
+            await self.acme_http.start()
+        if self.acme is not None:  # after the listeners the CA will contact
+            self.acme.start()
         self._serving = True
 
     def _bind_admin_sockets(self) -> list[socket.socket]:
@@ -453,6 +480,13 @@ class App:
                       cert, problem)
         for worker in self.workers:
             worker.send_signal(signal.SIGHUP)
+
+    def on_sighup(self) -> None:
+        """Certificates read again, and ACME renewal checks now rather than at its next
+        scheduled time (`systemctl reload mailhouse` after fixing DNS or the firewall)."""
+        self.reload_tls()
+        if self.acme is not None:
+            self.acme.wake()
 
     async def metrics_text(self) -> bytes:
         """/metrics: every process's counters, and the queue as the store has it now."""
@@ -592,13 +626,15 @@ class App:
 
     async def stop(self) -> None:
         self._serving = False
-        for http in (self.admin, self.web):
+        if self.acme is not None:
+            await self.acme.stop()
+        for http in (self.admin, self.web, self.acme_http):
             if http is not None:
                 await http.stop()
-        self.admin = self.web = None
-        for sock in [*self._admin_sockets, *self._web_sockets]:  # start-up failed first
-            sock.close()
-        self._admin_sockets, self._web_sockets = [], []
+        self.admin = self.web = self.acme_http = None
+        for sock in [*self._admin_sockets, *self._web_sockets, *self._acme_sockets]:
+            sock.close()  # start-up failed first
+        self._admin_sockets, self._web_sockets, self._acme_sockets = [], [], []
         if self.queue_process is not None:
             self.queue_process.begin_stop()  # a child ended by the same Ctrl-C stays ended
         for worker in self.workers:
@@ -643,6 +679,10 @@ class App:
             for sock in self.web.sockets:
                 host, port = sock.getsockname()[:2]
                 lines.append(f"  {'web':<11} https://{host}:{port} (client autoconfiguration)")
+        if self.acme_http is not None:
+            for sock in self.acme_http.sockets:
+                host, port = sock.getsockname()[:2]
+                lines.append(f"  {'acme-http':<11} http://{host}:{port} (ACME HTTP-01 only)")
         lines.append(f"  data        {self.config.data_dir}")
         if self.config.demo:
             lines.append(f"  demo domain {DEMO_DOMAIN}")
@@ -658,7 +698,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_tls)
+    loop.add_signal_handler(signal.SIGHUP, app.on_sighup)
     try:
         await app.start()
         print(app.banner(), file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ from mailhouse.cli_queue import StoreRunner, run_with_store
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.message.dkim import DkimError, dns_records
 from mailhouse.service.accounts import InvalidInput, canonical_domain
+from mailhouse.service.acme_files import current_pair
 from mailhouse.service.doctor import CheckResult, Doctor, DoctorSetup, Listener, Status
 from mailhouse.service.doctor_dns import DnsLookups, make_resolver, parse_records
 from mailhouse.service.doctor_host import NTP_PORT, sntp_time
@@ -124,6 +125,9 @@ def build_setup(config: Config, domains: Sequence[str],
                                                  dkim_keys(config).keys(domain), offered))
                for domain in domains}
     cert = config.tls.cert
+    acme_pair = current_pair(config.data_dir) if config.acme.enabled else None
+    if acme_pair is not None:
+        cert = acme_pair[0]
     if cert is None:
         self_signed = config.data_dir.joinpath(*SELF_SIGNED_CERT)
         cert = self_signed if self_signed.exists() else None

@@ -551,6 +551,83 @@ class WebConfig:
         return [parse_endpoint(text) for text in self.listen]
 
 
+# --- [acme]: certificates from an ACME CA (RFC 8555) ------------------------------------------
+
+LETS_ENCRYPT_DIRECTORY: Final = "https://acme-v02.api.letsencrypt.org/directory"
+ACME_CHALLENGES: Final = ("http-01", "tls-alpn-01")
+MAX_ACME_NAMES: Final = 100  # Let's Encrypt's limit of names in one certificate
+
+
+def _https_url(key: str, value: object) -> str:
+    # RFC 8555 §6.1: ACME is spoken over HTTPS only.
+    expected = 'an https:// URL such as "https://acme.example/directory"'
+    if not isinstance(value, str) or not value.startswith("https://") or len(value) <= 8 or any(
+            c.isspace() or c == "\0" for c in value):
+        raise _wrong(key, expected, value)
+    return value
+
+
+def _email(key: str, value: object) -> str:
+    expected = 'an e-mail address such as "postmaster@example.com"'
+    if not isinstance(value, str) or value.count("@") != 1 or any(
+            c.isspace() or ord(c) < 32 for c in value):
+        raise _wrong(key, expected, value)
+    local, domain = value.split("@")
+    try:
+        normalize_domain(domain)
+    except AddressError:
+        raise _wrong(key, expected, value) from None
+    if not local:
+        raise _wrong(key, expected, value)
+    return value
+
+
+def _host_names(key: str, value: object) -> tuple[str, ...]:
+    """Names for the certificate: host names, no wildcards (those need DNS-01), no repeats."""
+    if not isinstance(value, list) or len(value) > MAX_ACME_NAMES:
+        raise _wrong(key, f"a list of at most {MAX_ACME_NAMES} host names", value)
+    names = tuple(_hostname(f"{key}[{i}]", item) for i, item in enumerate(value))
+    return tuple(dict.fromkeys(names))
+
+
+def _challenges(key: str, value: object) -> tuple[str, ...]:
+    expected = "a non-empty list of " + ", ".join(f'"{c}"' for c in ACME_CHALLENGES)
+    if not isinstance(value, list) or not value or any(
+            item not in ACME_CHALLENGES for item in value):
+        raise _wrong(key, expected, value)
+    return tuple(dict.fromkeys(cast(list[str], value)))
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """Certificates obtained and renewed from an ACME CA (RFC 8555; docs/operations.md,
+    "Certificates from ACME"). Off by default: it needs public DNS and open ports."""
+
+    enabled: bool = field(default=False, metadata=checked(_boolean))
+    directory: str = field(default=LETS_ENCRYPT_DIRECTORY, metadata=checked(_https_url))
+    # The account's contact (RFC 8555 §7.3): where the CA writes about expiry and problems.
+    contact: str | None = field(default=None, metadata=checked(_email))
+    # Empty: the server's `hostname`. `extra_names` are added (mta-sts.DOMAIN, autoconfig...).
+    names: tuple[str, ...] = field(default=(), metadata=checked(_host_names))
+    extra_names: tuple[str, ...] = field(default=(), metadata=checked(_host_names))
+    # Tried in this order for each name the CA offers them for.
+    challenges: tuple[str, ...] = field(default=("http-01",), metadata=checked(_challenges))
+    renew_before_days: int = field(default=30, metadata=checked(_integer(1, 365)))
+    # CA certificates trusted for the directory's HTTPS (a private or test CA); None: system's.
+    ca_bundle: Path | None = field(default=None, metadata=checked(_path))
+    # The plain-HTTP listener answering HTTP-01 (RFC 8555 §8.3); the CA connects to port 80.
+    http_listen: tuple[str, ...] = field(default=("0.0.0.0:80",), metadata=checked(_endpoints))
+    # Seconds between two looks at the certificate's expiry while serving.
+    check_interval: float = field(default=43_200.0, metadata=checked(_seconds))
+
+    def all_names(self, hostname: str) -> tuple[str, ...]:
+        """The certificate's names, the first one its subject."""
+        return tuple(dict.fromkeys((*(self.names or (hostname,)), *self.extra_names)))
+
+    def http_endpoints(self) -> list[tuple[str, int]]:
+        return [parse_endpoint(text) for text in self.http_listen]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Field defaults are the production defaults except `hostname`
@@ -578,6 +655,7 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig, metadata=_section(ImapConfig))
     admin: AdminConfig = field(default_factory=AdminConfig, metadata=_section(AdminConfig))
     web: WebConfig = field(default_factory=WebConfig, metadata=_section(WebConfig))
+    acme: AcmeConfig = field(default_factory=AcmeConfig, metadata=_section(AcmeConfig))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.
     source: Path | None = None
@@ -652,14 +730,17 @@ def config_from_table(raw: Mapping[str, object], *, base_dir: Path,
     if "hostname" not in raw:
         config = replace(config, hostname=_system_hostname())
     tls = cast(TlsConfig, sections["tls"])
+    acme = cast(AcmeConfig, sections["acme"])
     config = replace(
         config,
         data_dir=_absolute(config.data_dir, base_dir),
         tls=replace(tls,
                     cert=_absolute(tls.cert, base_dir) if tls.cert else None,
                     key=_absolute(tls.key, base_dir) if tls.key else None),
+        acme=replace(acme, ca_bundle=_absolute(acme.ca_bundle, base_dir)
+                     if acme.ca_bundle else None),
         source=source,
-        **{name: value for name, value in sections.items() if name != "tls"},
+        **{name: value for name, value in sections.items() if name not in ("tls", "acme")},
     )
     _check_whole(config)
     return replace(config, warnings=_warnings(config))
@@ -702,6 +783,7 @@ def _check_whole(config: Config) -> None:
         raise ConfigError(
             f"{missing}: set both tls.cert and tls.key, or neither (then a self-signed "
             "certificate is made in data_dir)")
+    _check_acme(config)
     seen: dict[tuple[str, int], str] = {}
     for kind in LISTENER_KINDS:
         for endpoint in config.listen_endpoints(kind):
@@ -713,6 +795,34 @@ def _check_whole(config: Config) -> None:
                 raise ConfigError(
                     f"listen.{kind}: {shown}:{endpoint[1]} is already used by listen.{other}")
             seen[endpoint] = kind
+
+
+def _check_acme(config: Config) -> None:
+    acme = config.acme
+    if not acme.enabled:
+        return
+    if config.tls.cert is not None:
+        raise ConfigError("acme.enabled: ACME installs its own certificate; remove tls.cert and "
+                          "tls.key, or set acme.enabled = false")
+    if "http-01" in acme.challenges and not acme.http_listen:
+        raise ConfigError('acme.http_listen: the "http-01" challenge needs a listener (the CA '
+                          'connects to port 80); list one or use only "tls-alpn-01"')
+    if "tls-alpn-01" in acme.challenges and not config.web.listen:
+        raise ConfigError('acme.challenges: "tls-alpn-01" is answered on web.listen (the CA '
+                          "connects to port 443); list one there or use only \"http-01\"")
+    taken = {endpoint for endpoint in config.web.endpoints() if endpoint[1] != 0}
+    for endpoint in acme.http_endpoints():
+        if endpoint in taken:
+            raise ConfigError(f"acme.http_listen: {endpoint[0]}:{endpoint[1]} is already "
+                              "used by web.listen (HTTPS); port 80 is plain HTTP")
+    for name in acme.all_names(config.hostname):
+        if "." not in name or all(c.isdigit() or c == "." for c in name):
+            key = "hostname" if name == config.hostname and not acme.names else "acme.names"
+            raise ConfigError(f"{key}: {name!r} cannot get a certificate from a public CA; "
+                              "ACME needs a public DNS name such as \"mail.example.com\"")
+    if len(acme.all_names(config.hostname)) > MAX_ACME_NAMES:
+        raise ConfigError(f"acme.extra_names: at most {MAX_ACME_NAMES} names in one "
+                          "certificate, names included")
 
 
 def _warnings(config: Config) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from typing import Final
 
 from cryptography import x509
 
+from mailhouse.service.acme_files import load_state
 from mailhouse.service.doctor import (
     CERT_EXPIRY_WARNING,
     CLOCK_SKEW_FAIL,
@@ -147,10 +148,31 @@ async def check_ports(doctor: Doctor) -> CheckResult:
 
 
 def check_certificate(doctor: Doctor) -> CheckResult:
+    """The certificate file, then what ACME renewal last reported (acme_files.RenewalState):
+    a renewal failing is a warning while the certificate still serves."""
+    result = _check_certificate_file(doctor)
+    state = load_state(doctor.setup.data_dir)
+    if state is None or not state.failing or result.status is Status.FAIL:
+        return result
+    since = _iso(state.last_attempt) if state.last_attempt is not None else "?"
+    return CheckResult(
+        "certificate", Status.WARN,
+        f"{result.found}; ACME renewal failing ({state.failures} attempts, last {since}): "
+        f"{state.last_error}",
+        "The certificate is not renewed: when it expires, clients and verifying senders "
+        "refuse it.",
+        "the CA must reach this server: port 80 open for HTTP-01 (443 with web.listen for "
+        "TLS-ALPN-01) and every name in [acme] resolving here; then `mailhouse cert renew` "
+        "or `systemctl reload mailhouse` retries now (docs/operations.md, \"Certificates "
+        "from ACME\")")
+
+
+def _check_certificate_file(doctor: Doctor) -> CheckResult:
     hostname = doctor.setup.hostname.lower().rstrip(".")
     path = doctor.setup.cert_path
-    fix_real = ("configure tls.cert and tls.key with a certificate for "
-                f"{hostname} from a CA (e.g. Let's Encrypt), then restart")
+    fix_real = ("set [acme] enabled = true to get one from Let's Encrypt (docs/operations.md, "
+                "\"Certificates from ACME\"), or configure tls.cert and tls.key with a "
+                f"certificate for {hostname} from a CA, then restart")
     if path is None:
         return CheckResult("certificate", Status.WARN, "none yet: the first `serve` makes a "
                            "self-signed one", "Clients and MTA-STS senders verify the "
