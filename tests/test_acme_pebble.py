@@ -318,3 +318,26 @@ def test_serve_with_the_ca_down_keeps_serving_and_warns(tmp_path: Path, pebble: 
         assert "acme-http" in server.log_path.read_text()
     finally:
         server.stop()
+
+
+def test_serve_answers_tls_alpn01_on_its_web_listener_only(tmp_path: Path, pebble: Pebble,
+                                                           ports: tuple[int, int]) -> None:
+    """`serve` with TLS-ALPN-01: the CA validates on the public web listener, whose context is
+    its own (the challenge certificate is never offered on the mail listeners), and the
+    certificate obtained is then served by every listener."""
+    toml = acme_toml(pebble, ports[0], 'challenges = ["tls-alpn-01"]\n'
+                     f'[web]\nlisten = ["127.0.0.1:{ports[1]}"]\n')
+    server = MailhouseServer(tmp_path / "mh", protocols=("smtp", "submissions"),
+                             hostname=NAMES[0], extra_toml=toml)
+    server.start()
+    try:
+        assert wait_until(lambda: current_pair(server.data_dir) is not None, timeout=60,
+                          interval=0.2), server.log_tail()
+        pair = current_pair(server.data_dir)
+        assert pair is not None
+        issued_by(pebble, pair[0])
+        want = x509.load_pem_x509_certificate(pair[0].read_bytes()).serial_number
+        assert wait_until(lambda: served_serial(server.port("submissions")) == want
+                          and served_serial(ports[1]) == want, timeout=15, interval=0.2)
+    finally:
+        server.stop()

@@ -301,6 +301,10 @@ class App:
         self._bound: dict[str, list[socket.socket]] = {}
         self.admin: HttpListener | None = None
         self._tls: ssl.SSLContext | None = None
+        # The public web listener's own context when it answers TLS-ALPN-01 (RFC 8737): the
+        # challenge certificate is then served there only, never to a mail client of the
+        # same name during a validation.
+        self._web_tls: ssl.SSLContext | None = None
         self._admin_sockets: list[socket.socket] = []
         self.web: HttpListener | None = None
         self._web_sockets: list[socket.socket] = []
@@ -365,8 +369,9 @@ class App:
         tls, pem = configured_tls or self._load_tls()
         self._tls = tls
         if config.acme.enabled:
-            if "tls-alpn-01" in config.acme.challenges:
-                install_alpn_responder(tls, self.acme_board)
+            if "tls-alpn-01" in config.acme.challenges and self._web_sockets:
+                self._web_tls = server_context(*self.tls_files())
+                install_alpn_responder(self._web_tls, self.acme_board)
             self.acme = acme_from_config(config, self.acme_board, self.reload_tls)
         await self.wakeups.start()
         await self.store.open()
@@ -432,7 +437,7 @@ class App:
                                if kind not in NOT_BUILT and config.listen_endpoints(kind))
             self.web = HttpListener(
                 build_public_app(config, lambda: self.directory.current.domains, served),
-                self._web_sockets, tls, name="web")
+                self._web_sockets, self._web_tls or tls, name="web")
             self._web_sockets = []
             await self.web.start()
         if self._acme_sockets:
@@ -466,6 +471,8 @@ class App:
             return
         cert, key = self.tls_files()
         problem = reload_certificate(self._tls, cert, key)
+        if problem is None and self._web_tls is not None:
+            problem = reload_certificate(self._web_tls, cert, key)
         if problem is None:
             log.info("event=tls.reloaded cert=%s", cert)
             try:  # a worker restarted from now on starts with the new pair
