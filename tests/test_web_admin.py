@@ -1,0 +1,374 @@
+"""The web admin's security rules over plain HTTP (no browser), the ASGI app in process with a
+memory store: the bootstrap secret, login throttling, sessions (cookie attributes, rotation,
+idle and absolute timeouts, the bound), CSRF and Origin checks, the security headers; then that
+each page's changes reach the store through the services, audited as `operator:<name>`."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from argon2 import PasswordHasher
+
+from mailhouse.config import Config, load_config
+from mailhouse.service.accounts import Passwords
+from mailhouse.service.operators import OPERATOR_PASSWORD_MIN, Operators
+from mailhouse.service.throttle import LoginThrottle
+from mailhouse.store import open_store
+from mailhouse.store.base import QueueRequest, Store
+from mailhouse.web import pages
+from mailhouse.web.admin import AdminContext, arm_bootstrap, build_app
+from mailhouse.web.health import Check
+from mailhouse.web.sessions import Bootstrap, FormTokens, Sessions
+from tests.helpers.dns import DnsServer
+
+BASE = "https://admin.test"
+ORIGIN = {"origin": BASE}
+PASSWORD = "a long enough passphrase"
+CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+async def ready() -> Mapping[str, Check]:
+    return {}
+
+
+@dataclass
+class Admin:
+    context: AdminContext
+    client: httpx.AsyncClient
+    store: Store
+
+    async def login(self, name: str = "ann", password: str = PASSWORD) -> httpx.Response:
+        token = form_token(await self.client.get("/login"))
+        return await self.client.post("/login", data={"csrf": token, "name": name,
+                                                      "password": password}, headers=ORIGIN)
+
+    async def csrf(self, path: str = "/") -> str:
+        page = await self.client.get(path)
+        match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert match, page.text
+        return match[1]
+
+    async def post(self, path: str, **data: str) -> httpx.Response:
+        return await self.client.post(path, data={"csrf": await self.csrf(), **data},
+                                      headers=ORIGIN)
+
+
+def form_token(page: httpx.Response) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match, page.text
+    return match[1]
+
+
+def config(tmp_path: Path, nameserver: str) -> Config:
+    path = tmp_path / "mailhouse.toml"
+    path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n'
+                    '[submission]\nauth_failure_delay = 0.01\nauth_failure_limit = 3\n'
+                    f'[dns]\nnameservers = ["{nameserver}"]\n')
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return load_config(path)
+
+
+def run(tmp_path: Path, test: Callable[[Admin], Awaitable[None]], *,
+        operator: bool = True, limit: int = 3) -> None:
+    async def main(nameserver: str) -> None:
+        cfg = config(tmp_path, nameserver)
+        store = open_store(cfg.data_dir, "memory")
+        await store.open()
+        passwords = Passwords(CHEAP)
+        context = AdminContext(cfg, store, passwords, LoginThrottle(limit, 300.0), ready)
+        if operator:
+            await Operators(store, passwords).add("ann", PASSWORD, actor="test")
+        app = build_app(context, (pages.admin_pages,))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+                await test(Admin(context, client, store))
+        finally:
+            await store.close()
+    with DnsServer({"example.test": {"MX": [(10, "mx.example.test")]}}) as dns_server:
+        asyncio.run(main(dns_server.nameserver))
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+def test_bootstrap_secret_makes_the_first_operator_once(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        notice = await arm_bootstrap(admin.context, ["https://mx.example.test:8443"])
+        assert notice is not None
+        secret = re.search(r"/setup\?token=(\S+)", notice)
+        assert secret
+        assert (await admin.client.get("/login")).headers["location"] == "/setup"
+        page = await admin.client.get(f"/setup?token={secret[1]}")
+        assert page.status_code == 200 and secret[1] in page.text
+        fields = {"csrf": form_token(page), "token": secret[1], "name": "ann",
+                  "password": "short", "password2": "short"}
+        refused = await admin.client.post("/setup", data=fields, headers=ORIGIN)
+        assert refused.status_code == 400
+        assert f"at least {OPERATOR_PASSWORD_MIN}" in refused.text
+        wrong = {**fields, "token": "guess", "password": PASSWORD, "password2": PASSWORD}
+        assert (await admin.client.post("/setup", data=wrong, headers=ORIGIN)).status_code == 403
+        made = await admin.client.post("/setup", data={**wrong, "token": secret[1]},
+                                       headers=ORIGIN)
+        assert made.status_code == 303 and made.headers["location"] == "/"
+        assert (await admin.client.get("/")).status_code == 200  # logged in
+        assert [a.name for a in await admin.store.list_admins()] == ["ann"]
+        audit = await admin.store.list_audit(10)
+        assert [(e.actor, e.action) for e in audit] == [("setup:bootstrap", "operator.add")]
+        # Single use: the same secret again makes nothing, and the page says setup is done.
+        again = await admin.client.post("/setup", data={**wrong, "token": secret[1],
+                                                         "name": "eve"}, headers=ORIGIN)
+        assert again.status_code == 403
+        assert (await admin.client.get("/setup")).status_code == 404
+        assert len(await admin.store.list_admins()) == 1
+    run(tmp_path, test, operator=False)
+
+
+def test_no_bootstrap_when_an_operator_exists(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        assert await arm_bootstrap(admin.context, ["https://x:1"]) is None
+        assert not admin.context.bootstrap.armed
+        assert (await admin.client.get("/setup")).status_code == 404
+    run(tmp_path, test)
+
+
+def test_bootstrap_secret_is_compared_whole() -> None:
+    bootstrap = Bootstrap()
+    assert not bootstrap.take("")
+    secret = bootstrap.arm()
+    assert not bootstrap.take(secret[:-1]) and not bootstrap.take(secret + "x")
+    assert bootstrap.take(secret) and not bootstrap.take(secret)
+
+
+# --- login, cookies, sessions ----------------------------------------------------------------
+
+def test_login_sets_a_strict_cookie_and_rotates_the_session(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+        first = await admin.login()
+        assert first.status_code == 303
+        cookie = first.headers["set-cookie"]
+        assert cookie.startswith(pages.COOKIE + "=")
+        attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"secure", "httponly", "samesite=strict", "path=/"} <= attributes
+        assert not any(a.startswith(("domain", "max-age", "expires")) for a in attributes)
+        old = admin.client.cookies[pages.COOKIE]
+        admin.client.cookies.clear()
+        token = form_token(await admin.client.get("/login"))
+        admin.client.cookies.set(pages.COOKIE, old, domain="admin.test")  # logged in
+        second = await admin.client.post("/login", data={"csrf": token, "name": "ann",
+                                                         "password": PASSWORD}, headers=ORIGIN)
+        new = admin.client.cookies[pages.COOKIE]
+        assert second.status_code == 303 and new != old
+        admin.client.cookies.set(pages.COOKIE, old, domain="admin.test")  # replaced: gone
+        assert (await admin.client.get("/")).status_code == 303
+    run(tmp_path, test)
+
+
+def test_security_headers_on_every_page(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        for path in ("/login", "/", "/domains", "/users", "/queue", "/audit"):
+            page = await admin.client.get(path)
+            csp = page.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp and "script-src" not in csp
+            assert "default-src 'none'" in csp  # so no script at all, inline or not
+            assert page.headers["referrer-policy"] == "no-referrer"
+            assert page.headers["x-content-type-options"] == "nosniff"
+            assert page.headers["x-frame-options"] == "DENY"
+            assert "<script" not in page.text
+    run(tmp_path, test)
+
+
+def test_wrong_password_and_throttling(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        for _ in range(3):
+            wrong = await admin.login(password="not the password")
+            assert wrong.status_code == 401 and "Wrong name or password" in wrong.text
+        locked = await admin.login()  # the right password, refused unchecked
+        assert locked.status_code == 429 and "Too many" in locked.text
+        assert pages.COOKIE not in admin.client.cookies
+    run(tmp_path, test, limit=3)
+
+
+def test_unknown_operators_share_the_mail_throttle(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        for name in ("x1", "x2", "x3"):  # the client's IP key counts them all
+            assert (await admin.login(name=name)).status_code == 401
+        assert (await admin.login()).status_code == 429
+        # The same throttle the mail logins use: this client is locked there too.
+        assert not admin.context.login_throttle.check("127.0.0.1", "alice@example.test")
+    run(tmp_path, test, limit=3)
+
+
+def test_logout_ends_the_session(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        sid = admin.client.cookies[pages.COOKIE]
+        out = await admin.post("/logout")
+        assert out.status_code == 303 and out.headers["location"] == "/login"
+        admin.client.cookies.set(pages.COOKIE, sid, domain="admin.test")
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+    run(tmp_path, test)
+
+
+def test_sessions_expire_idle_absolute_and_past_the_bound() -> None:
+    now = [0.0]
+    sessions = Sessions(clock=lambda: now[0], idle_timeout=10, absolute_timeout=25,
+                        max_sessions=2)
+    a = sessions.create("ann")
+    now[0] = 9.0
+    assert sessions.get(a.id) is a
+    now[0] = 18.0
+    assert sessions.get(a.id) is a  # idle clock restarted at 9
+    now[0] = 26.0
+    assert sessions.get(a.id) is None  # absolute timeout, however active
+    b = sessions.create("bob")
+    now[0] = 36.5
+    assert sessions.get(b.id) is None  # idle
+    c, d, e = sessions.create("c"), sessions.create("d"), sessions.create("e")
+    assert len(sessions) == 2 and sessions.get(c.id) is None  # least recently used dropped
+    assert sessions.get(d.id) is d and sessions.get(e.id) is e
+    sessions.end_operator("d")
+    assert sessions.get(d.id) is None
+
+
+def test_form_tokens_expire_and_are_bound_to_the_process() -> None:
+    now = [1000.0]
+    tokens = FormTokens(clock=lambda: now[0], lifetime=60)
+    token = tokens.issue()
+    assert tokens.valid(token)
+    assert not FormTokens(clock=lambda: now[0]).valid(token)  # another key
+    assert not tokens.valid(token.replace(".", ".0")) and not tokens.valid("x.y")
+    now[0] = 1061.0
+    assert not tokens.valid(token)
+
+
+# --- CSRF and Origin --------------------------------------------------------------------------
+
+def test_posts_need_the_session_csrf_token_and_our_origin(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        token = await admin.csrf()
+        cases: list[tuple[dict[str, str], dict[str, str]]] = [
+            ({"domain": "a.test"}, ORIGIN),  # no token
+            ({"domain": "a.test", "csrf": "forged"}, ORIGIN),  # wrong token
+            ({"domain": "a.test", "csrf": token}, {"origin": "https://evil.test"}),
+            ({"domain": "a.test", "csrf": token}, {"referer": "https://evil.test/x"}),
+            ({"domain": "a.test", "csrf": token}, {}),  # neither Origin nor Referer
+            ({"domain": "a.test", "csrf": token}, {"origin": "http://admin.test"}),
+        ]
+        for data, headers in cases:
+            refused = await admin.client.post("/domains/add", data=data, headers=headers)
+            assert refused.status_code == 403, (data, headers)
+        assert (await admin.store.directory()).domains == frozenset()
+        ok = await admin.client.post("/domains/add", data={"domain": "a.test", "csrf": token},
+                                     headers={"referer": f"{BASE}/domains"})
+        assert ok.status_code == 303
+        assert (await admin.store.directory()).domains == {"a.test"}
+    run(tmp_path, test)
+
+
+def test_login_form_needs_its_token_and_our_origin(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        token = form_token(await admin.client.get("/login"))
+        fields = {"name": "ann", "password": PASSWORD}
+        assert (await admin.client.post("/login", data=fields,
+                                         headers=ORIGIN)).status_code == 403
+        assert (await admin.client.post("/login", data={**fields, "csrf": token},
+                                         headers={"origin": "https://evil.test"})
+                ).status_code == 403
+        assert pages.COOKIE not in admin.client.cookies
+    run(tmp_path, test)
+
+
+def test_a_form_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        big = await admin.post("/domains/add", domain="x" * pages.MAX_FORM_BYTES)
+        assert big.status_code == 413
+    run(tmp_path, test)
+
+
+# --- the pages go through the services --------------------------------------------------------
+
+def test_pages_change_the_store_through_the_services(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        assert (await admin.post("/domains/add", domain="Example.TEST")).headers[
+            "location"] == "/domains/example.test"
+        assert (await admin.post("/users/add", address="alice@example.test",
+                                 password="correct horse")).status_code == 303
+        await admin.post("/users/quota", address="alice@example.test", quota="10M")
+        await admin.post("/users/password", address="alice@example.test", password="new one!")
+        await admin.post("/aliases/add", alias="info@example.test",
+                         targets="alice@example.test")
+        users = await admin.client.get("/users")
+        assert "alice@example.test" in users.text and "10M" in users.text
+        assert "info@example.test" in users.text
+        bad = await admin.post("/users/add", address="bob@elsewhere.test", password="x")
+        assert bad.status_code == 303
+        assert "not one of our domains" in (await admin.client.get("/users")).text
+        await admin.post("/aliases/remove", alias="info@example.test")
+        refused = await admin.post("/users/remove", address="alice@example.test")
+        assert "tick the box" in (await admin.client.get("/users")).text and refused
+        await admin.post("/users/remove", address="alice@example.test", confirm="yes")
+        await admin.post("/domains/remove", domain="example.test")
+        audit = [e for e in await admin.store.list_audit(20) if e.actor != "test"]
+        assert {e.actor for e in audit} == {"operator:ann"}
+        assert [e.action for e in reversed(audit)] == [
+            "domain.add", "user.add", "user.quota", "user.password", "alias.set",
+            "alias.remove", "user.remove", "domain.remove"]
+        page = await admin.client.get("/audit")
+        assert "operator:ann" in page.text and "user.quota" in page.text
+    run(tmp_path, test)
+
+
+def test_domain_page_shows_records_and_checks(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        await admin.post("/domains/add", domain="example.test")
+        page = await admin.client.get("/domains/example.test")
+        assert page.status_code == 200
+        assert re.search(r"example\.test\.\s+IN\s+MX\s+10\s+mx\.example\.test\.", page.text)
+        assert "._domainkey.example.test." in page.text  # keys made at add
+        # The doctor's live checks: the test DNS server publishes the MX only.
+        rows = re.findall(r'class="badge (\w+)">\w+</span></td>\s*<td>([^<]+)</td>', page.text)
+        statuses = {name: status for status, name in rows}
+        assert statuses.get("mx example.test") == "ok", statuses
+        assert statuses.get("dmarc example.test") == "fail", statuses
+        assert (await admin.client.get("/domains/other.test")).status_code == 404
+    run(tmp_path, test)
+
+
+def test_queue_pages_retry_and_delete(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        ident = await _enqueue(admin.store)
+        listing = await admin.client.get("/queue")
+        assert "bob@remote.test" in listing.text and f"/queue/{ident}" in listing.text
+        detail = await admin.client.get(f"/queue/{ident}")
+        assert detail.status_code == 200 and "bob@remote.test" in detail.text
+        assert (await admin.post(f"/queue/{ident}/retry")).headers[
+            "location"] == f"/queue/{ident}"
+        assert (await admin.post("/queue/flush")).status_code == 303
+        assert (await admin.post(f"/queue/{ident}/delete")).headers["location"] == "/queue"
+        assert (await admin.client.get(f"/queue/{ident}")).status_code == 404
+        actions = [e.action for e in reversed(await admin.store.list_audit(10))]
+        assert actions[1:] == ["queue.retry", "queue.flush", "queue.delete"]
+        dashboard = await admin.client.get("/")
+        assert 'id="queue-messages">0<' in dashboard.text
+    run(tmp_path, test)
+
+
+async def _enqueue(store: Store) -> int:
+    """One message for a remote recipient, as the submission path stores it."""
+    spool = store.new_spool()
+    await spool.write(b"Subject: hi\r\n\r\nbody\r\n")
+    await store.deliver(spool, [], queue=QueueRequest("alice@example.test",
+                                                      ("bob@remote.test",)))
+    return max(m.id for m in await store.queue_list())
