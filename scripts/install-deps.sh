@@ -3,14 +3,15 @@
 #   postfix  (postfix, smtp-source, smtp-sink, postqueue), swaks (+ Net::SSLeay for --tls),
 #   openssl, make, fetchmail, getmail6, dovecot-core + dovecot-pop3d (POP3 reference server),
 #   isync (mbsync), offlineimap3, curl and dovecot-imapd (IMAP clients and reference server),
-#   systemd (systemd-analyze verifies packaging/mailhouse.service; nothing is started).
+#   systemd (systemd-analyze verifies packaging/mailhouse.service; nothing is started),
+#   chromium + chromium-driver (the web admin's browser tests, headless, through Selenium).
 # Idempotent: when every package is already installed it does nothing (no apt-get update).
 # Must run as root (or through sudo). No system daemon is started: debconf is preseeded to
 # "No configuration" and a temporary policy-rc.d refuses every service start during the install.
 set -euo pipefail
 
 PACKAGES=(postfix swaks libnet-ssleay-perl openssl make libsasl2-modules sasl2-bin fetchmail getmail6 dovecot-core dovecot-pop3d
-    dovecot-imapd isync offlineimap3 curl systemd)
+    dovecot-imapd isync offlineimap3 curl systemd chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -177,7 +177,7 @@ def test_security_headers_on_every_page(tmp_path: Path) -> None:
             csp = page.headers["content-security-policy"]
             assert "frame-ancestors 'none'" in csp and "script-src" not in csp
             assert "default-src 'none'" in csp  # so no script at all, inline or not
-            assert page.headers["referrer-policy"] == "no-referrer"
+            assert page.headers["referrer-policy"] == "same-origin"
             assert page.headers["x-content-type-options"] == "nosniff"
             assert page.headers["x-frame-options"] == "DENY"
             assert "<script" not in page.text

@@ -44,7 +44,10 @@ SECURITY_HEADERS: Final = {
     "Content-Security-Policy": ("default-src 'none'; style-src 'self'; img-src 'self'; "
                                 "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     "X-Frame-Options": "DENY",  # for browsers older than frame-ancestors
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it browsers send `Origin: null` with every POST (Fetch §3.1,
+    # "serializing a request origin"), which would blind the Origin check. same-origin sends
+    # nothing to other sites, which is what no-referrer is for here.
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
 }
@@ -190,7 +193,7 @@ def actor(session: Session) -> str:
 async def login_page(kit: Kit, request: Request) -> Response:
     if kit.session_of(request) is not None:
         return kit.redirect("/")
-    if kit.context.bootstrap.armed:
+    if await setup_pending(kit):
         return kit.redirect("/setup")
     return kit.render(request, "login.html", form_token=kit.form_tokens.issue(), error="")
 
@@ -254,8 +257,17 @@ async def logout(kit: Kit, request: Request, session: Session,
     return response
 
 
+async def setup_pending(kit: Kit) -> bool:
+    """Is the bootstrap secret still the way in? Not once an operator exists, however made
+    (`mailhouse operator add` while the server runs): then the secret is voided."""
+    bootstrap = kit.context.bootstrap
+    if bootstrap.armed and await kit.operators().any_exist():
+        bootstrap.disarm()
+    return bootstrap.armed
+
+
 async def setup_page(kit: Kit, request: Request) -> Response:
-    if not kit.context.bootstrap.armed:
+    if not await setup_pending(kit):
         return kit.message(request, 404, "Setup is done: an operator exists. Log in, or add "
                                          "operators with `mailhouse operator add`.")
     return kit.render(request, "setup.html", form_token=kit.form_tokens.issue(),
