@@ -23,7 +23,13 @@ from mailhouse.store.base import QueueRequest, Store
 from mailhouse.web import pages
 from mailhouse.web.admin import AdminContext, arm_bootstrap, build_app
 from mailhouse.web.health import Check
-from mailhouse.web.sessions import Bootstrap, FormTokens, Sessions
+from mailhouse.web.sessions import (
+    ABSOLUTE_TIMEOUT,
+    IDLE_TIMEOUT,
+    Bootstrap,
+    FormTokens,
+    Sessions,
+)
 from tests.helpers.dns import DnsServer
 
 BASE = "https://admin.test"
@@ -73,14 +79,19 @@ def config(tmp_path: Path, nameserver: str) -> Config:
     return load_config(path)
 
 
+NOW = [1_000_000.0]  # the admin's clock in these tests; a test may move it
+
+
 def run(tmp_path: Path, test: Callable[[Admin], Awaitable[None]], *,
         operator: bool = True, limit: int = 3) -> None:
+    NOW[0] = 1_000_000.0
     async def main(nameserver: str) -> None:
         cfg = config(tmp_path, nameserver)
         store = open_store(cfg.data_dir, "memory")
         await store.open()
         passwords = Passwords(CHEAP)
-        context = AdminContext(cfg, store, passwords, LoginThrottle(limit, 300.0), ready)
+        context = AdminContext(cfg, store, passwords, LoginThrottle(limit, 300.0), ready,
+                               clock=lambda: NOW[0])
         if operator:
             await Operators(store, passwords).add("ann", PASSWORD, actor="test")
         app = build_app(context, (pages.admin_pages,))
@@ -214,6 +225,59 @@ def test_logout_ends_the_session(tmp_path: Path) -> None:
         admin.client.cookies.set(pages.COOKIE, sid, domain="admin.test")
         assert (await admin.client.get("/")).headers["location"] == "/login"
     run(tmp_path, test)
+
+
+def test_an_idle_session_is_logged_out(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        NOW[0] += IDLE_TIMEOUT - 1
+        assert (await admin.client.get("/")).status_code == 200
+        NOW[0] += IDLE_TIMEOUT - 1  # active a moment ago: still in
+        token = await admin.csrf()
+        NOW[0] += IDLE_TIMEOUT + 1
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+        late = await admin.client.post("/domains/add", data={"csrf": token, "domain": "a.test"},
+                                       headers=ORIGIN)
+        assert late.status_code == 403 and "not logged in" in late.text
+    run(tmp_path, test)
+
+
+def test_a_session_ends_at_the_absolute_timeout(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        start = NOW[0]
+        while (await admin.client.get("/")).status_code == 200:  # active, never idle
+            NOW[0] += IDLE_TIMEOUT / 2
+            assert NOW[0] - start <= ABSOLUTE_TIMEOUT + IDLE_TIMEOUT
+        assert ABSOLUTE_TIMEOUT < NOW[0] - start <= ABSOLUTE_TIMEOUT + IDLE_TIMEOUT / 2
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+    run(tmp_path, test)
+
+
+def test_setup_with_a_bad_name_keeps_the_secret(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        notice = await arm_bootstrap(admin.context, ["https://x:1"])
+        assert notice is not None
+        secret = notice.split("token=")[1].split()[0]
+        page = await admin.client.get("/setup")
+        fields = {"csrf": form_token(page), "token": secret, "name": "Not A Name!",
+                  "password": PASSWORD, "password2": PASSWORD}
+        bad = await admin.client.post("/setup", data=fields, headers=ORIGIN)
+        assert bad.status_code == 400 and admin.context.bootstrap.armed
+        good = await admin.client.post("/setup", data={**fields, "name": "ann"},
+                                       headers=ORIGIN)
+        assert good.status_code == 303 and not admin.context.bootstrap.armed
+    run(tmp_path, test, operator=False)
+
+
+def test_an_operator_made_elsewhere_voids_the_secret(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await arm_bootstrap(admin.context, ["https://x:1"])
+        assert (await admin.client.get("/login")).headers["location"] == "/setup"
+        await Operators(admin.store, admin.context.passwords).add("bob", PASSWORD, "cli:root")
+        assert (await admin.client.get("/login")).status_code == 200
+        assert not admin.context.bootstrap.armed
+    run(tmp_path, test, operator=False)
 
 
 def test_sessions_expire_idle_absolute_and_past_the_bound() -> None:

@@ -72,12 +72,15 @@ class Kit:
     """The face's state: one per admin listener, built with the app."""
 
     context: AdminContext
-    sessions: Sessions = field(default_factory=Sessions)
-    form_tokens: FormTokens = field(default_factory=FormTokens)
+    sessions: Sessions = field(init=False)
+    form_tokens: FormTokens = field(init=False)
     errors: RecentErrors = field(default_factory=RecentErrors.shared)
     env: jinja2.Environment = field(init=False)
 
     def __post_init__(self) -> None:
+        # The context's clock (time.time in the server), so tests can move time.
+        self.sessions = Sessions(clock=self.context.clock)
+        self.form_tokens = FormTokens(clock=self.context.clock)
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True, undefined=jinja2.StrictUndefined,
