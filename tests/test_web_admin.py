@@ -436,3 +436,42 @@ async def _enqueue(store: Store) -> int:
     await store.deliver(spool, [], queue=QueueRequest("alice@example.test",
                                                       ("bob@remote.test",)))
     return max(m.id for m in await store.queue_list())
+
+
+def test_operators_page(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        assert (await admin.post("/operators/add", name="bob", password="short")).status_code \
+            == 303
+        assert f"at least {OPERATOR_PASSWORD_MIN}" in (await admin.client.get("/operators")).text
+        await admin.post("/operators/add", name="bob", password=PASSWORD)
+        page = await admin.client.get("/operators")
+        assert "bob" in page.text and "ann (you)" in page.text
+        # bob logs in elsewhere; ann changes bob's password: bob's session ends.
+        ann = admin.client.cookies[pages.COOKIE]
+        admin.client.cookies.clear()
+        await admin.login("bob")
+        bob = admin.client.cookies[pages.COOKIE]
+        admin.client.cookies.set(pages.COOKIE, ann, domain="admin.test")
+        await admin.post("/operators/password", name="bob", password="another passphrase",
+                         password2="another passphrase")
+        admin.client.cookies.set(pages.COOKIE, bob, domain="admin.test")
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+        admin.client.cookies.set(pages.COOKIE, ann, domain="admin.test")
+        # ann changes her own: she stays logged in.
+        await admin.post("/operators/password", name="ann", password="her new passphrase",
+                         password2="her new passphrase")
+        assert (await admin.client.get("/operators")).status_code == 200
+        await admin.post("/operators/remove", name="ann")
+        assert "cannot remove yourself" in (await admin.client.get("/operators")).text
+        await admin.post("/operators/remove", name="bob")
+        assert [a.name for a in await admin.store.list_admins()] == ["ann"]
+        admin.client.cookies.set(pages.COOKIE, bob, domain="admin.test")
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+        actions = [(e.actor, e.action, e.detail)
+                   for e in reversed(await admin.store.list_audit(10)) if e.actor != "test"]
+        assert actions == [("operator:ann", "operator.add", "bob"),
+                           ("operator:ann", "operator.password", "bob"),
+                           ("operator:ann", "operator.password", "ann"),
+                           ("operator:ann", "operator.remove", "bob")]
+    run(tmp_path, test)

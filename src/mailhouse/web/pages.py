@@ -55,7 +55,7 @@ SECURITY_HEADERS: Final = {
 # The menu: (path, title). Message trace (issue 9 §2) goes between the queue and the audit log,
 # ("/trace", "Message trace"), once its store side and page exist.
 NAVIGATION: Final = (("/", "Dashboard"), ("/domains", "Domains"), ("/users", "Users"),
-                     ("/queue", "Queue"), ("/audit", "Audit log"))
+                     ("/queue", "Queue"), ("/audit", "Audit log"), ("/operators", "Operators"))
 
 
 class Refused(Exception):
@@ -325,7 +325,7 @@ async def setup(kit: Kit, request: Request) -> Response:
 
 def admin_pages(context: AdminContext) -> list[BaseRoute]:
     """The web admin face (app.ADMIN_FACES)."""
-    from mailhouse.web import pages_manage  # the pages build on this module's kit
+    from mailhouse.web import pages_manage, pages_operators  # they build on this module
 
     kit = Kit(context)
 
@@ -343,4 +343,4 @@ def admin_pages(context: AdminContext) -> list[BaseRoute]:
         Route("/setup", bound(setup), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    return routes + pages_manage.routes(kit)
+    return routes + pages_manage.routes(kit) + pages_operators.routes(kit)

@@ -76,6 +76,11 @@ class Sessions:
         self._by_id.move_to_end(session_id)
         return session
 
+    def adopt(self, session: Session) -> None:
+        """Keep (or put back) a live session, as the most recently used."""
+        self._by_id[session.id] = session
+        self._by_id.move_to_end(session.id)
+
     def end(self, session_id: str) -> None:
         self._by_id.pop(session_id, None)
 
