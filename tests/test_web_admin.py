@@ -401,7 +401,8 @@ def test_domain_page_shows_records_and_checks(tmp_path: Path) -> None:
         assert re.search(r"example\.test\.\s+IN\s+MX\s+10\s+mx\.example\.test\.", page.text)
         assert "._domainkey.example.test." in page.text  # keys made at add
         # The doctor's live checks: the test DNS server publishes the MX only.
-        rows = re.findall(r'class="badge (\w+)">\w+</span></td>\s*<td>([^<]+)</td>', page.text)
+        rows = re.findall(r'class="badge (\w+)">\w+</span>\s*<strong class="check-name">'
+                          r'([^<]+)</strong>', page.text)
         statuses = {name: status for status, name in rows}
         assert statuses.get("mx example.test") == "ok", statuses
         assert statuses.get("dmarc example.test") == "fail", statuses

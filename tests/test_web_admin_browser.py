@@ -192,9 +192,9 @@ def test_operator_first_visit(world: tuple[MailhouseServer, int], browser: Any) 
     records = driver.find_element(By.ID, "records").text
     assert re.search(rf"{re.escape(DOMAIN)}\.\s+IN\s+MX\s+10\s+{re.escape(HOST)}\.", records)
     assert f"._domainkey.{DOMAIN}." in records
-    checks = {row.find_elements(By.TAG_NAME, "td")[1].text:
-              row.find_elements(By.TAG_NAME, "td")[0].text
-              for row in driver.find_elements(By.CSS_SELECTOR, "#checks tbody tr")}
+    checks = {item.find_element(By.CSS_SELECTOR, ".check-name").text:
+              item.find_element(By.CSS_SELECTOR, ".badge").text
+              for item in driver.find_elements(By.CSS_SELECTOR, "#checks li")}
     assert checks[f"mx {DOMAIN}"] == "ok", checks
     assert checks[f"dmarc {DOMAIN}"] == "fail", checks  # not published yet
 
