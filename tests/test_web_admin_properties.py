@@ -28,7 +28,7 @@ def request(headers: dict[str, str], body: bytes = b"") -> Request:
     raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": raw,
              "query_string": b"", "scheme": "https", "server": ("admin.test", 8443)}
-    return Request(scope, receive)  # type: ignore[arg-type]
+    return Request(scope, receive)
 
 
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=80)
