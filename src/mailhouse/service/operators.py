@@ -19,9 +19,9 @@ from mailhouse.store.base import AdminAccount, AuditEntry, Store
 from mailhouse.store.rules import check_admin_name
 
 AUDIT_PAGE = 100  # entries `audit_log` returns unless asked for another number (at most 10,000)
-# An operator's password opens the whole server: at least this many characters where the web
-# admin sets one (setup, password change). A length rule, not a composition rule (NIST SP
-# 800-63B §5.1.1): long passphrases are what resists guessing.
+# An operator's password opens the whole server: at least this many characters, whichever face
+# sets it. A length rule, not a composition rule (NIST SP 800-63B §5.1.1): long passphrases
+# are what resists guessing.
 OPERATOR_PASSWORD_MIN = 12
 
 
@@ -34,6 +34,7 @@ class Operators:
 
     async def add(self, name: str, password: str, actor: str) -> AdminAccount:
         _valid_name(name)
+        check_operator_password(password)
         password_hash = await asyncio.to_thread(self._passwords.hash, password)
         try:
             admin = await self._store.add_admin(name, password_hash, self._clock())
@@ -44,6 +45,7 @@ class Operators:
 
     async def set_password(self, name: str, password: str, actor: str) -> None:
         _valid_name(name)
+        check_operator_password(password)
         password_hash = await asyncio.to_thread(self._passwords.hash, password)
         if not await self._store.set_admin_password(name, password_hash):
             raise NotFound(f"no operator {name}")
