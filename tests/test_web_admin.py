@@ -192,6 +192,10 @@ def test_security_headers_on_every_page(tmp_path: Path) -> None:
             assert page.headers["x-content-type-options"] == "nosniff"
             assert page.headers["x-frame-options"] == "DENY"
             assert "<script" not in page.text
+        css = await admin.client.get("/static/admin.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert css.headers["x-content-type-options"] == "nosniff"
+        assert (await admin.client.get("/static/../pages.py")).status_code == 404
     run(tmp_path, test)
 
 

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from mailhouse.service.accounts import AccountError
 from mailhouse.service.operators import Operators, check_operator_password
@@ -127,6 +128,17 @@ class Kit:
 
     def session_of(self, request: Request) -> Session | None:
         return self.sessions.get(request.cookies.get(COOKIE))
+
+
+class _Static(StaticFiles):
+    """The stylesheet, with the pages' headers (nosniff matters most: a browser must never
+    run it as anything but CSS)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update({k: v for k, v in SECURITY_HEADERS.items()
+                                 if k != "Cache-Control"})
+        return response
 
 
 def check_origin(request: Request) -> None:
@@ -341,6 +353,6 @@ def admin_pages(context: AdminContext) -> list[BaseRoute]:
         Route("/logout", action(kit, logout), methods=["POST"]),
         Route("/setup", bound(setup_page), methods=["GET"]),
         Route("/setup", bound(setup), methods=["POST"]),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        Mount("/static", _Static(directory=HERE / "static"), name="static"),
     ]
     return routes + pages_manage.routes(kit) + pages_operators.routes(kit)
