@@ -6,12 +6,14 @@ each page's changes reach the store through the services, audited as `operator:<
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from argon2 import PasswordHasher
 
 from mailhouse.config import Config, load_config
@@ -479,4 +481,63 @@ def test_operators_page(tmp_path: Path) -> None:
                            ("operator:ann", "operator.password", "bob"),
                            ("operator:ann", "operator.password", "ann"),
                            ("operator:ann", "operator.remove", "bob")]
+    run(tmp_path, test)
+
+
+def test_error_paths_answer_with_a_page(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        assert (await admin.client.get("/login")).headers["location"] == "/"
+        await admin.post("/domains/add", domain="example.test")
+        await admin.post("/users/add", address="alice@example.test", password="pw")
+        await admin.post("/domains/remove", domain="example.test")
+        assert "still has 1 user" in (await admin.client.get("/domains")).text
+        await admin.post("/domains/add", domain="not a domain!")
+        assert "domain" in (await admin.client.get("/domains")).text.lower()
+        await admin.post("/users/quota", address="alice@example.test", quota="lots")
+        assert "is not a size" in (await admin.client.get("/users")).text
+        await admin.post("/users/password", address="nobody@example.test", password="x")
+        assert "no user nobody@example.test" in (await admin.client.get("/users")).text
+        assert (await admin.client.get("/domains/-bad-")).status_code == 404
+        assert (await admin.client.get("/queue/999")).status_code == 404
+        gone = await admin.post("/queue/999/retry")
+        assert gone.headers["location"] == "/queue"
+        assert "no queued message 999" in (await admin.client.get("/queue")).text
+        await admin.post("/queue/999/delete")
+        assert "no queued message 999" in (await admin.client.get("/queue")).text
+        declared = await admin.client.post(
+            "/domains/add", content=b"x", headers={**ORIGIN, "content-length": "999999",
+                                                   "content-type": "text/plain"})
+        assert declared.status_code == 413
+        mangled = await admin.client.post("/domains/add", content=b"csrf=%ff%fe\xff",
+                                          headers=ORIGIN)
+        assert mangled.status_code in (400, 403)
+        # A notice is shown once.
+        await admin.post("/domains/add", domain="second.test")
+        assert "second.test added" in (await admin.client.get("/domains")).text
+        assert "second.test added" not in (await admin.client.get("/domains")).text
+    run(tmp_path, test)
+
+
+def test_setup_refuses_differing_passwords(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        notice = await arm_bootstrap(admin.context, ["https://x:1"])
+        assert notice is not None
+        secret = notice.split("token=")[1].split()[0]
+        page = await admin.client.get(f"/setup?token={secret}")
+        differ = await admin.client.post("/setup", data={
+            "csrf": form_token(page), "token": secret, "name": "ann", "password": PASSWORD,
+            "password2": PASSWORD + "x"}, headers=ORIGIN)
+        assert differ.status_code == 400 and "differ" in differ.text
+        assert admin.context.bootstrap.armed and not await admin.store.list_admins()
+    run(tmp_path, test, operator=False)
+
+
+def test_typed_names_never_reach_the_log_raw(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    async def test(admin: Admin) -> None:
+        with caplog.at_level(logging.INFO, logger="mailhouse.admin"):
+            await admin.login(name="x ip=1.2.3.4\nevent=admin.login operator=ann")
+        failed = [r.getMessage() for r in caplog.records if "login_failed" in r.getMessage()]
+        assert failed == ["event=admin.login_failed ip=127.0.0.1 operator=<invalid>"]
     run(tmp_path, test)

@@ -32,6 +32,7 @@ from starlette.types import Scope
 from mailhouse.service.accounts import AccountError
 from mailhouse.service.operators import Operators, check_operator_password
 from mailhouse.service.throttle import CheckResult, ip_key
+from mailhouse.store.rules import check_admin_name
 from mailhouse.web.admin import AdminContext
 from mailhouse.web.recent_errors import RecentErrors
 from mailhouse.web.sessions import FormTokens, Session, Sessions
@@ -228,10 +229,11 @@ async def login(kit: Kit, request: Request) -> Response:
     throttle = kit.context.login_throttle
     # Counted with the mail logins (one throttle per server), under the client's IP and an
     # operator key of its own: operator names are not mail addresses.
-    ticket = await throttle.acquire_keys(ip_key(client), f"operator:{name[:64]}")
+    shown = loggable(name)
+    ticket = await throttle.acquire_keys(ip_key(client), f"operator:{shown}")
     delay = kit.context.config.submission.auth_failure_delay
     if ticket is None:
-        log.info("event=admin.login_throttled ip=%s operator=%s", client, name[:64])
+        log.info("event=admin.login_throttled ip=%s operator=%s", client, shown)
         await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
         return kit.message(request, 429, "Too many failed logins from your address or for "
                                          "this operator; wait a few minutes and try again.")
@@ -242,7 +244,7 @@ async def login(kit: Kit, request: Request) -> Response:
     finally:
         throttle.release(ticket, result)
     if admin is None:
-        log.info("event=admin.login_failed ip=%s operator=%s", client, name[:64])
+        log.info("event=admin.login_failed ip=%s operator=%s", client, shown)
         await asyncio.sleep(max(0.0, delay - (loop.time() - started)))
         return kit.render(request, "login.html", status=401,
                           form_token=kit.form_tokens.issue(),
@@ -255,6 +257,17 @@ async def login(kit: Kit, request: Request) -> Response:
     response = kit.redirect("/")
     set_cookie(response, session.id)
     return response
+
+
+def loggable(name: str) -> str:
+    """The name as typed when it can be an operator's, else one shared stand-in: what a client
+    types never reaches the log raw (no forged key=value pairs), and every impossible name
+    shares one throttle key, as mail logins' invalid names do."""
+    try:
+        check_admin_name(name)
+    except ValueError:
+        return "<invalid>"
+    return name
 
 
 def set_cookie(response: Response, session_id: str) -> None:
