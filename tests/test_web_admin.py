@@ -541,3 +541,18 @@ def test_typed_names_never_reach_the_log_raw(tmp_path: Path,
         failed = [r.getMessage() for r in caplog.records if "login_failed" in r.getMessage()]
         assert failed == ["event=admin.login_failed ip=127.0.0.1 operator=<invalid>"]
     run(tmp_path, test)
+
+
+def test_the_cli_removing_or_changing_an_operator_ends_their_sessions(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        operators = Operators(admin.store, admin.context.passwords)
+        await admin.login()
+        await operators.set_password("ann", "changed elsewhere!", "cli:root")
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+        await admin.login(password="changed elsewhere!")
+        assert (await admin.client.get("/")).status_code == 200
+        await operators.remove("ann", "cli:root")
+        assert (await admin.client.get("/")).headers["location"] == "/login"
+        late = await admin.client.post("/logout", data={"csrf": "x"}, headers=ORIGIN)
+        assert late.status_code == 403
+    run(tmp_path, test)

@@ -14,6 +14,7 @@ Policy can forbid every script, and the pages work in any browser, on any screen
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +33,7 @@ from starlette.types import Scope
 from mailhouse.service.accounts import AccountError
 from mailhouse.service.operators import Operators, check_operator_password
 from mailhouse.service.throttle import CheckResult, ip_key
+from mailhouse.store.base import AdminAccount
 from mailhouse.store.rules import check_admin_name
 from mailhouse.web.admin import AdminContext
 from mailhouse.web.recent_errors import RecentErrors
@@ -127,8 +129,29 @@ class Kit:
             raise Refused(400, "The form could not be read.") from None
         return {name: values[0] for name, values in fields.items()}
 
-    def session_of(self, request: Request) -> Session | None:
-        return self.sessions.get(request.cookies.get(COOKIE))
+    async def session_of(self, request: Request) -> Session | None:
+        """The request's live session, if its operator still exists with the password they
+        logged in with: an operator removed or given a new password from any face (the CLI
+        included) is logged out at their next request."""
+        session = self.sessions.get(request.cookies.get(COOKIE))
+        if session is None:
+            return None
+        admin = await self.context.store.get_admin(session.operator)
+        if admin is None or not hmac.compare_digest(credential(admin.password_hash),
+                                                    session.credential):
+            self.sessions.end(session.id)
+            log.info("event=admin.session_revoked operator=%s", session.operator)
+            return None
+        return session
+
+    def start_session(self, admin: AdminAccount) -> Session:
+        return self.sessions.create(admin.name, credential(admin.password_hash))
+
+
+def credential(password_hash: str) -> str:
+    """What a session remembers of its operator's password: a digest of the stored hash, so a
+    changed password ends it (the hash itself stays in the store)."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()
 
 
 class _Static(StaticFiles):
@@ -175,7 +198,7 @@ FormHandler = Callable[[Kit, Request, Session, dict[str, str]], Awaitable[Respon
 def page(kit: Kit, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     """A GET page for logged-in operators; others are sent to the login page."""
     async def endpoint(request: Request) -> Response:
-        session = kit.session_of(request)
+        session = await kit.session_of(request)
         if session is None:
             return kit.redirect("/login")
         try:
@@ -188,7 +211,7 @@ def page(kit: Kit, handler: Handler) -> Callable[[Request], Awaitable[Response]]
 def action(kit: Kit, handler: FormHandler) -> Callable[[Request], Awaitable[Response]]:
     """A POST for logged-in operators: Origin and CSRF checked before the handler runs."""
     async def endpoint(request: Request) -> Response:
-        session = kit.session_of(request)
+        session = await kit.session_of(request)
         try:
             fields = await kit.form(request)
             if session is None:
@@ -207,7 +230,7 @@ def actor(session: Session) -> str:
 # --- login, logout, setup ------------------------------------------------------------------------
 
 async def login_page(kit: Kit, request: Request) -> Response:
-    if kit.session_of(request) is not None:
+    if await kit.session_of(request) is not None:
         return kit.redirect("/")
     if await setup_pending(kit):
         return kit.redirect("/setup")
@@ -252,7 +275,7 @@ async def login(kit: Kit, request: Request) -> Response:
     old = request.cookies.get(COOKIE)
     if old:
         kit.sessions.end(old)
-    session = kit.sessions.create(admin.name)
+    session = kit.start_session(admin)
     log.info("event=admin.login ip=%s operator=%s", client, admin.name)
     response = kit.redirect("/")
     set_cookie(response, session.id)
@@ -334,7 +357,7 @@ async def setup(kit: Kit, request: Request) -> Response:
     try:
         if await operators.any_exist():
             return kit.message(request, 403, "An operator exists already; log in.")
-        await operators.add(name, password, actor="setup:bootstrap")
+        admin = await operators.add(name, password, actor="setup:bootstrap")
     except AccountError as exc:
         bootstrap.restore(secret)
         return again(str(exc))
@@ -342,7 +365,7 @@ async def setup(kit: Kit, request: Request) -> Response:
         bootstrap.restore(secret)
         raise
     log.info("event=admin.setup operator=%s", name)
-    session = kit.sessions.create(name)
+    session = kit.start_session(admin)
     response = kit.redirect("/")
     set_cookie(response, session.id)
     return response

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailhouse.service.accounts import AccountError
-from mailhouse.web.pages import Kit, action, actor, page
+from mailhouse.web.pages import Kit, action, actor, credential, page
 from mailhouse.web.pages_manage import done, show
 from mailhouse.web.sessions import Session
 
@@ -43,7 +43,7 @@ async def operator_password(kit: Kit, request: Request, session: Session,
         await kit.operators().set_password(name, password, actor(session))
     except AccountError as exc:
         return done(kit, session, "/operators", str(exc), "error")
-    end_other_sessions(kit, name, session)
+    await end_other_sessions(kit, name, session)
     return done(kit, session, "/operators", f"The password of {name} is changed.")
 
 
@@ -61,9 +61,13 @@ async def operator_remove(kit: Kit, request: Request, session: Session,
     return done(kit, session, "/operators", f"Operator {name} removed.")
 
 
-def end_other_sessions(kit: Kit, name: str, keep: Session) -> None:
+async def end_other_sessions(kit: Kit, name: str, keep: Session) -> None:
+    """(The sessions would end anyway at their next request, their credential being stale;
+    this frees them now.) The operator changing their own password stays logged in here."""
     kit.sessions.end_operator(name)
-    if keep.operator == name:  # the operator changing their own password stays logged in
+    admin = await kit.context.store.get_admin(name)
+    if keep.operator == name and admin is not None:
+        keep.credential = credential(admin.password_hash)
         kit.sessions.adopt(keep)
 
 

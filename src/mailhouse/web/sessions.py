@@ -31,6 +31,7 @@ FORM_TOKEN_LIFETIME: Final = 3600.0  # a login or setup form's CSRF token (secon
 class Session:
     id: str
     operator: str
+    credential: str  # a digest of the operator's password hash at login (web/pages.py)
     csrf: str
     created: float
     last_seen: float
@@ -47,12 +48,12 @@ class Sessions:
     absolute_timeout: float = ABSOLUTE_TIMEOUT
     _by_id: OrderedDict[str, Session] = field(default_factory=OrderedDict)
 
-    def create(self, operator: str) -> Session:
+    def create(self, operator: str, credential: str = "") -> Session:
         """A new session (a new id at every login: a session id planted before the login is
         worth nothing after it)."""
         now = self.clock()
-        session = Session(secrets.token_urlsafe(32), operator, secrets.token_urlsafe(32),
-                          now, now)
+        session = Session(secrets.token_urlsafe(32), operator, credential,
+                          secrets.token_urlsafe(32), now, now)
         self._by_id[session.id] = session
         while len(self._by_id) > self.max_sessions:
             dropped = self._by_id.popitem(last=False)[1]
