@@ -38,6 +38,8 @@ header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max
 @example(origin=f"https://{HOST}", referer=None)
 @example(origin="null", referer=f"https://{HOST}/users")
 @example(origin=None, referer=f"https://{HOST}.evil.test/")
+@example(origin="HTTPS://Admin.Test:8443", referer=None)
+@example(origin=None, referer=f"https://{HOST}@evil.test/")
 def test_origin_check_accepts_only_this_listener(origin: str | None,
                                                  referer: str | None) -> None:
     headers = {"host": HOST}
@@ -52,10 +54,10 @@ def test_origin_check_accepts_only_this_listener(origin: str | None,
         return
     # Accepted: the origin that counts is exactly ours.
     if origin is not None and origin != "null":
-        assert origin == f"https://{HOST}"
+        assert origin.lower() == f"https://{HOST}"
     else:
         assert referer is not None
-        assert referer.startswith(f"https://{HOST}") and \
+        assert referer.lower().startswith(f"https://{HOST}") and \
             referer[len(f"https://{HOST}"):][:1] in ("", "/", "?", "#")
 
 

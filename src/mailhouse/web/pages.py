@@ -178,7 +178,7 @@ def check_origin(request: Request) -> None:
                                "Referer header); refused as a possible cross-site request.")
         parts = urlsplit(referer)
         origin = f"{parts.scheme}://{parts.netloc}"
-    if not host or origin != f"https://{host}":
+    if not host or origin.lower() != f"https://{host.lower()}":
         raise Refused(403, "The request came from another site; refused.")
 
 
