@@ -5,13 +5,14 @@
 #   isync (mbsync), offlineimap3, curl and dovecot-imapd (IMAP clients and reference server),
 #   systemd (systemd-analyze verifies packaging/mailhouse.service; nothing is started),
 #   pebble (Let's Encrypt's test ACME server; the ACME tests start private instances).
+#   chromium + chromium-driver (the web admin's browser tests, headless, through Selenium).
 # Idempotent: when every package is already installed it does nothing (no apt-get update).
 # Must run as root (or through sudo). No system daemon is started: debconf is preseeded to
 # "No configuration" and a temporary policy-rc.d refuses every service start during the install.
 set -euo pipefail
 
 PACKAGES=(postfix swaks libnet-ssleay-perl openssl make libsasl2-modules sasl2-bin fetchmail getmail6 dovecot-core dovecot-pop3d
-    dovecot-imapd isync offlineimap3 curl systemd pebble)
+    dovecot-imapd isync offlineimap3 curl systemd pebble chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -13,6 +13,7 @@ from argon2 import PasswordHasher
 import mailhouse.__main__ as cli
 from mailhouse import cli_operator
 from mailhouse.config import Config, load_config
+from mailhouse.service.operators import OPERATOR_PASSWORD_MIN
 from mailhouse.store import open_store
 from tests.helpers.cli import run_group
 
@@ -41,7 +42,7 @@ def test_add_list_passwd_remove_and_the_audit_log(
                       "--password-stdin", stdin="first secret\n")
     assert (code, out) == (0, "added operator ann\n")
     code, _, err = mh(capsys, monkeypatch, config, "operator", "add", "ann",
-                      "--password-stdin", stdin="again\n")
+                      "--password-stdin", stdin="again, longer\n")
     assert code == 1 and "exists already" in err
     assert mh(capsys, monkeypatch, config, "operator", "passwd", "ann", "--password-stdin",
               stdin="second secret\n")[0] == 0
@@ -86,6 +87,10 @@ def test_empty_password_and_bad_limit(capsys: pytest.CaptureFixture[str],
     code, _, err = mh(capsys, monkeypatch, config, "operator", "add", "ann", "--password-stdin",
                       stdin="\n")
     assert code == 2 and "no password" in err
+    code, _, err = mh(capsys, monkeypatch, config, "operator", "add", "ann", "--password-stdin",
+                      stdin="x" * (OPERATOR_PASSWORD_MIN - 1) + "\n")
+    assert code == 2 and f"at least {OPERATOR_PASSWORD_MIN} characters" in err
+    assert not config.data_dir.exists()  # refused before the store opened
     assert mh(capsys, monkeypatch, config, "operator", "audit", "--limit", "0")[0] == 2
 
 

@@ -81,10 +81,11 @@ from mailhouse.store import open_store
 from mailhouse.store.base import Store
 from mailhouse.store.wakeup import SocketWakeups, Wakeups
 from mailhouse.supervisor import ChildSupervisor, configure_logging
-from mailhouse.web.admin import AdminContext, FaceRoutes
+from mailhouse.web.admin import AdminContext, FaceRoutes, arm_bootstrap
 from mailhouse.web.admin import build_app as build_admin_app
 from mailhouse.web.api import routes as api_routes
 from mailhouse.web.health import Check
+from mailhouse.web.pages import admin_pages
 from mailhouse.web.public import build_app as build_public_app
 
 log = logging.getLogger("mailhouse")
@@ -96,7 +97,7 @@ SHUTDOWN_GRACE = 30.0  # seconds in-flight transactions get to finish on SIGTERM
 NOT_BUILT: tuple[str, ...] = ()
 POP3_PROTOCOLS = ("pop3", "pop3s")
 # The admin listener's faces beside its probes (web/admin.py): the JSON API, the web admin.
-ADMIN_FACES: tuple[FaceRoutes, ...] = (api_routes,)
+ADMIN_FACES: tuple[FaceRoutes, ...] = (api_routes, admin_pages)  # the API before the pages
 IMAP_PROTOCOLS = ("imap", "imaps")
 CHILD_CLOSE_MARGIN = 5.0  # beyond SHUTDOWN_GRACE: a POP3 or IMAP worker closes its store
 READY_STORE_TIMEOUT = 2.0  # seconds the store has to answer a /healthz/ready probe
@@ -300,6 +301,7 @@ class App:
         # Listening sockets bound as root before the drop, until a Listener serves them.
         self._bound: dict[str, list[socket.socket]] = {}
         self.admin: HttpListener | None = None
+        self.admin_notice: str | None = None  # the web admin's setup link, when armed
         self._tls: ssl.SSLContext | None = None
         # The public web listener's own context when it answers TLS-ALPN-01 (RFC 8737): the
         # challenge certificate is then served there only, never to a mail client of the
@@ -432,6 +434,7 @@ class App:
                                       self._admin_sockets, tls)
             self._admin_sockets = []
             await self.admin.start()
+            self.admin_notice = await arm_bootstrap(context, self._admin_bases())
         if self._web_sockets:
             served = frozenset(kind for kind in LISTENER_KINDS
                                if kind not in NOT_BUILT and config.listen_endpoints(kind))
@@ -448,6 +451,15 @@ class App:
         if self.acme is not None:  # after the listeners the CA will contact
             self.acme.start()
         self._serving = True
+
+    def _admin_bases(self) -> list[str]:
+        """https://host:port of each admin socket (a wildcard address: the hostname)."""
+        bases = []
+        for sock in self.admin.sockets if self.admin is not None else []:
+            host, port = sock.getsockname()[:2]
+            host = self.config.hostname if host in ("0.0.0.0", "::") else host
+            bases.append(f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}")
+        return bases
 
     def _bind_admin_sockets(self) -> list[socket.socket]:
         return self._bind_http("admin.listen", self.config.admin.endpoints())
@@ -691,6 +703,8 @@ class App:
                 host, port = sock.getsockname()[:2]
                 lines.append(f"  {'acme-http':<11} http://{host}:{port} (ACME HTTP-01 only)")
         lines.append(f"  data        {self.config.data_dir}")
+        if self.admin_notice:
+            lines.append(self.admin_notice)
         if self.config.demo:
             lines.append(f"  demo domain {DEMO_DOMAIN}")
             lines.append(f"  demo user   {DEMO_USER}  password: {self.demo_password}")

@@ -24,7 +24,7 @@ from mailhouse.cli_operator_token import register as register_token
 from mailhouse.cli_queue import run_with_store
 from mailhouse.config import Config
 from mailhouse.service.accounts import AccountError, InvalidInput
-from mailhouse.service.operators import AUDIT_PAGE, Operators
+from mailhouse.service.operators import AUDIT_PAGE, Operators, check_operator_password
 from mailhouse.store.base import Store
 from mailhouse.store.rules import check_admin_name
 
@@ -75,6 +75,7 @@ def _with_password(args: argparse.Namespace, config: Config,
     try:
         check_admin_name(args.name)
         password = read_password(args)
+        check_operator_password(password)
     except (ValueError, InvalidInput) as exc:
         error(str(exc))
         return EXIT_USAGE

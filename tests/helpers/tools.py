@@ -30,6 +30,8 @@ PACKAGE_OF = {
     "mbsync": "isync",
     "offlineimap": "offlineimap3",
     "curl": "curl",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
 }
 
 

@@ -8,11 +8,21 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from mailhouse.service.accounts import AccountError, InvalidInput, NotFound, Passwords
+from mailhouse.service.accounts import (
+    AccountError,
+    InvalidInput,
+    NotFound,
+    Passwords,
+    check_password,
+)
 from mailhouse.store.base import AdminAccount, AuditEntry, Store
 from mailhouse.store.rules import check_admin_name
 
 AUDIT_PAGE = 100  # entries `audit_log` returns unless asked for another number (at most 10,000)
+# An operator's password opens the whole server: at least this many characters, whichever face
+# sets it. A length rule, not a composition rule (NIST SP 800-63B §5.1.1): long passphrases
+# are what resists guessing.
+OPERATOR_PASSWORD_MIN = 12
 
 
 class Operators:
@@ -24,6 +34,7 @@ class Operators:
 
     async def add(self, name: str, password: str, actor: str) -> AdminAccount:
         _valid_name(name)
+        check_operator_password(password)
         password_hash = await asyncio.to_thread(self._passwords.hash, password)
         try:
             admin = await self._store.add_admin(name, password_hash, self._clock())
@@ -34,6 +45,7 @@ class Operators:
 
     async def set_password(self, name: str, password: str, actor: str) -> None:
         _valid_name(name)
+        check_operator_password(password)
         password_hash = await asyncio.to_thread(self._passwords.hash, password)
         if not await self._store.set_admin_password(name, password_hash):
             raise NotFound(f"no operator {name}")
@@ -48,10 +60,35 @@ class Operators:
     async def list_all(self) -> list[AdminAccount]:
         return await self._store.list_admins()
 
+    async def any_exist(self) -> bool:
+        """Whether the first operator has been made (the web admin's bootstrap asks)."""
+        return bool(await self._store.list_admins())
+
+    async def authenticate(self, name: str, password: str) -> AdminAccount | None:
+        """The operator when `password` is theirs. An unknown or malformed name costs the same
+        Argon2 verification as a wrong password (Passwords.verify's dummy hash), so timing does
+        not tell which names exist. Throttling is the caller's (it knows the client)."""
+        try:
+            check_admin_name(name)
+            admin = await self._store.get_admin(name)
+        except ValueError:
+            admin = None
+        stored = admin.password_hash if admin is not None else None
+        ok = await asyncio.to_thread(self._passwords.verify, stored, password)
+        return admin if ok and admin is not None else None
+
     async def audit_log(self, limit: int = AUDIT_PAGE) -> list[AuditEntry]:
         if not 1 <= limit <= 10_000:
             raise InvalidInput("the number of entries must be between 1 and 10000")
         return await self._store.list_audit(limit)
+
+
+def check_operator_password(password: str) -> None:
+    """InvalidInput unless `password` is long enough (and valid as every password is)."""
+    check_password(password)
+    if len(password) < OPERATOR_PASSWORD_MIN:
+        raise InvalidInput(f"the password must have at least {OPERATOR_PASSWORD_MIN} "
+                           "characters")
 
 
 def _valid_name(name: str) -> None:

@@ -6,6 +6,7 @@ that the CLI uses, and nothing exists in one face and not the other.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from mailhouse.service.accounts import Passwords
 from mailhouse.service.throttle import LoginThrottle
 from mailhouse.store.base import Store
 from mailhouse.web.health import Readiness, health_routes
+from mailhouse.web.sessions import Bootstrap
+
+log = logging.getLogger("mailhouse.admin")
 
 
 @dataclass(slots=True)
@@ -36,6 +40,8 @@ class AdminContext:
     # The certificate file the mail listeners present now (App.tls_files); None: tls.cert, or
     # the self-signed one (service/cert_info.served_certificate).
     certificate: Callable[[], Path] | None = None
+    # The web admin's first-start secret (web/sessions.py); armed by `arm_bootstrap`.
+    bootstrap: Bootstrap = field(default_factory=Bootstrap)
 
 
 FaceRoutes = Callable[[AdminContext], list[BaseRoute]]
@@ -47,3 +53,17 @@ def build_app(context: AdminContext, faces: tuple[FaceRoutes, ...] = ()) -> Star
     for face in faces:
         routes += face(context)
     return Starlette(routes=routes)
+
+
+async def arm_bootstrap(context: AdminContext, bases: list[str]) -> str | None:
+    """At start, with no operator yet: arm the one-time setup secret and return the lines to
+    print beside the start banner (`bases`: the listener's https://host:port). Never a default
+    password: whoever can read the server's start output makes the first operator."""
+    if await context.store.list_admins():
+        return None
+    secret = context.bootstrap.arm()
+    log.warning("event=admin.bootstrap no operator exists; the setup link is on stderr "
+                "(valid until used or the server restarts)")
+    links = "\n".join(f"  {base}/setup?token={secret}" for base in bases)
+    return ("No operator exists yet. Make the first one in a browser (valid once, until "
+            f"restart):\n{links}\nor on the command line: mailhouse operator add NAME")
