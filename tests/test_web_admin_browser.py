@@ -223,6 +223,14 @@ def test_operator_first_visit(world: tuple[MailhouseServer, int], browser: Any) 
         count = driver.find_element(By.CSS_SELECTOR, "#recipients tbody td.num").text
         return int(count) > int(attempts)
     wait_for(tried_again, "another delivery attempt after the retry", timeout=60)
+
+    # The message trace: found by its recipient, with its reception, deferrals and the retry.
+    def traced() -> bool:
+        driver.get(f"{base}/trace")
+        fill(driver, "/trace", q="bob@remote.test")
+        steps = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "table.steps .badge")]
+        return {"received", "queued", "deferred", "retry"} <= set(steps)
+    wait_for(traced, "the message's steps in the trace", timeout=30)
     driver.get(f"{base}/audit")
     audit = driver.find_element(By.ID, "audit").text
     assert f"operator:{OPERATOR} queue.retry" in audit
@@ -240,8 +248,8 @@ def test_operator_first_visit(world: tuple[MailhouseServer, int], browser: Any) 
 
     # A phone's width: no page scrolls sideways (wide tables scroll in their own box).
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
-    for path in ("/", "/domains", f"/domains/{DOMAIN}", "/users", "/queue", "/audit",
-                 "/operators"):
+    for path in ("/", "/domains", f"/domains/{DOMAIN}", "/users", "/queue",
+                 "/trace?q=bob@remote.test", "/audit", "/operators"):
         driver.get(base + path)
         width = driver.execute_script("return window.innerWidth")
         scroll = driver.execute_script("return document.documentElement.scrollWidth")

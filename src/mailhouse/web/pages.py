@@ -56,10 +56,10 @@ SECURITY_HEADERS: Final = {
     "Cache-Control": "no-store",
 }
 
-# The menu: (path, title). Message trace (issue 9 §2) goes between the queue and the audit log,
-# ("/trace", "Message trace"), once its store side and page exist.
+# The menu: (path, title).
 NAVIGATION: Final = (("/", "Dashboard"), ("/domains", "Domains"), ("/users", "Users"),
-                     ("/queue", "Queue"), ("/audit", "Audit log"), ("/operators", "Operators"))
+                     ("/queue", "Queue"), ("/trace", "Message trace"), ("/audit", "Audit log"),
+                     ("/operators", "Operators"))
 
 
 class Refused(Exception):
@@ -373,7 +373,11 @@ async def setup(kit: Kit, request: Request) -> Response:
 
 def admin_pages(context: AdminContext) -> list[BaseRoute]:
     """The web admin face (app.ADMIN_FACES)."""
-    from mailhouse.web import pages_manage, pages_operators  # they build on this module
+    from mailhouse.web import (  # they build on this module
+        pages_manage,
+        pages_operators,
+        pages_trace,
+    )
 
     kit = Kit(context)
 
@@ -391,4 +395,5 @@ def admin_pages(context: AdminContext) -> list[BaseRoute]:
         Route("/setup", bound(setup), methods=["POST"]),
         Mount("/static", _Static(directory=HERE / "static"), name="static"),
     ]
-    return routes + pages_manage.routes(kit) + pages_operators.routes(kit)
+    return (routes + pages_manage.routes(kit) + pages_trace.routes(kit)
+            + pages_operators.routes(kit))

@@ -296,6 +296,4 @@ def routes(kit: Kit) -> list[BaseRoute]:
         Route("/queue/{queue_id:int}/retry", action(kit, queue_retry), methods=["POST"]),
         Route("/queue/{queue_id:int}/delete", action(kit, queue_delete), methods=["POST"]),
         Route("/audit", page(kit, audit_page), methods=["GET"]),
-        # Message trace (issue 9 §2): its page goes here, and its entry in NAVIGATION
-        # (web/pages.py), once the trace's store side exists.
     ]
