@@ -96,6 +96,8 @@ def test_a_body_over_the_limit_is_refused_even_without_a_length() -> None:
 
 
 @given(token=st.text(max_size=120))
+@example(token="5000.\u00e9")  # non-ASCII: compare_digest raised TypeError (a 500)
+@example(token="\u00b2.00")  # isdigit() but not int()
 def test_only_issued_form_tokens_are_valid(token: str) -> None:
     tokens = FormTokens(clock=lambda: 5000.0)
     assert tokens.valid(tokens.issue())

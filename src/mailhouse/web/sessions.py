@@ -111,7 +111,10 @@ class FormTokens:
 
     def valid(self, token: str) -> bool:
         stamp, _, mac = token.partition(".")
-        if not stamp.isdigit() or not hmac.compare_digest(mac, self._mac(stamp)):
+        # ASCII first: compare_digest refuses non-ASCII str, and int() reads digits like '²'
+        # that isdigit() admits. A form field is peer text.
+        if not (stamp.isascii() and stamp.isdigit()) or not hmac.compare_digest(
+                mac.encode(), self._mac(stamp).encode()):
             return False
         return 0 <= self._clock() - int(stamp) <= self._lifetime
 
