@@ -256,6 +256,8 @@ def test_users_and_aliases(tmp_path: Path) -> None:
                                    headers=auth)).status_code == 400
         assert (await h.client.get("/audit", params={"limit": "0"},
                                    headers=auth)).status_code == 400
+        assert (await h.client.get("/audit", params={"limit": "\u00b2"},
+                                   headers=auth)).status_code == 400
 
     run(tmp_path, scenario)
 
@@ -302,7 +304,8 @@ def test_the_queue(tmp_path: Path) -> None:
         one = await h.client.get(f"/trace/{trace['trace']}", headers=reader)
         assert one.json() == trace
         assert (await h.client.get("/trace/nothing", headers=reader)).status_code == 404
-        for bad in ({"q": ""}, {"q": "a@b.example", "limit": "0"}, {"q": "x", "limit": "y"}):
+        for bad in ({"q": ""}, {"q": "a@b.example", "limit": "0"}, {"q": "x", "limit": "y"},
+                    {"q": "x", "limit": "\u00b2"}):  # a Unicode digit int() refuses
             r = await h.client.get("/trace", params=bad, headers=reader)
             assert r.status_code == 400 and r.json()["error"] == "invalid_input", bad
 

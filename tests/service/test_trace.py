@@ -180,6 +180,7 @@ def test_old_steps_are_pruned_by_age() -> None:
     ("<bob@example.org", TraceSearch(sender="bob@example.org")),
     ("42", TraceSearch(queue_id=42)),
     ("2C7HQ", TraceSearch(trace="2C7HQ")),
+    ("\u00b2", TraceSearch(trace="\u00b2")),  # a digit to isdigit(), not to int()
 ])
 def test_a_query_is_read_by_its_shape(query: str, expected: TraceSearch) -> None:
     assert classify(query) == expected

@@ -76,7 +76,7 @@ def classify(query: str) -> TraceSearch:
         return TraceSearch(message_id=text)
     if "@" in text:
         return TraceSearch(sender=text.strip("<>").lower())  # and as recipient: see find()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return TraceSearch(queue_id=int(text))
     return TraceSearch(trace=text)
 

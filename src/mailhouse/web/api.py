@@ -272,7 +272,7 @@ class Api:
 
     async def find_traces(self, request: Request, token: ApiToken) -> Response:
         text = request.query_params.get("limit", str(DEFAULT_TRACES))
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise InvalidInput("limit is a number of messages")
         try:
             found = await TraceService(self.context.store).find(
@@ -289,7 +289,7 @@ class Api:
 
     async def audit(self, request: Request, token: ApiToken) -> Response:
         text = request.query_params.get("limit", "100")
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise InvalidInput("limit is a number of entries")
         entries = await Operators(self.context.store).audit_log(int(text))
         return json_response([{"id": e.id, "at": _iso(e.at), "actor": e.actor,

@@ -68,7 +68,8 @@ def translate(exc: Exception) -> ApiError | None:
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object, read at most MAX_API_BODY octets (declared or streamed)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_API_BODY):
+    if declared is not None and (not (declared.isascii() and declared.isdigit())
+                                 or int(declared) > MAX_API_BODY):
         raise ApiError(413, "too_large", f"a request body is at most {MAX_API_BODY} octets")
     chunks: list[bytes] = []
     size = 0

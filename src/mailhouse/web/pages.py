@@ -115,7 +115,7 @@ class Kit:
         """The urlencoded body (first value of each field), after the Origin check; bounded."""
         check_origin(request)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        if declared.isascii() and declared.isdigit() and int(declared) > MAX_FORM_BYTES:
             raise Refused(413, "The form is too large.")
         body = b""
         async for chunk in request.stream():

@@ -32,7 +32,7 @@ def build_app(config: Config, hosted: Callable[[], Collection[str]],
         body = b""
         if request.method == "POST":
             declared = request.headers.get("content-length")
-            if declared is not None and (not declared.isdigit()
+            if declared is not None and (not (declared.isascii() and declared.isdigit())
                                          or int(declared) > autoconfig.MAX_POX_BODY):
                 return Response(b"request too large\n", 413, media_type="text/plain")
             chunks: list[bytes] = []
