@@ -269,6 +269,7 @@ def test_a_queued_message_not_tried_yet_is_found_by_its_queue_id() -> None:
     ("dsn", {"report": "delayed", "recipients": 1}, ["delay warning"]),
     ("retry", {"actor": "cli:root"}, ["retried", "cli:root"]),
     ("delete", {}, ["deleted", "an operator"]),
+    ("bounce", {"actor": "operator:ann"}, ["bounce requested by operator:ann"]),
     ("something", {"a": 1}, ["something", "a=1"]),
 ])
 def test_every_step_has_a_line(kind: str, detail: dict[str, object], words: list[str]) -> None:
