@@ -387,7 +387,7 @@ def test_an_operators_queue_action_is_a_step_of_the_trace() -> None:
         [queued] = await store.queue_list()
         await record_queue_action(store, queued, "retry", "cli:root", 50.0)
         with pytest.raises(ValueError):
-            await record_queue_action(store, queued, "bounce", "cli:root", 51.0)
+            await record_queue_action(store, queued, "requeue", "cli:root", 51.0)
         [trace] = await TraceService(store).find(str(queued.id))
         [retry] = trace.steps
         assert (trace.trace, retry.kind, retry.queue_id) == ("AAA", "retry", queued.id)
