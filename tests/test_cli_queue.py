@@ -1,5 +1,5 @@
-"""`mailhouse queue list|show|flush|retry|delete|bounce` against a real embedded store in a temporary
-data_dir, through the module's own store runner (as the wired command uses it)."""
+"""`mailhouse queue list|show|flush|retry|delete|bounce` against a real embedded store in a
+temporary data_dir, through the module's own store runner (as the wired command uses it)."""
 
 from __future__ import annotations
 

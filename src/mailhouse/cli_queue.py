@@ -1,5 +1,5 @@
-"""`mailhouse queue list | show ID | flush | retry ID | delete ID | bounce ID`: look at and steer the outbound
-queue, whether the server runs or not.
+"""`mailhouse queue list | show ID | flush | retry ID | delete ID | bounce ID`: look at and
+steer the outbound queue, whether the server runs or not.
 
 Like every admin command these open the store directly (docs: the CLI and the server share it
 through SQLite WAL); what they do is service/queue_admin.py's, as in the admin API.

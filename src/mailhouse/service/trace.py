@@ -137,9 +137,9 @@ QUEUE_ACTIONS = frozenset({"retry", "delete", "bounce"})
 
 async def record_queue_action(store: Store, message: QueuedMessage, action: str, actor: str,
                               now: float) -> None:
-    """An operator's `retry`, `delete` or `bounce` of one queued message, as a step of its trace, for
-    the queue's service to call (cli:root, admin:ann). Written at once: operator actions are
-    rare, and the step must be there when the operator looks next."""
+    """An operator's `retry`, `delete` or `bounce` of one queued message, as a step of its
+    trace, for the queue's service to call (cli:root, admin:ann). Written at once: operator
+    actions are rare, and the step must be there when the operator looks next."""
     if action not in QUEUE_ACTIONS:
         raise ValueError(f"not a queue action: {action!r}")
     await store.record_events([TraceEvent(
