@@ -436,7 +436,9 @@ def test_queue_pages_retry_bounce_and_delete(tmp_path: Path) -> None:
         assert "bounce-requested" not in refused.text
         bounced = await admin.post(f"/queue/{ident}/bounce", confirm="yes")
         assert bounced.headers["location"] == "/queue"
-        assert "1 pending recipient(s) to be bounced" in (await admin.client.get("/queue")).text
+        listing = await admin.client.get("/queue")
+        assert "1 pending recipient(s) to be bounced" in listing.text
+        assert '<span class="badge">bouncing</span>' in listing.text
         asked = await admin.client.get(f"/queue/{ident}")
         assert 'id="bounce-requested"' in asked.text and 'id="bounce"' not in asked.text
         stored = await admin.store.queue_get(ident)
