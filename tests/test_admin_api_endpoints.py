@@ -285,21 +285,29 @@ def test_the_queue(tmp_path: Path) -> None:
         assert (await h.client.post(f"/queue/{queued.id}/retry", headers=auth)).json() == {
             "rescheduled": 1}
         assert (await h.client.post("/queue/flush", headers=auth)).json() == {"rescheduled": 1}
+        assert shown.json()["bounce_requested"] is False
+        assert (await h.client.post(f"/queue/{queued.id}/bounce",
+                                    headers=reader)).status_code == 403
+        bounced = await h.client.post(f"/queue/{queued.id}/bounce", headers=auth)
+        assert (bounced.status_code, bounced.json()) == (202, {"bouncing": 1})
+        shown = await h.client.get(f"/queue/{queued.id}", headers=reader)
+        assert shown.json()["bounce_requested"] is True  # the queue worker carries it out
         assert (await h.client.delete(f"/queue/{queued.id}", headers=auth)).status_code == 204
         for method, path in (("GET", f"/queue/{queued.id}"),
                              ("GET", f"/queue/{queued.id}/content"),
                              ("POST", f"/queue/{queued.id}/retry"),
+                             ("POST", f"/queue/{queued.id}/bounce"),
                              ("DELETE", f"/queue/{queued.id}")):
             r = await h.client.request(method, path, headers=auth)
             assert r.status_code == 404 and r.json()["error"] == "not_found", (method, path)
         assert (await h.client.get("/queue/x", headers=auth)).status_code == 404
         actions = [e.action for e in await h.store.list_audit(10)]
-        assert {"queue.retry", "queue.flush", "queue.delete"} <= set(actions)
+        assert {"queue.retry", "queue.flush", "queue.bounce", "queue.delete"} <= set(actions)
         # The operator's actions are steps of the message's trace, found by its queue id.
         found = await h.client.get("/trace", params={"q": str(queued.id)}, headers=reader)
         assert found.status_code == 200
         (trace,) = found.json()
-        assert [step["kind"] for step in trace["steps"]][-2:] == ["retry", "delete"]
+        assert [step["kind"] for step in trace["steps"]][-3:] == ["retry", "bounce", "delete"]
         assert trace["steps"][-1]["detail"] == {"actor": "operator:ann"}
         one = await h.client.get(f"/trace/{trace['trace']}", headers=reader)
         assert one.json() == trace

@@ -1,5 +1,5 @@
-"""`mailhouse queue list|show|flush|retry|delete` against a real embedded store in a temporary
-data_dir, through the module's own store runner (as the wired command uses it)."""
+"""`mailhouse queue list|show|flush|retry|delete|bounce` against a real embedded store in a
+temporary data_dir, through the module's own store runner (as the wired command uses it)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_show_message_prints_the_bytes(capsysbinary: pytest.CaptureFixture[bytes
 
 def test_unknown_ids_fail_with_exit_1(capsys: pytest.CaptureFixture[str],
                                       config: Config) -> None:
-    for action in ("show", "retry", "delete"):
+    for action in ("show", "retry", "delete", "bounce"):
         run = mh(capsys, config, "queue", action, "4242")
         assert run.code == 1, action
         assert run.out == ""
@@ -183,6 +183,24 @@ def test_delete(capsys: pytest.CaptureFixture[str], config: Config) -> None:
     assert list((config.data_dir / "blobs").glob("*/*")) == []
 
 
+def test_bounce_asks_the_queue_worker(capsys: pytest.CaptureFixture[str],
+                                      config: Config) -> None:
+    queue_id = enqueue(config, ["a@x.example", "b@y.example"])
+    store_do(config, "update", queue_id, [RecipientUpdate(
+        "b@y.example", RecipientStatus.DELIVERED, 0.0, "250 ok")])
+    before = time.time()
+    run = mh(capsys, config, "queue", "bounce", str(queue_id))
+    assert run.code == 0
+    assert run.out.startswith(f"message {queue_id}: 1 pending recipient to bounce; the queue "
+                              "worker fails them and sends the DSN within a second")
+    message = get(config, queue_id)
+    assert message is not None and message.bounce_requested
+    [pending] = [r for r in message.recipients if r.status is RecipientStatus.PENDING]
+    assert before <= pending.next_attempt <= time.time()  # due now: the worker acts at once
+    run = mh(capsys, config, "queue", "show", str(queue_id))
+    assert "bounce:       requested" in run.out
+
+
 def test_storage_errors_are_one_line(capsys: pytest.CaptureFixture[str], config: Config) -> None:
     config.data_dir.parent.mkdir(parents=True, exist_ok=True)
     config.data_dir.write_text("not a directory")
@@ -208,7 +226,7 @@ def test_wired_into_the_mailhouse_command(capsys: pytest.CaptureFixture[str],
 def test_queue_changes_are_audited(capsys: pytest.CaptureFixture[str], config: Config) -> None:
     queue_id = enqueue(config, ["bob@remote.example"])
     for argv in (("queue", "flush"), ("queue", "retry", str(queue_id)),
-                 ("queue", "delete", str(queue_id))):
+                 ("queue", "bounce", str(queue_id)), ("queue", "delete", str(queue_id))):
         assert mh(capsys, config, *argv).code == 0
 
     async def audited() -> list[tuple[str, str]]:
@@ -220,5 +238,6 @@ def test_queue_changes_are_audited(capsys: pytest.CaptureFixture[str], config: C
             await store.close()
 
     assert asyncio.run(audited()) == [("queue.delete", str(queue_id)),
+                                      ("queue.bounce", str(queue_id)),
                                       ("queue.retry", str(queue_id)),
                                       ("queue.flush", "1 recipients")]

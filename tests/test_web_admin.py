@@ -416,7 +416,7 @@ def test_domain_page_shows_records_and_checks(tmp_path: Path) -> None:
     run(tmp_path, test)
 
 
-def test_queue_pages_retry_and_delete(tmp_path: Path) -> None:
+def test_queue_pages_retry_bounce_and_delete(tmp_path: Path) -> None:
     async def test(admin: Admin) -> None:
         await admin.login()
         ident = await _enqueue(admin.store)
@@ -427,10 +427,28 @@ def test_queue_pages_retry_and_delete(tmp_path: Path) -> None:
         assert (await admin.post(f"/queue/{ident}/retry")).headers[
             "location"] == f"/queue/{ident}"
         assert (await admin.post("/queue/flush")).status_code == 303
+        # Bounce: a confirmation first, then it is asked of the queue worker.
+        assert 'id="bounce"' in detail.text and "alice@example.test gets a bounce" in detail.text
+        unconfirmed = await admin.post(f"/queue/{ident}/bounce")
+        assert unconfirmed.headers["location"] == f"/queue/{ident}"
+        refused = await admin.client.get(f"/queue/{ident}")
+        assert "Tick the box to confirm" in refused.text
+        assert "bounce-requested" not in refused.text
+        bounced = await admin.post(f"/queue/{ident}/bounce", confirm="yes")
+        assert bounced.headers["location"] == "/queue"
+        listing = await admin.client.get("/queue")
+        assert "1 pending recipient(s) to be bounced" in listing.text
+        assert '<span class="badge">bouncing</span>' in listing.text
+        asked = await admin.client.get(f"/queue/{ident}")
+        assert 'id="bounce-requested"' in asked.text and 'id="bounce"' not in asked.text
+        stored = await admin.store.queue_get(ident)
+        assert stored is not None and stored.bounce_requested
         assert (await admin.post(f"/queue/{ident}/delete")).headers["location"] == "/queue"
         assert (await admin.client.get(f"/queue/{ident}")).status_code == 404
+        gone = await admin.post(f"/queue/{ident}/bounce", confirm="yes")
+        assert gone.headers["location"] == "/queue"
         actions = [e.action for e in reversed(await admin.store.list_audit(10))]
-        assert actions[1:] == ["queue.retry", "queue.flush", "queue.delete"]
+        assert actions[1:] == ["queue.retry", "queue.flush", "queue.bounce", "queue.delete"]
         dashboard = await admin.client.get("/")
         assert 'id="queue-messages">0<' in dashboard.text
     run(tmp_path, test)

@@ -1,5 +1,5 @@
-"""`mailhouse queue list | show ID | flush | retry ID | delete ID`: look at and steer the outbound
-queue, whether the server runs or not.
+"""`mailhouse queue list | show ID | flush | retry ID | delete ID | bounce ID`: look at and
+steer the outbound queue, whether the server runs or not.
 
 Like every admin command these open the store directly (docs: the CLI and the server share it
 through SQLite WAL); what they do is service/queue_admin.py's, as in the admin API.
@@ -66,6 +66,9 @@ def register(
     retry.add_argument("id", metavar="ID", type=_queue_id)
     delete = add("delete", queue_delete, "remove a message without delivering it (no bounce)")
     delete.add_argument("id", metavar="ID", type=_queue_id)
+    bounce = add("bounce", queue_bounce,
+                 "give up on a message's pending recipients: they fail, the sender gets a DSN")
+    bounce.add_argument("id", metavar="ID", type=_queue_id)
 
 
 def _queue_id(text: str) -> int:
@@ -190,6 +193,23 @@ def queue_delete(args: argparse.Namespace, config: Config, *,
     return run(config, action)
 
 
+def queue_bounce(args: argparse.Namespace, config: Config, *,
+                 run: StoreRunner = run_with_store) -> int:
+    who = actor()
+
+    async def action(store: Store) -> int:
+        try:
+            count = await QueueAdmin(store, actor=who).bounce(args.id)
+        except NoSuchMessage:
+            return _no_such(args.id)
+        out(f"message {args.id}: {_plural(count, 'pending recipient')} to bounce; the queue "
+            "worker fails them and sends the DSN within a second (when the server next runs, "
+            "if it is stopped)")
+        return EXIT_OK
+
+    return run(config, action)
+
+
 # --- output -----------------------------------------------------------------------------------
 
 def _show(message: QueuedMessage) -> None:
@@ -201,6 +221,8 @@ def _show(message: QueuedMessage) -> None:
     out(f"size:         {message.size}")
     out(f"needs:        {' '.join(flags) or '-'}")
     out(f"delay notice: {'sent' if message.delay_warned else 'not sent'}")
+    if message.bounce_requested:
+        out("bounce:       requested (the queue worker fails the pending recipients)")
     out("recipients:")
     rows = [
         (r.address, r.status.value, str(r.attempts),

@@ -32,8 +32,13 @@ async def _scenario(data_dir: Path) -> None:
         assert b"".join([c async for c in queue.content(queued.id)]) == MESSAGE
         assert await queue.retry(queued.id) == 1  # only the pending recipient
         assert await queue.flush() == 1
+        assert await queue.bounce(queued.id) == 1
+        bounced = await queue.get(queued.id)  # asked: the queue worker carries it out
+        assert bounced.bounce_requested
+        assert {r.address: r.status for r in bounced.recipients} == {
+            "b@remote.test": RecipientStatus.PENDING, "c@remote.test": RecipientStatus.DELIVERED}
         await queue.delete(queued.id)
-        for action in (queue.get, queue.retry, queue.delete):
+        for action in (queue.get, queue.retry, queue.delete, queue.bounce):
             with pytest.raises(NoSuchMessage):
                 await action(queued.id)
         with pytest.raises(NoSuchMessage):
@@ -42,11 +47,12 @@ async def _scenario(data_dir: Path) -> None:
         assert [(e.actor, e.action, e.detail) for e in reversed(audit)] == [
             ("operator:alice", "queue.retry", str(queued.id)),
             ("operator:alice", "queue.flush", "1 recipients"),
+            ("operator:alice", "queue.bounce", str(queued.id)),
             ("operator:alice", "queue.delete", str(queued.id))]
         assert all(e.at == 1e9 for e in audit)
         steps = await store.trace_events(queued.trace or f"Q{queued.id}", 50)
-        assert [(e.kind, e.queue_id) for e in steps][-2:] == [
-            ("retry", queued.id), ("delete", queued.id)]
+        assert [(e.kind, e.queue_id) for e in steps][-3:] == [
+            ("retry", queued.id), ("bounce", queued.id), ("delete", queued.id)]
     finally:
         await store.close()
 

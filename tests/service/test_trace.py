@@ -270,6 +270,7 @@ def test_a_queued_message_not_tried_yet_is_found_by_its_queue_id() -> None:
     ("dsn", {"report": "delayed", "recipients": 1}, ["delay warning"]),
     ("retry", {"actor": "cli:root"}, ["retried", "cli:root"]),
     ("delete", {}, ["deleted", "an operator"]),
+    ("bounce", {"actor": "operator:ann"}, ["bounce requested by operator:ann"]),
     ("something", {"a": 1}, ["something", "a=1"]),
 ])
 def test_every_step_has_a_line(kind: str, detail: dict[str, object], words: list[str]) -> None:
@@ -387,7 +388,7 @@ def test_an_operators_queue_action_is_a_step_of_the_trace() -> None:
         [queued] = await store.queue_list()
         await record_queue_action(store, queued, "retry", "cli:root", 50.0)
         with pytest.raises(ValueError):
-            await record_queue_action(store, queued, "bounce", "cli:root", 51.0)
+            await record_queue_action(store, queued, "requeue", "cli:root", 51.0)
         [trace] = await TraceService(store).find(str(queued.id))
         [retry] = trace.steps
         assert (trace.trace, retry.kind, retry.queue_id) == ("AAA", "retry", queued.id)

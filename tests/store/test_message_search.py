@@ -83,6 +83,7 @@ async def test_an_upgrade_fills_message_search(tmp_path: Path) -> None:
         for later in ("api_tokens", "message_events", "admins", "audit"):  # 11's and 12's
             conn.execute(f"DROP TABLE {later}")
         conn.execute("ALTER TABLE queue DROP COLUMN trace")  # 12's
+        conn.execute("ALTER TABLE queue DROP COLUMN bounce_requested")  # 13's
         conn.execute("PRAGMA user_version = 9")
     store = open_store(tmp_path / "data")
     await store.open()

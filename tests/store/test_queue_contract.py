@@ -364,6 +364,35 @@ async def test_retry_never_postpones(store: Store) -> None:
     assert await store.queue_next_attempt() == 100.0
 
 
+async def test_bounce_flags_the_message_and_makes_it_due(store: Store) -> None:
+    now = time.time()
+    later = now + 10_000
+    message = await enqueue(store, ("a@x.example", "b@x.example"), not_before=later)
+    other = await enqueue(store, not_before=later)
+    await store.queue_update(message.id, [RecipientUpdate("b@x.example", DELIVERED, 0, "250")])
+    assert not message.bounce_requested
+    assert await store.queue_bounce(message.id, now) == 1  # the one still PENDING
+    [due] = await store.queue_due(now, 10)
+    assert due.id == message.id and due.bounce_requested
+    assert statuses(due) == {"a@x.example": PENDING, "b@x.example": DELIVERED}
+    assert due.recipients[0].attempts == 0  # not an attempt
+    [claimed] = await store.queue_claim(now, 10, 3600.0)  # the flag survives a claim
+    assert claimed.bounce_requested
+    assert await store.queue_bounce(message.id, now) == 1  # again: the same, and a lease ends
+    assert [m.id for m in await store.queue_due(now, 10)] == [message.id]
+    untouched = await store.queue_get(other.id)
+    assert untouched is not None and not untouched.bounce_requested
+    assert [m.bounce_requested for m in await store.queue_list()] == [True, False]
+
+
+async def test_bounce_of_an_unknown_message_is_zero(store: Store) -> None:
+    message = await enqueue(store)
+    await store.queue_delete(message.id)
+    assert await store.queue_bounce(message.id, time.time()) == 0
+    assert await store.queue_bounce(987_654, time.time()) == 0
+    assert await store.queue_list() == []
+
+
 async def test_delete(store: Store) -> None:
     message = await enqueue(store)
     other = await enqueue(store)

@@ -223,6 +223,7 @@ async def test_hot_queue_queries_use_an_index(data_dir: Path) -> None:
         )
         sqlite_queue.retry(conn, None, 1.0)
         sqlite_queue.retry(conn, 2, 1.0)
+        sqlite_queue.bounce(conn, 2, 1.0)
         sqlite_queue.remove(conn, 2)
         conn.set_trace_callback(None)
         statements = [s for s in traced if s.split(None, 1)[0] in ("SELECT", "UPDATE", "DELETE")]

@@ -4,6 +4,8 @@ destination domain, to the `RemoteDelivery` under a global and a per-domain conc
 Not a polling loop per message: thousands of deferred messages cost nothing until they are due.
 
 One attempt round for one message:
+  0. an operator asked to bounce it (`mailhouse queue bounce`, `Store.queue_bounce`)? every
+     PENDING recipient fails with 5.0.0 and the sender gets the DSN as in step 4, no attempt;
   1. expired (queued for `max_lifetime`)? every PENDING recipient fails with 4.4.7, no attempt;
   2. else its due PENDING recipients, grouped by domain, go to `RemoteDelivery.deliver`, one
      call per domain, all domains at once (each waits for its domain slot, then a global one);
@@ -89,6 +91,10 @@ ROUND_FAILURE_HOLD = 30.0
 
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
 EXPIRED_REPLY = "4.4.7 Delivery time expired"
+# RFC 3463 X.0.0 "other undefined status": the only code for a reason no subject covers (an
+# operator's decision); class 5 because the server gives up for good (docs/decisions.md).
+BOUNCED_STATUS = "5.0.0"
+BOUNCED_REPLY = "5.0.0 Delivery cancelled by the postmaster"
 # What a delivery that raised (a bug, not a remote answer) is recorded as: try again later.
 LOCAL_FAILURE = Reply(451, "4.3.0", "Local error in delivery, will retry")
 NO_RESULT = Reply(451, "4.3.0", "No result for this recipient, will retry")
@@ -319,6 +325,9 @@ class QueueWorker:
         pending = [r for r in message.recipients if r.status is RecipientStatus.PENDING]
         if not pending:
             return
+        if message.bounce_requested:
+            await self._give_up(message, pending, "bounced", BOUNCED_STATUS, BOUNCED_REPLY)
+            return
         if schedule.expired(message.created, now, self._config):
             await self._expire(message, pending)
             return
@@ -419,7 +428,13 @@ class QueueWorker:
         return failures
 
     async def _expire(self, message: QueuedMessage, pending: list[QueueRecipient]) -> None:
-        log.info("event=queue.expired id=%d rcpts=%d age=%.0f", message.id, len(pending),
+        await self._give_up(message, pending, "expired", EXPIRED_STATUS, EXPIRED_REPLY)
+
+    async def _give_up(self, message: QueuedMessage, pending: list[QueueRecipient], why: str,
+                       status: str, reply: str) -> None:
+        """Every PENDING recipient fails without an attempt (expired, or bounced by an
+        operator); the DSN quotes each one's last remote reply, the reason it waited."""
+        log.info("event=queue.%s id=%d rcpts=%d age=%.0f", why, message.id, len(pending),
                  self._clock() - message.created)
         await self._fail(
             message,
@@ -427,14 +442,14 @@ class QueueWorker:
                 FailedRecipient(
                     address=r.address,
                     action="failed",
-                    status=EXPIRED_STATUS,
+                    status=status,
                     diagnostic=None if not r.last_reply else "smtp; " + r.last_reply,
                     remote_mta=None,
                 )
                 for r in pending
             ],
             [
-                RecipientUpdate(r.address, RecipientStatus.FAILED, 0.0, EXPIRED_REPLY)
+                RecipientUpdate(r.address, RecipientStatus.FAILED, 0.0, reply)
                 for r in pending
             ],
             {r.address: r.attempts + 1 for r in pending},

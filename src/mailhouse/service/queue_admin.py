@@ -5,6 +5,13 @@ Only the store is edited: a running server's queue worker looks at the store at 
 second, so a flush or a retry is acted on within a second, and a message deleted while its
 delivery is in flight is simply not recorded (the worker's late update is a no-op). `delete`
 sends no bounce, as Postfix's `postsuper -d`.
+
+`bounce` gives up on a message's PENDING recipients. It only asks (`Store.queue_bounce`): the
+queue worker, at its next round (within a second when the server or `[queue] process` runs,
+else when it next starts), records them FAILED with 5.0.0 and sends the sender one DSN (none for
+a null sender, RFC 5321 §6.1), as for any permanent failure. So the DSN is built where the
+queue's other DSNs are, whichever process edits the store, and a delivery in flight in that
+worker finishes and is recorded first (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -63,6 +70,17 @@ class QueueAdmin:
         count = await self._store.queue_retry(queue_id, self._clock())
         await self._store.audit(self._actor, "queue.retry", str(queue_id), self._clock())
         await record_queue_action(self._store, message, "retry", self._actor, self._clock())
+        return count
+
+    async def bounce(self, queue_id: int) -> int:
+        """Ask the queue worker to bounce the message's PENDING recipients; how many there are
+        now. Also a step of its trace; the worker's own steps (bounced, dsn) follow."""
+        message = await self.get(queue_id)
+        count = await self._store.queue_bounce(queue_id, self._clock())
+        if count == 0:
+            raise NoSuchMessage(queue_id)
+        await self._store.audit(self._actor, "queue.bounce", str(queue_id), self._clock())
+        await record_queue_action(self._store, message, "bounce", self._actor, self._clock())
         return count
 
     async def delete(self, queue_id: int) -> None:

@@ -132,19 +132,26 @@ class TraceService:
                      events[-1].kind, steps)
 
 
-QUEUE_ACTIONS = frozenset({"retry", "delete"})
+QUEUE_ACTIONS = frozenset({"retry", "delete", "bounce"})
 
 
 async def record_queue_action(store: Store, message: QueuedMessage, action: str, actor: str,
                               now: float) -> None:
-    """An operator's `retry` or `delete` of one queued message, as a step of its trace, for
-    the queue's service to call (cli:root, admin:ann). Written at once: operator actions are
-    rare, and the step must be there when the operator looks next."""
+    """An operator's `retry`, `delete` or `bounce` of one queued message, as a step of its
+    trace, for the queue's service to call (cli:root, admin:ann). Written at once: operator
+    actions are rare, and the step must be there when the operator looks next."""
     if action not in QUEUE_ACTIONS:
         raise ValueError(f"not a queue action: {action!r}")
     await store.record_events([TraceEvent(
         now, message.trace or f"Q{message.id}", action, sender=message.sender,
         detail=json.dumps({"actor": clip(actor)}), queue_id=message.id)])
+
+
+_QUEUE_ACTION_WORDS = {
+    "retry": "retried now",
+    "delete": "deleted from the queue",
+    "bounce": "bounce requested",  # the worker's "bounced" and "dsn" steps follow
+}
 
 
 def step(event: TraceEvent) -> Step:
@@ -208,8 +215,8 @@ def describe(kind: str, sender: str, recipient: str, detail: dict[str, object]) 
         count = _text(detail, "recipients")
         report = "delay warning" if detail.get("report") == "delayed" else "bounce"
         return f"{report} (DSN) sent to {rcpt} for {count} recipient(s)"
-    if kind in ("retry", "delete"):
+    if kind in QUEUE_ACTIONS:
         who = _text(detail, "actor") or "an operator"
-        return f"{'retried now' if kind == 'retry' else 'deleted from the queue'} by {who}"
+        return f"{_QUEUE_ACTION_WORDS[kind]} by {who}"
     extra = ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
     return f"{kind} {rcpt if recipient else ''} {extra}".strip()

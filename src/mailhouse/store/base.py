@@ -214,6 +214,9 @@ class QueuedMessage:
     delay_warned: bool  # a "delayed" DSN has been sent
     recipients: tuple[QueueRecipient, ...]
     trace: str = ""  # QueueRequest.trace; "" for a message queued before schema version 12
+    # An operator asked to bounce it (`queue_bounce`): the worker's next round fails its
+    # PENDING recipients and sends the DSN instead of trying them.
+    bounce_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,3 +696,9 @@ class Store(Protocol):
 
     async def queue_delete(self, message_id: int) -> bool:
         """Remove a message from the queue without delivering it (no DSN)."""
+
+    async def queue_bounce(self, message_id: int, now: float) -> int:
+        """Ask for the message to be bounced (`bounce_requested`, kept until it leaves the
+        queue) and make its PENDING recipients due now, as `queue_retry` does, so the queue
+        worker acts within a second. The worker, not this call, fails them and sends the DSN.
+        Returns how many recipients are PENDING: 0 when the message is not queued."""

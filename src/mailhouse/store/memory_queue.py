@@ -149,6 +149,14 @@ class MemoryQueue:
             self._queue[queue_id] = replace(message, recipients=tuple(recipients))
         return count
 
+    async def queue_bounce(self, message_id: int, now: float) -> int:
+        self._check_open()
+        message = self._queue.get(message_id)
+        if message is None:
+            return 0
+        self._queue[message_id] = replace(message, bounce_requested=True)
+        return await self.queue_retry(message_id, now)
+
     async def queue_delete(self, message_id: int) -> bool:
         self._check_open()
         return self._dequeue(message_id)

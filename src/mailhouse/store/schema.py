@@ -93,6 +93,10 @@ Version 12 (issue 9, the admin API and the message trace):
   age.
 - `queue.trace`: the trace id of a queued message (the reception's id), so every delivery
   attempt's steps join its reception's; '' for rows queued before.
+
+Version 13 (issue 9, bouncing a queued message):
+- `queue.bounce_requested`: an operator asked for the message to be bounced; the queue worker
+  fails its PENDING recipients and sends the DSN at its next round (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -310,8 +314,12 @@ CREATE INDEX message_events_at ON message_events (at);
 ALTER TABLE queue ADD COLUMN trace TEXT NOT NULL DEFAULT '';
 """
 
+_V13 = """
+ALTER TABLE queue ADD COLUMN bounce_requested INTEGER NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: list[Migration] = [
-    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12]
+    _V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11, _V12, _V13]
 
 
 def latest_version() -> int:

@@ -815,6 +815,9 @@ class SqliteStore(SqliteEvents):
     async def queue_retry(self, message_id: int | None, now: float) -> int:
         return await self._write(partial(sqlite_queue.retry, message_id=message_id, now=now))
 
+    async def queue_bounce(self, message_id: int, now: float) -> int:
+        return await self._write(partial(sqlite_queue.bounce, message_id=message_id, now=now))
+
     async def queue_delete(self, message_id: int) -> bool:
         removed, dead = await self._write(partial(sqlite_queue.remove, message_id=message_id))
         if dead is not None:

@@ -27,8 +27,8 @@ from mailhouse.store.base import (
 from mailhouse.store.blobs import SealedBlob
 from mailhouse.store.queue_rules import clean_reply
 
-_MESSAGE = ("SELECT id, blob_id, size, sender, created, smtputf8, body_8bit, delay_warned, trace"
-            " FROM queue")
+_MESSAGE = ("SELECT id, blob_id, size, sender, created, smtputf8, body_8bit, delay_warned, trace,"
+            " bounce_requested FROM queue")
 _RECIPIENT = (
     "SELECT queue_id, address, status, attempts, next_attempt, last_reply FROM queue_recipients"
 )
@@ -126,7 +126,7 @@ def _recipients(rows: sqlite3.Cursor) -> dict[int, list[QueueRecipient]]:
 
 
 def _message(row: tuple[object, ...], recipients: Sequence[QueueRecipient]) -> QueuedMessage:
-    queue_id, blob_id, size, sender, created, smtputf8, body_8bit, warned, trace = row
+    queue_id, blob_id, size, sender, created, smtputf8, body_8bit, warned, trace, bounce = row
     assert isinstance(queue_id, int) and isinstance(blob_id, str) and isinstance(sender, str)
     assert isinstance(trace, str)
     assert isinstance(size, int) and isinstance(created, int | float)
@@ -141,6 +141,7 @@ def _message(row: tuple[object, ...], recipients: Sequence[QueueRecipient]) -> Q
         delay_warned=bool(warned),
         recipients=tuple(recipients),
         trace=trace,
+        bounce_requested=bool(bounce),
     )
 
 
@@ -243,6 +244,13 @@ def retry(conn: sqlite3.Connection, message_id: int | None, now: float) -> int:
         (now, now),
     ).rowcount
     return int(row[0]) + moved
+
+
+def bounce(conn: sqlite3.Connection, message_id: int, now: float) -> int:
+    """Flag the message for the worker to bounce and make its PENDING recipients due now;
+    returns how many are PENDING (0: not queued, since a message leaves with its last one)."""
+    conn.execute("UPDATE queue SET bounce_requested = 1 WHERE id = ?", (message_id,))
+    return retry(conn, message_id, now)
 
 
 def remove(conn: sqlite3.Connection, message_id: int) -> tuple[bool, str | None]:

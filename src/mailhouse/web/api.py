@@ -69,7 +69,7 @@ def _queued(message: QueuedMessage) -> dict[str, Any]:
             "created": _iso(message.created), "recipients": [
                 {"address": r.address, "status": r.status.value, "attempts": r.attempts,
                  "next_attempt": _iso(r.next_attempt), "last_reply": r.last_reply}
-                for r in message.recipients]}
+                for r in message.recipients], "bounce_requested": message.bounce_requested}
 
 
 class Api:
@@ -218,6 +218,11 @@ class Api:
     async def flush(self, request: Request, token: ApiToken) -> Response:
         return json_response({"rescheduled": await self.queue(token).flush()})
 
+    async def bounce(self, request: Request, token: ApiToken) -> Response:
+        """202: accepted; the queue worker fails the recipients and sends the DSN."""
+        count = await self.queue(token).bounce(request.path_params["id"])
+        return json_response({"bouncing": count}, 202)
+
     async def delete_queued(self, request: Request, token: ApiToken) -> Response:
         await self.queue(token).delete(request.path_params["id"])
         return Response(status_code=204)
@@ -343,6 +348,10 @@ class Api:
             Endpoint("POST", "/queue/{id:int}/retry", "queue",
                      "a message's deferred recipients due now", self.retry,
                      response=s.RESCHEDULED),
+            Endpoint("POST", "/queue/{id:int}/bounce", "queue",
+                     "give up on a message's pending recipients: they fail and the sender gets "
+                     "a DSN (the queue worker, within a second)", self.bounce,
+                     status=202, response=s.BOUNCING),
             Endpoint("GET", "/dkim/{domain}", "read", "a domain's DKIM keys and TXT records",
                      self.dkim, response=s.DKIM),
             Endpoint("GET", "/certificate", "read", "the certificate the server presents",

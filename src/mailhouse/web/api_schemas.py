@@ -31,8 +31,11 @@ REMOVAL = obj(removed=STR, aliases_changed=array(STR), aliases_removed=array(STR
 ALIAS = obj(alias=STR, targets=array(STR))
 RECIPIENT = obj(address=STR, status={"enum": ["pending", "delivered", "failed"]},
                 attempts=INT, next_attempt=TIME, last_reply={"type": ["string", "null"]})
-QUEUED = obj(id=INT, sender=STR, size=INT, created=TIME, recipients=array(RECIPIENT))
+QUEUED = obj(id=INT, sender=STR, size=INT, created=TIME, recipients=array(RECIPIENT),
+             bounce_requested=BOOL)
 RESCHEDULED = obj(rescheduled=INT)
+BOUNCING = obj(bouncing={"type": "integer", "description": "pending recipients the queue worker "
+                         "fails at its next round (the sender gets one DSN)"})
 DKIM = obj(domain=STR, keys=array(obj(selector=STR, algorithm=STR, name=STR, txt=STR)))
 CERTIFICATE = obj(path=STR, subject=STR, issuer=STR, names=array(STR), not_before=TIME,
                   not_after=TIME, days_left=INT, self_signed=BOOL)

@@ -263,6 +263,23 @@ async def queue_delete(kit: Kit, request: Request, session: Session,
     return done(kit, session, "/queue", f"Message {ident} deleted (no bounce sent).")
 
 
+async def queue_bounce(kit: Kit, request: Request, session: Session,
+                       fields: dict[str, str]) -> Response:
+    """Asks the queue worker (service/queue_admin.py), so the message may still be listed for
+    a second; hence back to the queue, not to the message page that may be gone by then."""
+    ident = queue_id(request)
+    if fields.get("confirm") != "yes":
+        return done(kit, session, f"/queue/{ident}",
+                    "Tick the box to confirm: a bounce cannot be undone.", "error")
+    try:
+        count = await queue_admin(kit, session).bounce(ident)
+    except NoSuchMessage as exc:
+        return done(kit, session, "/queue", str(exc), "error")
+    return done(kit, session, "/queue",
+                f"Message {ident}: {count} pending recipient(s) to be bounced now; the sender "
+                "gets a delivery status notification.")
+
+
 async def queue_flush(kit: Kit, request: Request, session: Session,
                       fields: dict[str, str]) -> Response:
     count = await queue_admin(kit, session).flush()
@@ -295,5 +312,6 @@ def routes(kit: Kit) -> list[BaseRoute]:
         Route("/queue/{queue_id:int}", page(kit, message_page), methods=["GET"]),
         Route("/queue/{queue_id:int}/retry", action(kit, queue_retry), methods=["POST"]),
         Route("/queue/{queue_id:int}/delete", action(kit, queue_delete), methods=["POST"]),
+        Route("/queue/{queue_id:int}/bounce", action(kit, queue_bounce), methods=["POST"]),
         Route("/audit", page(kit, audit_page), methods=["GET"]),
     ]
