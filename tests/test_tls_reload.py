@@ -84,3 +84,26 @@ def test_sighup_reloads_the_certificate_everywhere(tmp_path: Path) -> None:
         assert server.running
     finally:
         server.close()
+
+
+def test_sighup_checks_the_config_file(tmp_path: Path) -> None:
+    """A config edited under a running server: SIGHUP names the changed keys (applied at the
+    next restart), and a broken file is reported now, before a restart would fail on it."""
+    server = MailhouseServer(tmp_path / "mh", protocols=("smtp",), hostname=HOST)
+    server.start()
+    try:
+        assert server.process is not None
+        original = server.config_path.read_text()
+        server.config_path.write_text(original + "\n[trace]\nkeep_days = 7\n")
+        os.kill(server.process.pid, signal.SIGHUP)
+        assert wait_until(lambda: "event=config.restart_needed" in server.log_path.read_text(),
+                          timeout=15, interval=0.05), server.log_tail()
+        assert "keys=trace.keep_days" in server.log_path.read_text()
+        server.config_path.write_text(original + "\n[trace]\nkeep_days = \"soon\"\n")
+        os.kill(server.process.pid, signal.SIGHUP)
+        assert wait_until(lambda: "event=config.invalid" in server.log_path.read_text(),
+                          timeout=15, interval=0.05), server.log_tail()
+        assert "trace.keep_days" in server.log_path.read_text().split("event=config.invalid")[1]
+        assert "event=shutdown" not in server.log_path.read_text()  # still serving
+    finally:
+        server.stop()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailhouse import metrics, sdnotify
-from mailhouse.config import LISTENER_KINDS, Config
+from mailhouse.config import LISTENER_KINDS, Config, changed_keys, load_config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
 from mailhouse.message.dkim import DkimKeys, DkimSigner
@@ -502,10 +502,35 @@ class App:
 
     def on_sighup(self) -> None:
         """Certificates read again, and ACME renewal checks now rather than at its next
-        scheduled time (`systemctl reload mailhouse` after fixing DNS or the firewall)."""
+        scheduled time (`systemctl reload mailhouse` after fixing DNS or the firewall); the
+        config file is checked and what only a restart would apply is named."""
         self.reload_tls()
         if self.acme is not None:
             self.acme.wake()
+        self.check_config_file()
+
+    def check_config_file(self) -> list[str]:
+        """Read the config file again: a mistake is reported now, not at the next start, and
+        changed settings are listed as waiting for a restart (docs/decisions.md: settings are
+        not applied live). Returns the changed keys."""
+        source = self.config.source
+        if source is None:
+            return []
+        if not os.access(source, os.R_OK):  # root's file, and we dropped privileges: fine
+            log.info("event=config.unchecked file=%s reason=unreadable_after_privilege_drop",
+                     source)
+            return []
+        try:
+            fresh = load_config(source)
+        except ConfigError as exc:
+            log.error("event=config.invalid file=%s error=%s (the running config stays; a "
+                      "restart would fail)", source, exc)
+            return []
+        changed = changed_keys(self.config, fresh)
+        if changed:
+            log.warning("event=config.restart_needed file=%s keys=%s (changed in the file; "
+                        "applied at the next restart)", source, ",".join(changed))
+        return changed
 
     async def metrics_text(self) -> bytes:
         """/metrics: every process's counters, and the queue as the store has it now."""

@@ -29,7 +29,7 @@ import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -839,3 +839,17 @@ def _warnings(config: Config) -> tuple[str, ...]:
         out.append("limits.max_connections_per_ip is larger than limits.max_connections and "
                    "has no effect")
     return tuple(out)
+
+
+def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs (or sections), for SIGHUP's
+    report of what a restart would change; `source` and `warnings` are not settings."""
+    if not (is_dataclass(old) and is_dataclass(new)):
+        return [prefix] if old != new else []
+    changed: list[str] = []
+    for f in fields(old):
+        if f.name in ("source", "warnings"):
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        changed += changed_keys(getattr(old, f.name), getattr(new, f.name), key)
+    return changed
