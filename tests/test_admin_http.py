@@ -195,6 +195,10 @@ def test_metrics_add_up_every_process(tmp_path: Path) -> None:
         assert sample(text, 'mailhouse_logins_total{result="failed",service="imap"}') == 1
         assert sample(text, 'mailhouse_imap_commands_total{command="SELECT"}') == 1
         assert sample(text, "mailhouse_store_commit_jobs_count") >= 1
+        # latencies: the 250's wait for the fsync, commits, IMAP commands (in a worker)
+        assert sample(text, 'mailhouse_smtp_accept_seconds_count{service="smtp"}') == 1
+        assert sample(text, "mailhouse_store_commit_seconds_count") >= 1
+        assert sample(text, 'mailhouse_imap_command_seconds_count{command="SELECT"}') == 1
         assert "mailhouse_queue_messages 0.0" in text  # read from the store at the scrape
         assert "mailhouse_queue_oldest_age_seconds 0.0" in text
         assert (server.data_dir / "run" / "metrics").is_dir()

@@ -29,6 +29,11 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUN_DIR = ("run", "metrics")
 
 
+# Latency buckets, seconds: store and protocol work (ms to s), and remote deliveries (to minutes).
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Metrics:
     connections: Counter  # service
@@ -37,6 +42,10 @@ class Metrics:
     deliveries: Counter  # outcome: delivered, deferred, failed
     imap_commands: Counter  # command
     commit_batches: Histogram  # jobs per group commit
+    commit_seconds: Histogram  # one group commit: fsyncs and the transaction
+    delivery_seconds: Histogram  # one outbound attempt to one domain's servers
+    accept_seconds: Histogram  # service: end of DATA/BDAT to the stored, fsynced message
+    imap_command_seconds: Histogram  # command
 
 
 def _build(registry: CollectorRegistry | None) -> Metrics:
@@ -56,6 +65,18 @@ def _build(registry: CollectorRegistry | None) -> Metrics:
                                  "Writes committed together per group commit (fsync)",
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                                  registry=registry),
+        commit_seconds=Histogram("mailhouse_store_commit_seconds",
+                                 "Time of one group commit, fsyncs included",
+                                 buckets=_FAST, registry=registry),
+        delivery_seconds=Histogram("mailhouse_delivery_attempt_seconds",
+                                   "Time of one outbound attempt to one domain (DNS, connect, "
+                                   "SMTP dialogue)", buckets=_SLOW, registry=registry),
+        accept_seconds=Histogram("mailhouse_smtp_accept_seconds",
+                                 "From the end of a message's data to its 250 (stored, fsynced)",
+                                 ["service"], buckets=_FAST, registry=registry),
+        imap_command_seconds=Histogram("mailhouse_imap_command_seconds",
+                                       "Time to run one IMAP command (its tagged reply)",
+                                       ["command"], buckets=_FAST, registry=registry),
     )
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client import Histogram
 
+from mailhouse import metrics
 from mailhouse.config import QueueConfig
 from mailhouse.errors import Reply
 from mailhouse.queue import worker as worker_module
@@ -203,6 +205,9 @@ async def memory_store() -> Store:
 
 # --- retries and bounces --------------------------------------------------------------------------
 def test_4xx_then_success_is_delivered_once_after_backoff() -> None:
+    timed = metrics.get().delivery_seconds
+    before = _observations(timed)
+
     async def scenario() -> None:
         store = await memory_store()
         s = Setup(store, FakeDelivery({"bob@remote.example": [GREY, OK]}))
@@ -229,6 +234,12 @@ def test_4xx_then_success_is_delivered_once_after_backoff() -> None:
             await s.worker.stop()
 
     run(scenario())
+    assert _observations(timed) == before + 2  # each attempt's time (the latency histogram)
+
+
+def _observations(histogram: Histogram) -> float:
+    return next(sample.value for family in histogram.collect() for sample in family.samples
+                if sample.name.endswith("_count"))
 
 
 async def _attempts(store: Store, queue_id: int, attempts: int) -> bool:

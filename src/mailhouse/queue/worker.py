@@ -579,6 +579,7 @@ def _log_attempt(
     counted = metrics.get().deliveries
     for result in results:
         counted.labels(_OUTCOME_NAMES[result.outcome]).inc()
+    metrics.get().delivery_seconds.observe(elapsed)
     outcomes = {r.outcome for r in results}
     outcome = _OUTCOME_NAMES[next(iter(outcomes))] if len(outcomes) == 1 else "mixed"
     worst = max(results, key=lambda r: _SEVERITY[r.outcome])

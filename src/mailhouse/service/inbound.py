@@ -199,6 +199,7 @@ class InboundSession:
             self.reset()
 
     async def data_complete(self, event: ev.DataComplete) -> Reply:
+        started = time.perf_counter()
         await self.write()
         spool, self._spool = self._spool, None
         sender = self._mail_sender()
@@ -237,6 +238,7 @@ class InboundSession:
                  self.peer, self._queue_id, sender, len(targets), delivered, event.size)
         if delivered:
             metrics.get().smtp_messages.labels("smtp").inc()
+            metrics.get().accept_seconds.labels("smtp").observe(time.perf_counter() - started)
             return Reply(250, "2.0.0", f"Ok: queued as {self._queue_id}")
         if Outcome.TEMPORARY in outcomes:
             return TEMPORARY

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -294,10 +295,15 @@ class SubmissionSession:
     async def data_complete(self, event: ev.DataComplete) -> Reply:
         data, self._data = self._data, None
         mail, account = self._mail, self.account
+        started = time.perf_counter()
         try:
             if data is None or mail is None or account is None:
                 return TEMPORARY
-            return await self._submit(data, mail, account)
+            reply = await self._submit(data, mail, account)
+            if reply.code == 250:
+                metrics.get().accept_seconds.labels("submission").observe(
+                    time.perf_counter() - started)
+            return reply
         finally:
             self._reset_envelope()
 

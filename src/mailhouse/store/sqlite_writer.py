@@ -239,6 +239,7 @@ class GroupCommitWriter:
     def _commit(self, batch: list[WriteJob]) -> None:
         """Commit `batch`, and the jobs that arrive while it waits for the locks (appended to
         `batch`, so they are counted and settled with it)."""
+        started = time.perf_counter()
         ready = self._synced(list(batch))
         if not ready:
             return
@@ -260,7 +261,9 @@ class GroupCommitWriter:
                 committed = self._transaction(ready, batch)
             finally:  # the hooks below run unlocked: they may write (garbage) or take time
                 lock.release()
-        metrics.get().commit_batches.observe(len(committed))
+        counted = metrics.get()
+        counted.commit_batches.observe(len(committed))
+        counted.commit_seconds.observe(time.perf_counter() - started)
         for job in committed:
             if job.error is None and job.after_commit is not None:
                 try:

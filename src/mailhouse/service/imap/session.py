@@ -77,6 +77,16 @@ class ImapSession:
             self.condstore = True
         command = request.command
         metrics.get().imap_commands.labels(command.name).inc()  # a name the grammar knows
+        started = time.perf_counter()
+        try:
+            return await self._handle(request, respond)
+        finally:
+            if command.name != "IDLE":  # it lasts as long as the client waits
+                metrics.get().imap_command_seconds.labels(command.name).observe(
+                    time.perf_counter() - started)
+
+    async def _handle(self, request: Request, respond: Responder) -> Completion:
+        command = request.command
         handler = _HANDLERS.get(command.name)
         if handler is None:
             return Completion("BAD", f"{command.name} is not supported")
