@@ -7,6 +7,7 @@ import http.client
 import json
 import plistlib
 import ssl
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,8 +87,20 @@ def test_apple_profile_is_a_download(web: tuple[MailhouseServer, int]) -> None:
                                   "/mail/mailhouse.mobileconfig?emailaddress=alice%40example.org",
                                   "example.org")
     assert status == 200 and "attachment" in headers["content-disposition"]
-    profile = plistlib.loads(body)
+    # Signed with the server's own certificate (the self-signed one here): CMS, DER.
+    server, _ = web
+    certificate = server.data_dir / "tls" / "selfsigned-cert.pem"
+    profile = plistlib.loads(verified_content(body, certificate))
     assert profile["PayloadContent"][0]["IncomingMailServerHostName"] == HOST
+
+
+def verified_content(signed: bytes, trusted: Path) -> bytes:
+    """The content of CMS SignedData whose signature verifies up to `trusted` (openssl)."""
+    done = subprocess.run(["openssl", "cms", "-verify", "-inform", "DER", "-CAfile",
+                           str(trusted), "-purpose", "any"], input=signed,
+                          capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_refusals(web: tuple[MailhouseServer, int]) -> None:

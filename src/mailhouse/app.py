@@ -73,6 +73,7 @@ from mailhouse.service.directory import DirectoryCache
 from mailhouse.service.imap import ENABLEABLE, ImapMailService, ImapSettings, capabilities
 from mailhouse.service.inbound import InboundPolicy, InboundService
 from mailhouse.service.pop3 import Pop3Service
+from mailhouse.service.profile_signing import ProfileSigner
 from mailhouse.service.submission import Signer, SubmissionPolicy, SubmissionService
 from mailhouse.service.throttle import LoginGuard, LoginThrottle
 from mailhouse.service.throttle_channel import ThrottleServer
@@ -439,7 +440,8 @@ class App:
             served = frozenset(kind for kind in LISTENER_KINDS
                                if kind not in NOT_BUILT and config.listen_endpoints(kind))
             self.web = HttpListener(
-                build_public_app(config, lambda: self.directory.current.domains, served),
+                build_public_app(config, lambda: self.directory.current.domains, served,
+                                 ProfileSigner(self.tls_files)),
                 self._web_sockets, self._web_tls or tls, name="web")
             self._web_sockets = []
             await self.web.start()

@@ -7,7 +7,8 @@ address alone (issue 9 §3).
 - Microsoft Autodiscover: the "plain old XML" (POX) exchange Outlook POSTs to
   `/autodiscover/autodiscover.xml`, and the JSON v2 lookup
   `/autodiscover/autodiscover.json?Email=…&Protocol=…` that points Outlook at it;
-- an Apple configuration profile (`.mobileconfig`) per address, unsigned.
+- an Apple configuration profile (`.mobileconfig`) per address (signed on its way out by
+  service/profile_signing.py, with the server's certificate).
 
 This module only makes documents; serving them over HTTPS is the admin web stack's job. Its
 whole interface is `handle(Request, config, hosted domains) -> Response`, a status, a content
@@ -424,7 +425,7 @@ def _mobileconfig(request: Request, context: _Context) -> Response:
 
 def mobileconfig(address: str, hostname: str,
                  services: Iterable[ClientService]) -> bytes | None:
-    """An unsigned profile with one com.apple.mail.managed payload (the most preferred
+    """A profile (signed later, by the web layer) with one com.apple.mail.managed payload (the most preferred
     incoming and outgoing service), or None when either is missing. UUIDs are uuid5 of the
     server and the address: fetching the profile again replaces the installed one rather
     than adding a second account."""

@@ -7,6 +7,7 @@ bounding the body before reading it whole.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Collection
 
 from starlette.applications import Starlette
@@ -16,14 +17,16 @@ from starlette.routing import Route
 
 from mailhouse.config import Config
 from mailhouse.service import autoconfig
+from mailhouse.service.profile_signing import ProfileSigner
 
 NO_STORE = {"Cache-Control": "no-store"}
 
 
 def build_app(config: Config, hosted: Callable[[], Collection[str]],
-              served: Collection[str]) -> Starlette:
+              served: Collection[str], signer: ProfileSigner | None = None) -> Starlette:
     """`hosted`: the domains the store serves now (the directory cache); `served`: the
-    listener kinds this server answers on (what clients are offered)."""
+    listener kinds this server answers on (what clients are offered); `signer`: signs the
+    Apple profile with the server's certificate (unsigned without one)."""
 
     async def answer(request: Request) -> Response:
         path = request.url.path
@@ -48,9 +51,12 @@ def build_app(config: Config, hosted: Callable[[], Collection[str]],
                                request.headers.get("host", "")),
             config, hosted(), served=served)
         headers = dict(NO_STORE)
+        body = result.body
         if result.status == 200 and path.lower() == autoconfig.MOBILECONFIG:
             headers["Content-Disposition"] = 'attachment; filename="mailhouse.mobileconfig"'
-        return Response(result.body, result.status, media_type=result.content_type,
+            if signer is not None:  # a signature is CPU work: not on the event loop
+                body = await asyncio.to_thread(signer.sign, body)
+        return Response(body, result.status, media_type=result.content_type,
                         headers=headers)
 
     return Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "POST", "HEAD"])])
