@@ -425,10 +425,10 @@ def _mobileconfig(request: Request, context: _Context) -> Response:
 
 def mobileconfig(address: str, hostname: str,
                  services: Iterable[ClientService]) -> bytes | None:
-    """A profile (signed later, by the web layer) with one com.apple.mail.managed payload (the most preferred
-    incoming and outgoing service), or None when either is missing. UUIDs are uuid5 of the
-    server and the address: fetching the profile again replaces the installed one rather
-    than adding a second account."""
+    """A profile (signed later, by the web layer) with one com.apple.mail.managed payload
+    (the most preferred incoming and outgoing service), or None when either is missing.
+    UUIDs are uuid5 of the server and the address: fetching the profile again replaces the
+    installed one rather than adding a second account."""
     offered = list(services)
     incoming = next((s for s in offered if s.incoming), None)
     outgoing = next((s for s in offered if not s.incoming), None)
