@@ -9,7 +9,7 @@ import asyncio
 import datetime
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -28,11 +28,12 @@ from mailhouse.config import Config, load_config
 from mailhouse.errors import MailError
 from mailhouse.net.tls import ensure_self_signed
 from mailhouse.service.accounts import Accounts, Passwords
+from mailhouse.service.acme_files import RenewalState, save_state
 from mailhouse.service.api_tokens import ApiTokens
 from mailhouse.service.doctor import CheckResult, Doctor, Status
 from mailhouse.service.throttle import LoginThrottle
 from mailhouse.store import open_store
-from mailhouse.store.base import QueueRequest, Store
+from mailhouse.store.base import QueueRequest, Store, TraceEvent
 from mailhouse.store.memory import MemoryStore
 from mailhouse.web import api
 from mailhouse.web.admin import AdminContext, build_app
@@ -334,6 +335,28 @@ def test_the_certificate(tmp_path: Path) -> None:
         cert = (await h.client.get("/certificate", headers=auth)).json()
         assert cert["self_signed"] is False and cert["names"] == ["mx.example.test"]
         assert cert["issuer"] == "CN=Test CA" and cert["days_left"] in (9, 10)
+        assert cert["acme"] is False and cert["renewal"] is None
+        # ACME on, its renewal failing: the API says so (issue 9 §5: visible in the admin).
+        save_state(h.config.data_dir, RenewalState(last_attempt=1e9, last_error="timeout",
+                                                   next_check=1e9 + 60, failures=2))
+        h.context.config = replace(h.config, acme=replace(h.config.acme, enabled=True))
+        cert = (await h.client.get("/certificate", headers=auth)).json()
+        assert cert["acme"] is True
+        assert cert["renewal"]["failing"] is True and cert["renewal"]["failures"] == 2
+        assert cert["renewal"]["last_error"] == "timeout"
+
+    run(tmp_path, scenario)
+
+
+def test_hourly_stats(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> None:
+        auth = bearer(await h.token("read"))
+        now = h.context.clock()
+        await h.store.record_events([TraceEvent(now, "T1", "delivered"),
+                                     TraceEvent(now, "T2", "deferred")])
+        hours = (await h.client.get("/stats/hourly", headers=auth)).json()
+        assert len(hours) == 24 and hours[-1]["delivered"] == 1 and hours[-1]["deferred"] == 1
+        assert hours[0]["hour"].endswith("Z") and hours[0]["delivered"] == 0
 
     run(tmp_path, scenario)
 

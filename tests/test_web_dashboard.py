@@ -12,7 +12,9 @@ from pathlib import Path
 import trustme
 
 from mailhouse.config import load_config
+from mailhouse.service.acme_files import RenewalState, save_state
 from mailhouse.store import open_store
+from mailhouse.store.base import TraceEvent
 from mailhouse.web import dashboard
 from mailhouse.web.recent_errors import RECENT_ERRORS, RecentErrors
 
@@ -94,3 +96,47 @@ def test_overview_from_a_store_the_metrics_and_the_files(tmp_path: Path) -> None
     assert view.counters["connections smtp"] == 3.0
     assert view.certificate is None  # no certificate yet: serve makes the self-signed one
     assert view.disk is not None and 0 < view.disk.free <= view.disk.total
+
+
+def test_the_last_day_per_hour_and_the_acme_state(tmp_path: Path) -> None:
+    """Deliveries and failures per hour from the trace's steps (empty hours included, the
+    window's edges respected), the certificate the listeners present, the renewal's state."""
+    path = tmp_path / "mailhouse.toml"
+    data = tmp_path / "data"
+    data.mkdir()
+    path.write_text(f'data_dir = "{data}"\nhostname = "mx.example.org"\n'
+                    '[acme]\nenabled = true\ncontact = "postmaster@example.org"\n')
+    config = load_config(path)
+    now = 100 * 3600.0 + 1800  # half past the 100th hour
+    save_state(data, RenewalState(last_attempt=now - 60, last_error="connection refused",
+                                  next_check=now + 60, failures=3))
+    ca = trustme.CA()
+    presented = tmp_path / "acme.pem"
+    ca.issue_cert("mx.example.org").cert_chain_pems[0].write_to_path(str(presented))
+
+    async def main() -> dashboard.Overview:
+        store = open_store(config.data_dir, "memory")
+        await store.open()
+        try:
+            await store.record_events([
+                TraceEvent(now - 24 * 3600, "T0", "delivered"),  # just before the window
+                TraceEvent(now - 23 * 3600, "T1", "delivered"),
+                TraceEvent(now - 10, "T2", "received"),
+                TraceEvent(now - 9, "T2", "deferred"),
+                TraceEvent(now - 8, "T3", "rejected"),
+                TraceEvent(now - 7, "T3", "refused"),
+            ])
+            return await dashboard.overview(config, store, None, now, lambda: presented)
+        finally:
+            await store.close()
+
+    view = asyncio.run(main())
+    assert len(view.hours) == dashboard.HISTORY_HOURS
+    assert view.hours[-1].start == 100 * 3600.0 and view.hours[0].start == 77 * 3600.0
+    assert view.hours[-1].counts == {"received": 1, "stored": 0, "delivered": 0,
+                                     "deferred": 1, "bounced": 0, "refused": 2}
+    assert view.hours[0].counts["delivered"] == 1
+    assert sum(h.counts["delivered"] for h in view.hours) == 1  # T0 is outside
+    assert view.certificate is not None and view.certificate.path == str(presented)
+    assert view.renewal is not None and view.renewal.failing
+    assert view.renewal.failures == 3

@@ -47,3 +47,16 @@ def test_trace_page_finds_and_shows_every_step(tmp_path: Path) -> None:
         admin.client.cookies.clear()
         assert (await admin.client.get("/trace")).status_code in (302, 303)  # login first
     run(tmp_path, test)
+
+
+def test_dashboard_shows_the_last_day_per_hour(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        now = admin.context.clock()
+        await admin.store.record_events(
+            [TraceEvent(now, f"T{n}", "bounced") for n in range(3)])
+        page = await admin.client.get("/")
+        assert page.status_code == 200 and 'id="hourly"' in page.text
+        assert '<td class="num bad">3</td>' in page.text  # this hour's bounces, marked
+        assert 'id="renewal' not in page.text  # ACME is off here
+    run(tmp_path, test)

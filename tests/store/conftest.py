@@ -64,7 +64,8 @@ class TwoProcesses:
         "read_message", "read_blob", "queue_due", "queue_next_attempt", "queue_get",
         "queue_list", "queue_stats", "list_subscriptions", "structures", "read_range",
         "read_ranges", "search_fields", "search_candidates", "get_admin", "list_admins",
-        "list_audit", "search_events", "trace_events", "api_token", "list_api_tokens",
+        "list_audit", "search_events", "trace_events", "event_counts", "api_token",
+        "list_api_tokens",
     })
 
     def __init__(self, data_dir: Path) -> None:

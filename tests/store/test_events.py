@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mailhouse.store.base import (
+    EventCount,
     QueueRequest,
     Store,
     TraceEvent,
@@ -60,6 +61,23 @@ async def test_search_matches_every_given_field_newest_first(store: Store) -> No
     assert await traces(TraceSearch()) == ["T3d", "T3r", "T2r", "T1r"]
     # A time range: since inclusive, until exclusive.
     assert await traces(TraceSearch(since=101.0, until=103.0)) == ["T3r", "T2r"]
+
+
+async def test_steps_are_counted_per_kind_and_hour(store: Store) -> None:
+    hour = 3600.0
+    await store.record_events([
+        _event(0, at=10 * hour - 1, kind="delivered"),  # before the window
+        _event(1, at=10 * hour, kind="delivered"),
+        _event(2, at=10 * hour + 5, kind="delivered"),
+        _event(3, at=10 * hour + 7, kind="deferred"),
+        _event(4, at=12 * hour + 1, kind="delivered"),
+    ])
+    assert await store.event_counts(10 * hour, 3600) == [
+        EventCount(10 * hour, "deferred", 1), EventCount(10 * hour, "delivered", 2),
+        EventCount(12 * hour, "delivered", 1)]
+    assert await store.event_counts(13 * hour, 3600) == []
+    with pytest.raises(ValueError):
+        await store.event_counts(0.0, 0)
 
 
 async def test_pruning_forgets_older_steps_only(store: Store) -> None:

@@ -262,6 +262,15 @@ class TraceEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class EventCount:
+    """How many steps of one kind in one time bucket (Store.event_counts)."""
+
+    start: float  # the bucket's start, epoch seconds
+    kind: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class TraceSearch:
     """What `Store.search_events` matches: every field given must match exactly (AND)."""
 
@@ -652,6 +661,14 @@ class Store(Protocol):
 
     async def prune_events(self, before: float) -> int:
         """Forget the steps recorded at a time earlier than `before`; how many went."""
+        ...
+
+    async def event_counts(self, since: float, bucket: int) -> list[EventCount]:
+        """Steps recorded at `since` or later, counted per kind and per `bucket` seconds
+        (bucket starts are multiples of `bucket` since the epoch), oldest bucket first; for
+        the dashboard's "deliveries and failures per hour". One range of the `at` index."""
+        ...
+
     # --- API tokens (issue 9 §1; sqlite_tokens.py) -----------------------------------------
     async def add_api_token(self, admin: str, label: str, scopes: Sequence[str], digest: bytes,
                             now: float, expires: float | None) -> ApiToken:

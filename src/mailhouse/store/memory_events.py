@@ -3,10 +3,11 @@ trace")."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from mailhouse.store.base import TraceEvent, TraceSearch
+from mailhouse.store.base import EventCount, TraceEvent, TraceSearch
 from mailhouse.store.event_rules import check_events, check_page
 
 
@@ -56,3 +57,11 @@ class MemoryEvents:
         pruned = len(self._events) - len(kept)
         self._events = kept
         return pruned
+
+    async def event_counts(self, since: float, bucket: int) -> list[EventCount]:
+        self._check_open()
+        if bucket < 1:
+            raise ValueError("a bucket is at least one second")
+        counted: Counter[tuple[float, str]] = Counter(
+            (float(int(e.at / bucket) * bucket), e.kind) for e in self._events if e.at >= since)
+        return [EventCount(start, kind, n) for (start, kind), n in sorted(counted.items())]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from mailhouse.store.base import TraceEvent, TraceSearch
+from mailhouse.store.base import EventCount, TraceEvent, TraceSearch
 from mailhouse.store.event_rules import check_events, check_page
 
 T = TypeVar("T")
@@ -56,6 +56,12 @@ def prune(conn: sqlite3.Connection, before: float) -> int:
     return conn.execute("DELETE FROM message_events WHERE at < ?", (before,)).rowcount
 
 
+def counts(conn: sqlite3.Connection, since: float, bucket: int) -> list[EventCount]:
+    return [EventCount(float(start), kind, n) for start, kind, n in conn.execute(
+        "SELECT CAST(at / ?1 AS INTEGER) * ?1 AS start, kind, COUNT(*) FROM message_events"
+        " WHERE at >= ?2 GROUP BY start, kind ORDER BY start, kind", (bucket, since))]
+
+
 class SqliteEvents:
     """SqliteStore's methods for the trace (mixed in; it provides `_write` and `_read`)."""
 
@@ -79,3 +85,8 @@ class SqliteEvents:
 
     async def prune_events(self, before: float) -> int:
         return await self._write(partial(prune, before=before))
+
+    async def event_counts(self, since: float, bucket: int) -> list[EventCount]:
+        if bucket < 1:
+            raise ValueError("a bucket is at least one second")
+        return await self._read(partial(counts, since=since, bucket=bucket))

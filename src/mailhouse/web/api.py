@@ -25,6 +25,7 @@ from mailhouse.cli_dns import dkim_keys, offered_services
 from mailhouse.cli_doctor import DNS_TIMEOUT, build_setup
 from mailhouse.message.dkim import dns_records
 from mailhouse.service.accounts import Accounts, InvalidInput, UserSummary, canonical_domain
+from mailhouse.service.acme_files import load_state
 from mailhouse.service.api_tokens import ApiTokens
 from mailhouse.service.cert_info import describe, served_certificate
 from mailhouse.service.doctor import Doctor
@@ -34,6 +35,7 @@ from mailhouse.service.queue_admin import QueueAdmin
 from mailhouse.service.trace import DEFAULT_TRACES, TraceQueryError, TraceService
 from mailhouse.store.base import ApiToken, QueuedMessage
 from mailhouse.web import api_schemas as s
+from mailhouse.web import dashboard
 from mailhouse.web.admin import AdminContext
 from mailhouse.web.api_http import (
     ApiError,
@@ -247,11 +249,22 @@ class Api:
             info = await asyncio.to_thread(describe, path)
         except (OSError, ValueError) as exc:
             raise ApiError(500, "certificate_unreadable", f"{path}: {exc}") from None
+        renewal = (await asyncio.to_thread(load_state, config.data_dir)
+                   if config.acme.enabled else None)
         return json_response({
             "path": info.path, "subject": info.subject, "issuer": info.issuer,
             "names": list(info.names), "not_before": _iso(info.not_before),
             "not_after": _iso(info.not_after), "days_left": info.days_left(self.context.clock()),
-            "self_signed": info.self_signed})
+            "self_signed": info.self_signed, "acme": config.acme.enabled,
+            "renewal": None if renewal is None else {
+                "failing": renewal.failing, "failures": renewal.failures,
+                "last_attempt": _iso(renewal.last_attempt),
+                "last_success": _iso(renewal.last_success), "last_error": renewal.last_error,
+                "next_check": _iso(renewal.next_check)}})
+
+    async def hourly(self, request: Request, token: ApiToken) -> Response:
+        hours = await dashboard.hourly(self.context.store, self.context.clock())
+        return json_response([{"hour": _iso(h.start), **h.counts} for h in hours])
 
     async def doctor(self, request: Request, token: ApiToken) -> Response:
         config, store = self.context.config, self.context.store
@@ -356,6 +369,9 @@ class Api:
                      self.dkim, response=s.DKIM),
             Endpoint("GET", "/certificate", "read", "the certificate the server presents",
                      self.certificate, response=s.CERTIFICATE),
+            Endpoint("GET", "/stats/hourly", "read", "the last 24 hours' steps per hour: "
+                     "received, stored, delivered, deferred, bounced, refused",
+                     self.hourly, response=s.array(s.HOUR)),
             Endpoint("GET", "/doctor", "read", "run the live checks (`mailhouse doctor`)",
                      self.doctor, response=s.array(s.CHECK),
                      query=(("domain", "string"),)),

@@ -37,8 +37,14 @@ RESCHEDULED = obj(rescheduled=INT)
 BOUNCING = obj(bouncing={"type": "integer", "description": "pending recipients the queue worker "
                          "fails at its next round (the sender gets one DSN)"})
 DKIM = obj(domain=STR, keys=array(obj(selector=STR, algorithm=STR, name=STR, txt=STR)))
+RENEWAL = {"type": ["object", "null"], "description": "ACME renewal (null: ACME off or no "
+           "attempt yet)", "properties": {
+               "failing": BOOL, "failures": INT, "last_attempt": TIME, "last_success": TIME,
+               "last_error": {"type": ["string", "null"]}, "next_check": TIME}}
 CERTIFICATE = obj(path=STR, subject=STR, issuer=STR, names=array(STR), not_before=TIME,
-                  not_after=TIME, days_left=INT, self_signed=BOOL)
+                  not_after=TIME, days_left=INT, self_signed=BOOL, acme=BOOL, renewal=RENEWAL)
+HOUR = obj(hour=TIME, received=INT, stored=INT, delivered=INT, deferred=INT, bounced=INT,
+           refused=INT)
 CHECK = obj(name=STR, status={"enum": ["ok", "warn", "fail", "skip"]}, found=STR,
             why_it_matters=STR, fix=STR)
 STEP = obj(at={"type": "number"}, time=STR, kind=STR, sender=STR, recipient=STR,

@@ -2,7 +2,9 @@
 queue from the store's aggregate (`Store.queue_stats`, as /metrics reads it), the counters from
 the Prometheus exposition the admin listener serves (summed over every process), the
 certificate from the file `serve` loads, the disk from the data directory's file system, and
-the last errors from web/recent_errors.py. Nothing here changes anything.
+the last errors from web/recent_errors.py, the last day's deliveries and failures per hour
+from the message trace's steps (`Store.event_counts`), and the ACME renewal's state from the
+file the renewal task writes. Nothing here changes anything.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailhouse.config import Config
+from mailhouse.service.acme_files import RenewalState, load_state
 from mailhouse.store.base import Store
 
 SELF_SIGNED_CERT = ("tls", "selfsigned-cert.pem")  # under data_dir (net/tls.py)
@@ -38,6 +41,14 @@ class Disk:
 
 
 @dataclass(frozen=True, slots=True)
+class Hour:
+    """One hour's steps of the message trace, by what the dashboard shows."""
+
+    start: float
+    counts: dict[str, int]  # column (HOURLY) -> steps
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     queue_messages: int
     queue_recipients: int
@@ -45,6 +56,28 @@ class Overview:
     counters: dict[str, float]  # "connections smtp" -> total since the server started
     certificate: Certificate | None
     disk: Disk | None
+    hours: tuple[Hour, ...] = ()  # the last HISTORY_HOURS, oldest first, empty hours included
+    renewal: RenewalState | None = None  # ACME on: what its task last did
+
+
+HISTORY_HOURS = 24
+# The hourly table's columns: the trace's step kinds each one sums (service/trace_events.py).
+HOURLY = {"received": ("received",), "stored": ("stored",), "delivered": ("delivered",),
+          "deferred": ("deferred",), "bounced": ("bounced",),
+          "refused": ("refused", "rejected", "not_stored")}
+
+
+async def hourly(store: Store, now: float, hours: int = HISTORY_HOURS) -> tuple[Hour, ...]:
+    """Deliveries and failures per hour, from one aggregate read of the trace's steps."""
+    first = (int(now) // 3600 - hours + 1) * 3600
+    column = {kind: name for name, kinds in HOURLY.items() for kind in kinds}
+    table: dict[float, dict[str, int]] = {
+        float(first + 3600 * n): dict.fromkeys(HOURLY, 0) for n in range(hours)}
+    for count in await store.event_counts(float(first), 3600):
+        name = column.get(count.kind)
+        if name is not None and count.start in table:
+            table[count.start][name] += count.count
+    return tuple(Hour(start, counts) for start, counts in table.items())
 
 
 # The counters shown, by metric family and label: "what" -> (family, label name).
@@ -56,13 +89,15 @@ COUNTERS = {"connections": ("mailhouse_connections", "service"),
 
 async def overview(config: Config, store: Store,
                    metrics: Callable[[], Awaitable[bytes]] | None,
-                   now: float) -> Overview:
+                   now: float, presented: Callable[[], Path] | None = None) -> Overview:
+    """`presented`: the certificate file the listeners present now (AdminContext.certificate:
+    the ACME pair once there is one); without it, the configured or self-signed file."""
     stats = await store.queue_stats()
     counters = parse_counters((await metrics()).decode()) if metrics is not None else {}
-    certificate, disk = await asyncio.to_thread(_files, config)
+    certificate, disk, renewal = await asyncio.to_thread(_files, config, presented)
     return Overview(stats.messages, stats.recipients,
                     None if stats.oldest is None else max(0.0, now - stats.oldest),
-                    counters, certificate, disk)
+                    counters, certificate, disk, await hourly(store, now), renewal)
 
 
 def parse_counters(exposition: str) -> dict[str, float]:
@@ -96,11 +131,13 @@ def read_certificate(path: Path) -> Certificate:
     return Certificate(str(path), cert.subject.rfc4514_string(), not_after)
 
 
-def _files(config: Config) -> tuple[Certificate | None, Disk | None]:
-    path = certificate_path(config)
-    certificate = read_certificate(path) if path is not None else None
+def _files(config: Config, presented: Callable[[], Path] | None
+           ) -> tuple[Certificate | None, Disk | None, RenewalState | None]:
+    path = presented() if presented is not None else certificate_path(config)
+    certificate = read_certificate(path) if path is not None and path.exists() else None
+    renewal = load_state(config.data_dir) if config.acme.enabled else None
     try:
         usage = shutil.disk_usage(config.data_dir)
     except OSError:
-        return certificate, None
-    return certificate, Disk(usage.total, usage.free)
+        return certificate, None, renewal
+    return certificate, Disk(usage.total, usage.free), renewal

@@ -80,12 +80,14 @@ def show(kit: Kit, request: Request, session: Session, template: str,
 async def dashboard_page(kit: Kit, request: Request, session: Session) -> Response:
     context = kit.context
     now = context.clock()
-    view = await dashboard.overview(context.config, context.store, context.metrics, now)
+    view = await dashboard.overview(context.config, context.store, context.metrics, now,
+                                    context.certificate)
     cert = view.certificate
     cert_days = (None if cert is None or cert.not_after is None
                  else (cert.not_after - now) / 86400)
     return show(kit, request, session, "dashboard.html", view=view, cert_days=cert_days,
-                errors=kit.errors.newest_first())
+                errors=kit.errors.newest_first(), columns=tuple(dashboard.HOURLY),
+                acme=context.config.acme.enabled)
 
 
 # --- domains ------------------------------------------------------------------------------------
