@@ -248,7 +248,7 @@ def test_operator_first_visit(world: tuple[MailhouseServer, int], browser: Any) 
 
     # A phone's width: no page scrolls sideways (wide tables scroll in their own box).
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
-    for path in ("/", "/domains", f"/domains/{DOMAIN}", "/users", "/queue",
+    for path in ("/", "/domains", f"/domains/{DOMAIN}", "/checks", "/users", "/queue",
                  "/trace?q=bob@remote.test", "/audit", "/operators"):
         driver.get(base + path)
         width = driver.execute_script("return window.innerWidth")

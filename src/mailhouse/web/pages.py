@@ -57,9 +57,9 @@ SECURITY_HEADERS: Final = {
 }
 
 # The menu: (path, title).
-NAVIGATION: Final = (("/", "Dashboard"), ("/domains", "Domains"), ("/users", "Users"),
-                     ("/queue", "Queue"), ("/trace", "Message trace"), ("/audit", "Audit log"),
-                     ("/operators", "Operators"))
+NAVIGATION: Final = (("/", "Dashboard"), ("/domains", "Domains"), ("/checks", "Checks"),
+                     ("/users", "Users"), ("/queue", "Queue"), ("/trace", "Message trace"),
+                     ("/audit", "Audit log"), ("/operators", "Operators"))
 
 
 class Refused(Exception):

@@ -35,6 +35,7 @@ log = logging.getLogger("mailhouse.admin")
 
 DNS_TIMEOUT: Final = 5.0  # seconds per name for a domain page's live checks
 AUDIT_SHOWN: Final = 200  # newest audit entries on the audit page
+CHECKS_TIMEOUT: Final = 60.0  # seconds the checks page's doctor run may take
 
 
 def when(epoch: float | None) -> str:
@@ -166,6 +167,31 @@ async def domain_checks(kit: Kit, domain: str, setup: DoctorSetup) -> list[Check
         else:
             results.append(outcome)
     return results
+
+
+async def checks_page(kit: Kit, request: Request, session: Session) -> Response:
+    """Every check of `mailhouse doctor` (the host's too), bounded in time as the API's."""
+    from mailhouse.cli_doctor import build_setup
+
+    context = kit.context
+    hosted = sorted((await context.store.directory()).domains)
+    setup = await asyncio.to_thread(build_setup, context.config, hosted)
+    checks: list[CheckResult] = []
+    problem = None
+    try:
+        resolver = make_resolver(context.config.dns.addresses(), DNS_TIMEOUT)
+    except dns.exception.DNSException as exc:
+        problem = f"No resolver: {exc}. Set [dns] nameservers in the config."
+    else:
+        doctor = Doctor(setup, DnsLookups(resolver), queue=context.store.queue_list,
+                        clock=context.clock)
+        try:
+            async with asyncio.timeout(CHECKS_TIMEOUT):
+                checks = await doctor.run()
+        except TimeoutError:
+            problem = (f"The checks took over {CHECKS_TIMEOUT:g} s (slow DNS?); "
+                       "`mailhouse doctor` on the server shows which.")
+    return show(kit, request, session, "checks.html", checks=checks, problem=problem)
 
 
 # --- users and aliases --------------------------------------------------------------------------
@@ -302,6 +328,7 @@ def routes(kit: Kit) -> list[BaseRoute]:
         Route("/domains/add", action(kit, domain_add), methods=["POST"]),
         Route("/domains/remove", action(kit, domain_remove), methods=["POST"]),
         Route("/domains/{name}", page(kit, domain_page), methods=["GET"]),
+        Route("/checks", page(kit, checks_page), methods=["GET"]),
         Route("/users", page(kit, users_page), methods=["GET"]),
         Route("/users/add", action(kit, user_action(_user_add)), methods=["POST"]),
         Route("/users/password", action(kit, user_action(_user_password)), methods=["POST"]),

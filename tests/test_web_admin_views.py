@@ -1,8 +1,10 @@
-"""The web admin's message trace page (web/pages_trace.py), in process like test_web_admin."""
+"""The web admin's message trace, hourly history and checks pages, in process like
+test_web_admin."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from mailhouse.store.base import TraceEvent
@@ -59,4 +61,18 @@ def test_dashboard_shows_the_last_day_per_hour(tmp_path: Path) -> None:
         assert page.status_code == 200 and 'id="hourly"' in page.text
         assert '<td class="num bad">3</td>' in page.text  # this hour's bounces, marked
         assert 'id="renewal' not in page.text  # ACME is off here
+    run(tmp_path, test)
+
+
+def test_checks_page_runs_every_check_of_the_doctor(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        await admin.post("/domains/add", domain="example.test")
+        page = await admin.client.get("/checks")
+        assert page.status_code == 200 and 'href="/checks"' in page.text
+        rows = re.findall(r'class="badge (\w+)">\w+</span>\s*<strong class="check-name">'
+                          r'([^<]+)</strong>', page.text)
+        statuses = {name: status for status, name in rows}
+        assert statuses.get("mx example.test") == "ok", statuses  # the domain's DNS
+        assert {"disk", "certificate"} <= set(statuses), statuses  # and the host's
     run(tmp_path, test)
