@@ -28,6 +28,7 @@ from mailhouse import (
     cli_cert,
     cli_dns,
     cli_doctor,
+    cli_healthcheck,
     cli_operator,
     cli_queue,
     cli_trace,
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_doctor.register(commands, parents=[common])
     cli_operator.register(commands, parents=[common])
     cli_cert.register(commands, parents=[common])
+    cli_healthcheck.register(commands, parents=[common])
     return parser
 
 
