@@ -40,12 +40,16 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> list[DkimKey]:
         return DkimKeys(tmp_path_factory.mktemp("dkim")).ensure(DOMAIN)
 
 
+STS_ID = "0123456789abcdef0123"  # the id of the policy the server serves in these tests
+
+
 def good_zones(keys: list[DkimKey]) -> dict[str, dict[str, object]]:
     zones: dict[str, dict[str, object]] = {
         DOMAIN: {"MX": [(10, HOST)], "TXT": ["v=spf1 mx -all", "google-site-verification=x"]},
         HOST: {"A": [ADDRESS], "AAAA": [ADDRESS6]},
         f"_dmarc.{DOMAIN}": {"TXT": [f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{DOMAIN}"]},
-        f"_mta-sts.{DOMAIN}": {"TXT": ["v=STSv1; id=20261204"]},
+        f"_mta-sts.{DOMAIN}": {"TXT": [f"v=STSv1; id={STS_ID}"]},
+        f"mta-sts.{DOMAIN}": {"CNAME": [HOST]},
         f"_smtp._tls.{DOMAIN}": {"TXT": [f"v=TLSRPTv1; rua=mailto:tls@{DOMAIN}"]},
         PTR4: {"PTR": [HOST]},
         "0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa":
@@ -62,16 +66,17 @@ def server(keys: list[DkimKey]) -> Iterator[DnsServer]:
         yield dns_server
 
 
-def setup_for(keys: list[DkimKey], **extra: Any) -> DoctorSetup:
-    records = {DOMAIN: parse_records(dns_records(DOMAIN, HOST, keys))}
+def setup_for(keys: list[DkimKey], mta_sts_id: str | None = STS_ID,
+              **extra: Any) -> DoctorSetup:
+    records = {DOMAIN: parse_records(dns_records(DOMAIN, HOST, keys, mta_sts_id=mta_sts_id))}
     return DoctorSetup(hostname=HOST, domains=(DOMAIN,), records=records,
                        data_dir=Path("/nonexistent"), cert_path=None, **extra)
 
 
 def doctor(server: DnsServer, keys: list[DkimKey], *, timeout: float = 2.0,
-           **extra: Any) -> Doctor:
+           mta_sts_id: str | None = STS_ID, **extra: Any) -> Doctor:
     resolver = make_resolver([server.address], timeout)
-    return Doctor(setup_for(keys, **extra), DnsLookups(resolver))
+    return Doctor(setup_for(keys, mta_sts_id, **extra), DnsLookups(resolver))
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -321,12 +326,28 @@ def test_dmarc_reject_is_ok(server: DnsServer, keys: list[DkimKey]) -> None:
     assert run(doctor(server, keys).check_dmarc(DOMAIN)).status is Status.OK
 
 
-@pytest.mark.parametrize("records", [[], ["v=STSv1"], ["v=STSv1; id=1", "v=STSv1; id=2"]])
-def test_mta_sts_missing_or_incomplete_warns(server: DnsServer, keys: list[DkimKey],
-                                             records: list[str]) -> None:
+@pytest.mark.parametrize("records", [[], ["v=STSv1"], ["v=STSv1; id=1", "v=STSv1; id=2"],
+                                     ["v=STSv1; id=stale"]])
+def test_mta_sts_missing_incomplete_or_stale_warns(server: DnsServer, keys: list[DkimKey],
+                                                   records: list[str]) -> None:
+    """The server serves a policy: the record must be there once, with the served id."""
     server.set(f"_mta-sts.{DOMAIN}", "TXT", records)
-    assert_fix(run(doctor(server, keys).check_mta_sts(DOMAIN)), Status.WARN,
-               f"_mta-sts.{DOMAIN}. 3600 IN TXT \"v=STSv1; id=", "/.well-known/mta-sts.txt")
+    result = run(doctor(server, keys).check_mta_sts(DOMAIN))
+    assert_fix(result, Status.WARN, f"_mta-sts.{DOMAIN}. 3600 IN TXT \"v=STSv1; id={STS_ID}\"",
+               f"mta-sts.{DOMAIN}. 3600 IN CNAME {HOST}.", f"mta-sts.{DOMAIN}: [acme]")
+    if records == ["v=STSv1; id=stale"]:
+        assert f"served now has id={STS_ID}" in result.found
+
+
+def test_mta_sts_with_the_served_id_is_ok(server: DnsServer, keys: list[DkimKey]) -> None:
+    server.set(f"_mta-sts.{DOMAIN}", "TXT", [f"v=STSv1; id={STS_ID}"])
+    assert run(doctor(server, keys).check_mta_sts(DOMAIN)).status is Status.OK
+
+
+def test_mta_sts_without_a_served_policy_says_how_to_serve_one(server: DnsServer,
+                                                               keys: list[DkimKey]) -> None:
+    result = run(doctor(server, keys, mta_sts_id=None).check_mta_sts(DOMAIN))
+    assert_fix(result, Status.WARN, "[web] listen", "RFC 8461 §3.3")
 
 
 @pytest.mark.parametrize("records", [[], ["v=TLSRPTv1"]])

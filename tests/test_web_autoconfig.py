@@ -3,6 +3,7 @@ fetched from the real server over TLS the way its client does — Host header, p
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import plistlib
@@ -120,3 +121,23 @@ def test_off_unless_listed(tmp_path: Path) -> None:
     path = tmp_path / "m.toml"
     path.write_text("")
     assert load_config(path).web.listen == ()
+
+
+def test_mta_sts_policy_as_a_sending_server_fetches_it(
+        web: tuple[MailhouseServer, int]) -> None:
+    """RFC 8461 §3.3: GET https://mta-sts.DOMAIN/.well-known/mta-sts.txt; §3.2 its format;
+    the id `dns-records` prints is the served policy's."""
+    server, port = web
+    status, headers, body = fetch(port, "GET", "/.well-known/mta-sts.txt",
+                                  "mta-sts.example.org")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert body == (b"version: STSv1\r\nmode: testing\r\nmx: " + HOST.encode()
+                    + b"\r\nmax_age: 604800\r\n")
+    records = server.cli("dns-records", "example.org").stdout.decode()
+    want = hashlib.sha256(body).hexdigest()[:20]
+    assert f'_mta-sts.example.org. IN TXT "v=STSv1; id={want}"' in records
+    assert f"mta-sts.example.org. IN CNAME {HOST}." in records
+    for host in ("mta-sts.elsewhere.example", "example.org", "mta-sts.example.org.evil"):
+        assert fetch(port, "GET", "/.well-known/mta-sts.txt", host)[0] == 404, host
+    assert fetch(port, "POST", "/.well-known/mta-sts.txt", "mta-sts.example.org",
+                 b"x")[0] == 404

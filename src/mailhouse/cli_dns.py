@@ -31,7 +31,7 @@ from mailhouse.cli_common import error as _error
 from mailhouse.cli_common import out as _out
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.errors import MailError
-from mailhouse.message.dkim import DkimError, DkimKeys, dns_records
+from mailhouse.message.dkim import DkimError, DkimKey, DkimKeys, dns_records
 from mailhouse.service.accounts import InvalidInput, canonical_domain
 from mailhouse.service.doctor_dns import ZONE_TTL, parse_records, zone_fragment
 
@@ -102,7 +102,7 @@ def dns_records_command(args: argparse.Namespace, config: Config) -> int:
     if not config.dkim.enabled:
         _error("note: dkim.enabled = false in the config: mail is not signed until it is "
                "true")
-    lines = dns_records(domain, config.hostname, keys, offered_services(config))
+    lines = records_for(config, domain, keys)
     if getattr(args, "zone", False):
         # The same records, parsed and printed again with a TTL (doctor_dns.zone_fragment).
         _out(f"; zone fragment for {domain}, served by {config.hostname}; TTL {ZONE_TTL} s")
@@ -112,6 +112,16 @@ def dns_records_command(args: argparse.Namespace, config: Config) -> int:
     for line in lines:
         _out(line)
     return EXIT_OK
+
+
+def records_for(config: Config, domain: str, keys: Sequence[DkimKey]) -> list[str]:
+    """`dns_records` for `domain` as this config serves it: the offered services, the MTA-STS
+    policy's id when the web listener serves one. Every face (this command, the doctor, the
+    admin API and pages) prints the records through here, so they never disagree."""
+    from mailhouse.service.mta_sts import policy_id
+
+    return dns_records(domain, config.hostname, keys, offered_services(config),
+                       mta_sts_id=policy_id(config))
 
 
 def offered_services(config: Config) -> frozenset[str]:

@@ -20,10 +20,10 @@ from typing import Final
 import dns.exception
 
 from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, out, table
-from mailhouse.cli_dns import dkim_keys, offered_services
+from mailhouse.cli_dns import dkim_keys, offered_services, records_for
 from mailhouse.cli_queue import StoreRunner, run_with_store
 from mailhouse.config import LISTENER_KINDS, Config
-from mailhouse.message.dkim import DkimError, dns_records
+from mailhouse.message.dkim import DkimError
 from mailhouse.service.accounts import InvalidInput, canonical_domain
 from mailhouse.service.acme_files import current_pair
 from mailhouse.service.doctor import CheckResult, Doctor, DoctorSetup, Listener, Status
@@ -121,8 +121,7 @@ def build_setup(config: Config, domains: Sequence[str],
     """What the doctor checks against, from the config: for each domain the records
     `dns-records` prints (the DKIM keys read, never made), the certificate `serve` uses."""
     offered = offered_services(config)
-    records = {domain: parse_records(dns_records(domain, config.hostname,
-                                                 dkim_keys(config).keys(domain), offered))
+    records = {domain: parse_records(records_for(config, domain, dkim_keys(config).keys(domain)))
                for domain in domains}
     cert = config.tls.cert
     acme_pair = current_pair(config.data_dir) if config.acme.enabled else None

@@ -193,6 +193,16 @@ def _log_format(key: str, value: object) -> str:
     return value.lower()
 
 
+MTA_STS_MODES = ("testing", "enforce", "none")  # RFC 8461 §5
+
+
+def _mta_sts_mode(key: str, value: object) -> str:
+    expected = "one of " + ", ".join(f'"{mode}"' for mode in MTA_STS_MODES)
+    if not isinstance(value, str) or value.lower() not in MTA_STS_MODES:
+        raise _wrong(key, expected, value)
+    return value.lower()
+
+
 def _queue_process(key: str, value: object) -> str:
     expected = "one of " + ", ".join(f'"{mode}"' for mode in QUEUE_PROCESS_MODES)
     if not isinstance(value, str) or value not in QUEUE_PROCESS_MODES:
@@ -551,6 +561,17 @@ class WebConfig:
         return [parse_endpoint(text) for text in self.listen]
 
 
+@dataclass(frozen=True, slots=True)
+class MtaStsConfig:
+    """The MTA-STS policy (RFC 8461) served for every hosted domain by the web listener
+    (docs/operations.md, "MTA-STS"). "testing" by default: senders then only report (TLS-RPT)
+    what "enforce" would refuse, so a certificate problem never bounces mail to us unnoticed."""
+
+    mode: str = field(default="testing", metadata=checked(_mta_sts_mode))
+    # RFC 8461 §3.2: at most 31557600 (a year); a week lets a change reach senders soon.
+    max_age: int = field(default=604800, metadata=checked(_integer(86400, 31557600)))
+
+
 # --- [acme]: certificates from an ACME CA (RFC 8555) ------------------------------------------
 
 LETS_ENCRYPT_DIRECTORY: Final = "https://acme-v02.api.letsencrypt.org/directory"
@@ -655,6 +676,8 @@ class Config:
     imap: ImapConfig = field(default_factory=ImapConfig, metadata=_section(ImapConfig))
     admin: AdminConfig = field(default_factory=AdminConfig, metadata=_section(AdminConfig))
     web: WebConfig = field(default_factory=WebConfig, metadata=_section(WebConfig))
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig,
+                                  metadata=_section(MtaStsConfig))
     acme: AcmeConfig = field(default_factory=AcmeConfig, metadata=_section(AcmeConfig))
     # Where this came from (None: try-it-now defaults) and what looked dubious but legal;
     # `serve` shows the warnings, admin commands stay quiet.

@@ -415,7 +415,8 @@ _SRV: Final = (("_submissions", "submissions", 0), ("_submission", "submission",
 
 
 def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey],
-                offered: Collection[str] | None = None) -> list[str]:
+                offered: Collection[str] | None = None,
+                mta_sts_id: str | None = None) -> list[str]:
     """Zone-file lines (RFC 1035 §5.1 master file format, absolute names) the operator
     publishes for `domain` served by `hostname`: MX, SPF, one DKIM TXT per key, DMARC, the
     TLS-RPT address, the RFC 6186 SRV records and autoconfig/autodiscover CNAMEs for mail
@@ -423,7 +424,8 @@ def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey],
 
     `offered`: the listener kinds the server serves (None: all). A client service not offered
     gets the RFC 6186 §4 "not available" record (target "."), so clients stop looking rather
-    than trying a port where nothing answers."""
+    than trying a port where nothing answers. `mta_sts_id`: the served MTA-STS policy's id
+    (service/mta_sts.py), which adds its TXT record and the `mta-sts` name (RFC 8461 §3)."""
     zone = _canonical(domain) + "."
     host = _canonical(hostname) + "."
     lines = [
@@ -440,6 +442,9 @@ def dns_records(domain: str, hostname: str, keys: Sequence[DkimKey],
     # RFC 8460 §3: where sending servers report TLS failures delivering to us.
     lines.append(f"_smtp._tls.{zone} IN TXT "
                  f"{_txt(f'v=TLSRPTv1; rua=mailto:postmaster@{zone[:-1]}')}")
+    if mta_sts_id is not None:  # RFC 8461 §3.1, and the policy's host (§3.3)
+        lines.append(f"_mta-sts.{zone} IN TXT {_txt(f'v=STSv1; id={mta_sts_id}')}")
+        lines.append(f"mta-sts.{zone} IN CNAME {host}")
     # Thunderbird looks up autoconfig.<domain>, Outlook autodiscover.<domain>
     # (service/autoconfig.py writes the documents; served over HTTPS by us later).
     lines.append(f"autoconfig.{zone} IN CNAME {host}")

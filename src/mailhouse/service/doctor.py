@@ -312,7 +312,8 @@ class Doctor:
         published, or not at all (a record that differs sends clients to the wrong place)."""
         name = f"client records {domain}"
         expected = [r for r in self.setup.records.get(domain, [])
-                    if r.rdtype in (dns.rdatatype.SRV, dns.rdatatype.CNAME)]
+                    if r.rdtype in (dns.rdatatype.SRV, dns.rdatatype.CNAME)
+                    and not r.name.to_text().lower().startswith("mta-sts.")]  # not a client's
         if not expected:
             return CheckResult(name, Status.SKIP, "none to publish")
         wrong: list[dns.rrset.RRset] = []
@@ -338,15 +339,30 @@ class Doctor:
         why = ("MTA-STS (RFC 8461) lets senders insist on TLS with a valid certificate when "
                "they deliver to this domain, so an attacker on the path cannot strip STARTTLS. "
                "Mail flows without it.")
-        fix = (f"publish: _mta-sts.{domain}. 3600 IN TXT \"v=STSv1; id=<a new value at each "
-               f"policy change>\" and serve the policy at https://mta-sts.{domain}/.well-known/"
-               f"mta-sts.txt (RFC 8461 §3.2) naming mx: {self.setup.hostname}")
+        expected = self.expected(domain, "TXT", "_mta-sts.")
+        if expected:  # this server serves the policy: the record must carry its id
+            fix = (self.publish(expected + self.expected(domain, "CNAME", "mta-sts."))
+                   + f" (and have the certificate name mta-sts.{domain}: [acme] extra_names)")
+        else:
+            fix = (f"set [web] listen (the policy is served there, RFC 8461 §3.3), then "
+                   f"publish what `mailhouse dns-records {domain}` prints for _mta-sts")
         if len(records) != 1:
             found = (answer.describe("MTA-STS record") if not records
                      else f"{len(records)} records (RFC 8461 §3.1 requires one)")
             return CheckResult(name, Status.WARN, found, why, fix)
-        if "id" not in _tag_list(records[0]):
+        published = _tag_list(records[0]).get("id")
+        if published is None:
             return CheckResult(name, Status.WARN, f"{records[0]} (no id=)", why, fix)
+        if not expected:  # published, but no policy is served here (§3.3 fetch fails)
+            return CheckResult(name, Status.WARN, f"{records[0]}, but this server serves no "
+                               "policy", why, fix)
+        if expected:
+            want = _tag_list(txt_value(next(iter(expected[0])))).get("id")
+            if published != want:  # senders keep the policy they cached under the old id
+                return CheckResult(
+                    name, Status.WARN, f"{records[0]}: id={published}, but the policy served "
+                    f"now has id={want}", why + " Senders refetch the policy only when the id "
+                    "changes, so they keep enforcing the old one.", fix)
         return CheckResult(name, Status.OK, records[0])
 
     async def check_tls_rpt(self, domain: str) -> CheckResult:

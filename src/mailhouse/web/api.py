@@ -21,9 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route, Router
 
-from mailhouse.cli_dns import dkim_keys, offered_services
+from mailhouse.cli_dns import dkim_keys, records_for
 from mailhouse.cli_doctor import DNS_TIMEOUT, build_setup
-from mailhouse.message.dkim import dns_records
 from mailhouse.service.accounts import Accounts, InvalidInput, UserSummary, canonical_domain
 from mailhouse.service.acme_files import load_state
 from mailhouse.service.api_tokens import ApiTokens
@@ -92,7 +91,7 @@ class Api:
     async def _records(self, domain: str) -> list[str]:
         config = self.context.config
         keys = await asyncio.to_thread(dkim_keys(config).keys, domain)
-        return dns_records(domain, config.hostname, keys, offered_services(config))
+        return records_for(config, domain, keys)
 
     async def _domain(self, token: ApiToken, name: str) -> dict[str, Any]:
         domain = canonical_domain(name)
@@ -107,9 +106,8 @@ class Api:
         config = self.context.config
 
         def all_records() -> list[list[str]]:  # the DKIM keys are files: one thread for all
-            keys, offered = dkim_keys(config), offered_services(config)
-            return [dns_records(d.name, config.hostname, keys.keys(d.name), offered)
-                    for d in domains]
+            keys = dkim_keys(config)
+            return [records_for(config, d.name, keys.keys(d.name)) for d in domains]
 
         records = await asyncio.to_thread(all_records)
         return json_response([{"name": d.name, "users": d.users, "aliases": d.aliases,

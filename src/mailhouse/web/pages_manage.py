@@ -125,9 +125,8 @@ async def domain_remove(kit: Kit, request: Request, session: Session,
 
 
 async def domain_page(kit: Kit, request: Request, session: Session) -> Response:
-    from mailhouse.cli_dns import dkim_keys, offered_services
+    from mailhouse.cli_dns import dkim_keys, records_for
     from mailhouse.cli_doctor import build_setup
-    from mailhouse.message.dkim import dns_records
 
     try:
         domain = canonical_domain(request.path_params["name"])
@@ -138,7 +137,7 @@ async def domain_page(kit: Kit, request: Request, session: Session) -> Response:
     if domain not in hosted:
         raise Refused(404, f"{domain} is not one of our domains.")
     keys = await asyncio.to_thread(dkim_keys(config).keys, domain)
-    records = dns_records(domain, config.hostname, keys, offered_services(config))
+    records = records_for(config, domain, keys)
     checks = await domain_checks(kit, domain, build_setup(config, [domain]))
     return show(kit, request, session, "domain.html", domain=domain, records=records,
                 checks=checks, has_keys=bool(keys))

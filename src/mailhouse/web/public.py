@@ -1,4 +1,5 @@
 """The public HTTPS face: what mail clients fetch to configure themselves (issue 9 §3) —
+and the MTA-STS policy sending servers fetch (service/mta_sts.py, `mta-sts.DOMAIN`) —
 Thunderbird's autoconfig (`autoconfig.DOMAIN` and the domain's `/.well-known/` path),
 Microsoft Autodiscover (POX and JSON v2, `autodiscover.DOMAIN`) and the Apple profile. The
 documents are service/autoconfig.py's; this only turns HTTP into its requests and back,
@@ -16,10 +17,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mailhouse.config import Config
-from mailhouse.service import autoconfig
+from mailhouse.service import autoconfig, mta_sts
 from mailhouse.service.profile_signing import ProfileSigner
 
 NO_STORE = {"Cache-Control": "no-store"}
+# RFC 8461 §3.3: senders cache by max_age, not by HTTP; an hour keeps intermediaries honest.
+POLICY_CACHE = {"Cache-Control": "max-age=3600"}
 
 
 def build_app(config: Config, hosted: Callable[[], Collection[str]],
@@ -30,6 +33,10 @@ def build_app(config: Config, hosted: Callable[[], Collection[str]],
 
     async def answer(request: Request) -> Response:
         path = request.url.path
+        if request.method in ("GET", "HEAD") and mta_sts.policy_domain(
+                request.headers.get("host", ""), path, frozenset(hosted())) is not None:
+            return Response(mta_sts.policy(config), 200, media_type=mta_sts.CONTENT_TYPE,
+                            headers=POLICY_CACHE)
         if not autoconfig.handles(path):
             return Response(b"not found\n", 404, media_type="text/plain", headers=NO_STORE)
         body = b""
