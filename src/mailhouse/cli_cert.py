@@ -19,7 +19,6 @@ import datetime
 import json
 import socket
 from collections.abc import Sequence
-from pathlib import Path
 from typing import cast
 
 from cryptography import x509
@@ -29,8 +28,7 @@ from mailhouse.config import Config
 from mailhouse.errors import ConfigError
 from mailhouse.net.listener import bind_sockets
 from mailhouse.service.acme_files import RenewalState, current_pair, load_state
-
-SELF_SIGNED = ("tls", "selfsigned-cert.pem")  # under data_dir (net/tls.py)
+from mailhouse.service.cert_info import presented_certificate
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
@@ -50,17 +48,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
     renew.set_defaults(handler=cert_renew)
 
 
-def served_certificate(config: Config) -> tuple[str, Path | None]:
-    """(source, path) of the certificate `serve` loads (App.tls_files' order)."""
-    if config.tls.cert is not None:
-        return "configured", config.tls.cert
-    pair = current_pair(config.data_dir) if config.acme.enabled else None
-    if pair is not None:
-        return "acme", pair[0]
-    self_signed = config.data_dir.joinpath(*SELF_SIGNED)
-    return "self-signed", self_signed if self_signed.exists() else None
-
-
 def _iso(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -68,7 +55,7 @@ def _iso(epoch: float | None) -> str:
 
 
 def cert_status(args: argparse.Namespace, config: Config) -> int:
-    source, path = served_certificate(config)
+    source, path = presented_certificate(config)
     info: dict[str, object] = {"source": source, "path": str(path) if path else None,
                                "acme_enabled": config.acme.enabled}
     expired = False

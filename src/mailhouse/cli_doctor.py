@@ -25,14 +25,13 @@ from mailhouse.cli_queue import StoreRunner, run_with_store
 from mailhouse.config import LISTENER_KINDS, Config
 from mailhouse.message.dkim import DkimError
 from mailhouse.service.accounts import InvalidInput, canonical_domain
-from mailhouse.service.acme_files import current_pair
+from mailhouse.service.cert_info import presented_certificate
 from mailhouse.service.doctor import CheckResult, Doctor, DoctorSetup, Listener, Status
 from mailhouse.service.doctor_dns import DnsLookups, make_resolver, parse_records
 from mailhouse.service.doctor_host import NTP_PORT, sntp_time
 from mailhouse.store.base import Store
 
 DNS_TIMEOUT: Final = 5.0  # seconds per name, all tries included
-SELF_SIGNED_CERT: Final = ("tls", "selfsigned-cert.pem")  # under data_dir (net/tls.py)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
@@ -123,13 +122,7 @@ def build_setup(config: Config, domains: Sequence[str],
     offered = offered_services(config)
     records = {domain: parse_records(records_for(config, domain, dkim_keys(config).keys(domain)))
                for domain in domains}
-    cert = config.tls.cert
-    acme_pair = current_pair(config.data_dir) if config.acme.enabled else None
-    if acme_pair is not None:
-        cert = acme_pair[0]
-    if cert is None:
-        self_signed = config.data_dir.joinpath(*SELF_SIGNED_CERT)
-        cert = self_signed if self_signed.exists() else None
+    _, cert = presented_certificate(config)
     listeners = tuple(Listener(kind, host, port) for kind in LISTENER_KINDS if kind in offered
                       for host, port in config.listen_endpoints(kind))
     return DoctorSetup(hostname=config.hostname, domains=tuple(domains), records=records,

@@ -25,9 +25,9 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from mailhouse.cli_cert import served_certificate
 from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, out
 from mailhouse.config import Config
+from mailhouse.service.cert_info import presented_certificate
 
 TIMEOUT: Final = 5.0  # seconds for the whole probe's connection and each read
 MAX_BODY: Final = 65536  # octets of the readiness answer read
@@ -50,7 +50,7 @@ def healthcheck(args: argparse.Namespace, config: Config) -> int:
         return EXIT_USAGE
     host, port = endpoints[0]
     host = WILDCARDS.get(host, host)
-    _, cert_path = served_certificate(config)
+    _, cert_path = presented_certificate(config)
     try:
         status, body = probe(host, port, cert_path)
     except (OSError, ssl.SSLError, http.client.HTTPException) as exc:

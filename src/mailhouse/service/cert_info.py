@@ -11,6 +11,9 @@ from typing import Final
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from mailhouse.config import Config
+from mailhouse.service.acme_files import current_pair
+
 SELF_SIGNED_CERT: Final = ("tls", "selfsigned-cert.pem")  # under data_dir (net/tls.py)
 
 
@@ -28,12 +31,17 @@ class CertificateInfo:
         return int((self.not_after - now) // 86400)
 
 
-def served_certificate(configured: Path | None, data_dir: Path) -> Path | None:
-    """The file `serve` presents: tls.cert, else the self-signed one once it exists."""
-    if configured is not None:
-        return configured
-    path = data_dir.joinpath(*SELF_SIGNED_CERT)
-    return path if path.exists() else None
+def presented_certificate(config: Config) -> tuple[str, Path | None]:
+    """(source, file) of the certificate `serve` presents, in App.tls_files' order: `tls.cert`
+    ("configured"), else the ACME pair once issued ("acme"), else the self-signed one once
+    made ("self-signed"; None before the first start). Every face asks here."""
+    if config.tls.cert is not None:
+        return "configured", config.tls.cert
+    pair = current_pair(config.data_dir) if config.acme.enabled else None
+    if pair is not None:
+        return "acme", pair[0]
+    path = config.data_dir.joinpath(*SELF_SIGNED_CERT)
+    return "self-signed", path if path.exists() else None
 
 
 def describe(path: Path) -> CertificateInfo:

@@ -38,7 +38,7 @@ class AdminContext:
     metrics: Callable[[], Awaitable[bytes]] | None = None
     clock: Callable[[], float] = field(default=time.time)
     # The certificate file the mail listeners present now (App.tls_files); None: tls.cert, or
-    # the self-signed one (service/cert_info.served_certificate).
+    # the self-signed one (service/cert_info.presented_certificate).
     certificate: Callable[[], Path] | None = None
     # The web admin's first-start secret (web/sessions.py); armed by `arm_bootstrap`.
     bootstrap: Bootstrap = field(default_factory=Bootstrap)

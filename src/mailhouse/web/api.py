@@ -26,7 +26,7 @@ from mailhouse.cli_doctor import DNS_TIMEOUT, build_setup
 from mailhouse.service.accounts import Accounts, InvalidInput, UserSummary, canonical_domain
 from mailhouse.service.acme_files import load_state
 from mailhouse.service.api_tokens import ApiTokens
-from mailhouse.service.cert_info import describe, served_certificate
+from mailhouse.service.cert_info import describe, presented_certificate
 from mailhouse.service.doctor import Doctor
 from mailhouse.service.doctor_dns import DnsLookups, make_resolver
 from mailhouse.service.operators import Operators
@@ -240,7 +240,7 @@ class Api:
     async def certificate(self, request: Request, token: ApiToken) -> Response:
         config, current = self.context.config, self.context.certificate
         path = (await asyncio.to_thread(current) if current is not None
-                else served_certificate(config.tls.cert, config.data_dir))
+                else presented_certificate(config)[1])
         if path is None:
             raise ApiError(404, "not_found", "no certificate yet")
         try:

@@ -21,9 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailhouse.config import Config
 from mailhouse.service.acme_files import RenewalState, load_state
+from mailhouse.service.cert_info import presented_certificate
 from mailhouse.store.base import Store
-
-SELF_SIGNED_CERT = ("tls", "selfsigned-cert.pem")  # under data_dir (net/tls.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +113,6 @@ def parse_counters(exposition: str) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def certificate_path(config: Config) -> Path | None:
-    """The certificate `serve` loads: the configured one, else the self-signed one."""
-    if config.tls.cert is not None:
-        return config.tls.cert
-    self_signed = config.data_dir.joinpath(*SELF_SIGNED_CERT)
-    return self_signed if self_signed.exists() else None
-
-
 def read_certificate(path: Path) -> Certificate:
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
@@ -133,7 +124,7 @@ def read_certificate(path: Path) -> Certificate:
 
 def _files(config: Config, presented: Callable[[], Path] | None
            ) -> tuple[Certificate | None, Disk | None, RenewalState | None]:
-    path = presented() if presented is not None else certificate_path(config)
+    path = presented() if presented is not None else presented_certificate(config)[1]
     certificate = read_certificate(path) if path is not None and path.exists() else None
     renewal = load_state(config.data_dir) if config.acme.enabled else None
     try:
