@@ -3,7 +3,9 @@ packaging/ (every hardening option it promises; `systemd-analyze verify` where i
 
 from __future__ import annotations
 
+import asyncio
 import configparser
+import logging
 import os
 import shutil
 import socket
@@ -78,6 +80,85 @@ def test_an_abstract_socket_address(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sock.recv(100) == b"STATUS=x"
 
 
+def test_watchdog_pings_while_the_server_is_healthy(
+        tmp_path: Path, notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    server = MailhouseServer(tmp_path / "mh", env={"NOTIFY_SOCKET": path,
+                                                   "WATCHDOG_USEC": "1000000"})
+    server.start()
+    try:
+        assert sock.recv(4096).decode().startswith("READY=1\n")
+        sock.settimeout(5)
+        assert [sock.recv(100) for _ in range(3)] == [b"WATCHDOG=1"] * 3  # every 0.5 s
+    finally:
+        server.close()
+
+
+def _claim(monkeypatch: pytest.MonkeyPatch, path: str, **env: str) -> float | None:
+    monkeypatch.setattr(sdnotify, "_claimed", False)
+    monkeypatch.setattr(sdnotify, "_address", None)
+    monkeypatch.setattr(sdnotify, "_watchdog", None)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+        if name in env:
+            monkeypatch.setenv(name, env[name])
+    interval = sdnotify.watchdog_interval()
+    assert "WATCHDOG_USEC" not in os.environ and "WATCHDOG_PID" not in os.environ
+    return interval
+
+
+def test_watchdog_only_when_meant_for_this_process(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture,
+                                                  tmp_path: Path) -> None:
+    path = str(tmp_path / "notify")
+    assert _claim(monkeypatch, path) is None
+    assert _claim(monkeypatch, path, WATCHDOG_USEC="60000000") == 30.0
+    assert _claim(monkeypatch, path, WATCHDOG_USEC="60000000", WATCHDOG_PID=str(os.getpid())) \
+        == 30.0
+    assert _claim(monkeypatch, path, WATCHDOG_USEC="60000000", WATCHDOG_PID="1") is None
+    for bad in ("0", "-5", "1e6", "\u00b2", ""):
+        assert _claim(monkeypatch, path, WATCHDOG_USEC=bad) is None, bad
+    assert "event=sdnotify.bad_watchdog_usec" in caplog.text
+
+
+def test_no_ping_while_a_health_check_fails(monkeypatch: pytest.MonkeyPatch,
+                                           notify_socket: tuple[socket.socket, str],
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    from mailhouse.app import watchdog_pings
+    from mailhouse.web.health import Check
+
+    sock, path = notify_socket
+    sock.settimeout(0.5)
+    monkeypatch.setattr(sdnotify, "_claimed", True)
+    monkeypatch.setattr(sdnotify, "_address", path)
+    bad, good = {"store": Check(False, "no answer")}, {"store": Check(True, "answers")}
+    answers = [bad, bad, good, bad, good]
+    done = asyncio.Event()
+
+    async def readiness() -> dict[str, Check]:
+        if len(answers) == 1:
+            done.set()
+        if not answers:
+            raise RuntimeError("asked once too often")
+        return answers.pop(0)
+
+    async def main() -> None:
+        task = asyncio.create_task(watchdog_pings(readiness, 0.01))
+        await done.wait()
+        await asyncio.sleep(0.005)  # the last answer's ping goes out
+        task.cancel()
+
+    with caplog.at_level(logging.INFO, logger="mailhouse"):
+        asyncio.run(main())
+    assert [sock.recv(100) for _ in range(2)] == [b"WATCHDOG=1"] * 2  # one per good answer
+    sock.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        sock.recv(100)
+    assert caplog.text.count("event=watchdog.unhealthy failing=store") == 2  # per change
+    assert caplog.text.count("event=watchdog.healthy") == 2
+
+
 def test_the_unit_file_promises_what_operations_md_says() -> None:
     unit = configparser.ConfigParser(strict=True, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
@@ -90,7 +171,8 @@ def test_the_unit_file_promises_what_operations_md_says() -> None:
     for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict",
                        "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes",
                        "RestrictSUIDSGID": "yes", "UMask": "0077",
-                       "RestartPreventExitStatus": "2", "StateDirectory": "mailhouse"}.items():
+                       "RestartPreventExitStatus": "2", "StateDirectory": "mailhouse",
+                       "WatchdogSec": "60s", "Restart": "on-failure"}.items():
         assert service[key] == value, key
     assert unit["Install"]["WantedBy"] == "multi-user.target"
 

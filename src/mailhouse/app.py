@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -751,12 +751,41 @@ async def run(config: Config) -> None:
         await app.start()
         print(app.banner(), file=sys.stderr, flush=True)
         sdnotify.notify(f"READY=1\nSTATUS=serving mail for {config.hostname}")
+        interval = sdnotify.watchdog_interval()
+        watchdog = (asyncio.create_task(watchdog_pings(app.readiness, interval))
+                    if interval is not None else None)
         await stop.wait()
+        if watchdog is not None:
+            watchdog.cancel()
         sdnotify.notify("STOPPING=1")
         log.info("event=shutdown.begin")
     finally:
         await app.stop()
         log.info("event=shutdown.done")
+
+
+async def watchdog_pings(readiness: Callable[[], Awaitable[Mapping[str, Check]]],
+                         interval: float) -> None:
+    """"WATCHDOG=1" every `interval` while the readiness checks pass (/healthz/ready's: the
+    listeners accept, the store answers, the queue process runs). A check that fails, or
+    that takes longer than the interval, skips the ping: systemd restarts the server once
+    `WatchdogSec` passes without one (docs/decisions.md)."""
+    healthy = True
+    while True:
+        try:
+            checks = await asyncio.wait_for(readiness(), interval)
+            failing = sorted(name for name, check in checks.items() if not check.ok)
+        except Exception as exc:  # the check itself failing or too slow is the answer
+            failing = [f"readiness ({type(exc).__name__})"]
+        if not failing:
+            sdnotify.notify("WATCHDOG=1")
+            if not healthy:
+                log.info("event=watchdog.healthy (pings resume)")
+        elif healthy:
+            log.warning("event=watchdog.unhealthy failing=%s (no pings: systemd restarts "
+                        "the server after WatchdogSec)", ",".join(failing))
+        healthy = not failing
+        await asyncio.sleep(interval)
 
 
 def serve(config: Config) -> int:
