@@ -7,15 +7,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
-import os
 import ssl
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from mailhouse.private_files import write_private
 
 
 def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
@@ -48,27 +48,9 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
     # Each file replaced whole; the pair counts as made once both exist.
-    _write_private(directory, key_path, key_bytes)
-    _write_private(directory, cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(directory, key_path, key_bytes)
+    write_private(directory, cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
-
-
-def _write_private(directory: Path, target: Path, data: bytes) -> None:
-    """Write `data` to `target` through a fresh, unique temporary file in `directory`
-    (mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600), fsynced, then renamed over `target`:
-    never through a name someone could have planted (a symbolic link) beforehand."""
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # mkstemp's mode, whatever the umask
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -23,8 +23,9 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from mailhouse import __version__
+from mailhouse.private_files import write_private
 from mailhouse.service.acme_challenges import ChallengeBoard
-from mailhouse.service.acme_files import account_key_pem, acme_dir, install_pair, write_private
+from mailhouse.service.acme_files import account_key_pem, acme_dir, install_pair
 
 log = logging.getLogger("mailhouse.acme")
 

@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -27,6 +26,8 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from mailhouse.private_files import write_private
 
 ACME_DIR: Final = "acme"
 CURRENT: Final = "current"
@@ -43,23 +44,6 @@ def current_pair(data_dir: Path) -> tuple[Path, Path] | None:
     base = acme_dir(data_dir) / CURRENT
     cert, key = base / "cert.pem", base / "key.pem"
     return (cert, key) if cert.exists() and key.exists() else None
-
-
-def write_private(directory: Path, target: Path, data: bytes) -> None:
-    """`data` to `target` through a fresh mkstemp file (0600, never a planted name), fsynced,
-    then renamed over it."""
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _ensure_dir(path: Path) -> Path:
