@@ -27,7 +27,7 @@ from mailhouse.service.acme_files import current_pair, install_pair, load_state
 from mailhouse.service.acme_renewal import RenewalService
 from tests.helpers.dns import DnsServer
 from tests.helpers.mailhouse import MailhouseServer
-from tests.helpers.net import free_ports, wait_until
+from tests.helpers.net import free_ports, served_serial, wait_until
 from tests.helpers.pebble import Pebble
 from tests.helpers.tools import require_tools
 
@@ -54,18 +54,6 @@ def pebble(tmp_path: Path, dns: DnsServer, ports: tuple[int, int]) -> Iterator[P
     with Pebble(tmp_path / "pebble", dns.nameserver, http_port=ports[0],
                 tls_port=ports[1]) as ca:
         yield ca
-
-
-def served_serial(port: int) -> int:
-    """The serial number of the certificate a TLS handshake on `port` gets."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def acme_toml(pebble: Pebble, http_port: int, extra: str = "") -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import imaplib
 import os
 import signal
-import socket
 import ssl
 from pathlib import Path
 
@@ -14,20 +13,9 @@ import trustme
 from cryptography import x509
 
 from tests.helpers.mailhouse import MailhouseServer
-from tests.helpers.net import wait_until
+from tests.helpers.net import served_serial, wait_until
 
 HOST = "mx.example.test"
-
-
-def served_serial(port: int) -> int:
-    """The serial number of the certificate a TLS handshake on `port` gets."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def write_pair(ca: trustme.CA, cert: Path, key: Path) -> int:

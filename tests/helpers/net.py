@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable
+
+from cryptography import x509
 
 LOOPBACK = "127.0.0.1"
 
@@ -79,3 +82,15 @@ def wait_until(
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def served_serial(port: int) -> int:
+    """The serial number of the certificate a TLS handshake on `port` gets."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
