@@ -5,11 +5,9 @@ the trace tells the operator's request, the bounce and the DSN."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import smtplib
 import ssl
-import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -17,13 +15,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.dns import DnsServer
-from tests.helpers.fake_smtp import FakeSmtp, Script, Servers
+from tests.helpers.fake_smtp import Script, Servers
 from tests.helpers.mailhouse import MailhouseServer
 from tests.helpers.net import wait_until
-
-PASSWORD = "correct horse battery"
-MX_IP = "127.0.0.2"
+from tests.helpers.relay import PASSWORD, relaying_server, remote_mx
 
 
 def _rcpt(address: str, count: int) -> str | None:
@@ -32,36 +27,14 @@ def _rcpt(address: str, count: int) -> str | None:
 
 @pytest.fixture
 def remote() -> Iterator[Servers]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    group = FakeSmtp.group({MX_IP: Script(rcpt=_rcpt)})
-    servers = asyncio.run_coroutine_threadsafe(group.__aenter__(), loop).result(10)
-    try:
+    with remote_mx(Script(rcpt=_rcpt)) as servers:
         yield servers
-    finally:
-        asyncio.run_coroutine_threadsafe(group.__aexit__(None, None, None), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 @pytest.fixture
 def server(tmp_path: Path, remote: Servers) -> Iterator[MailhouseServer]:
-    zones: dict[str, object] = {"remote.test": {"MX": [(10, "mx.remote.test")]},
-                                "mx.remote.test": {"A": [MX_IP]}}
-    with DnsServer(zones) as dns:  # type: ignore[arg-type]
-        instance = MailhouseServer(
-            tmp_path / "mh", protocols=("smtp", "submissions"),
-            extra_toml=(f"[delivery]\nport = {remote.port}\n"
-                        f'[dns]\nnameservers = ["{dns.nameserver}"]\n'
-                        "[dkim]\nenabled = false\n"))
-        instance.add_domain("example.test")
-        instance.add_user("alice@example.test", PASSWORD)
-        instance.start()
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with relaying_server(tmp_path / "mh", remote) as instance:
+        yield instance
 
 
 def _submit(server: MailhouseServer, message_id: str, rcpts: list[str]) -> None:
