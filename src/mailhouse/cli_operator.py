@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from mailhouse.cli_common import (
     EXIT_FAILED,
-    EXIT_OK,
     EXIT_USAGE,
     actor,
     error,
@@ -21,11 +20,10 @@ from mailhouse.cli_common import (
     table,
 )
 from mailhouse.cli_operator_token import register as register_token
-from mailhouse.cli_queue import run_with_store
+from mailhouse.cli_operator_token import run_service
 from mailhouse.config import Config
 from mailhouse.service.accounts import AccountError, InvalidInput
 from mailhouse.service.operators import AUDIT_PAGE, Operators, check_operator_password
-from mailhouse.store.base import Store
 from mailhouse.store.rules import check_admin_name
 
 
@@ -54,18 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
 
 
 def _run(config: Config, work: Callable[[Operators], Awaitable[None]]) -> int:
-    async def action(store: Store) -> int:
-        try:
-            await work(Operators(store))
-        except InvalidInput as exc:
-            error(str(exc))
-            return EXIT_USAGE
-        except AccountError as exc:
-            error(str(exc))
-            return EXIT_FAILED
-        return EXIT_OK
-
-    return run_with_store(config, action)
+    return run_service(config, Operators, work)
 
 
 def _with_password(args: argparse.Namespace, config: Config,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from mailhouse import cli_common
 from mailhouse.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, error, out, table
@@ -18,6 +19,8 @@ from mailhouse.config import Config
 from mailhouse.service.accounts import AccountError, InvalidInput
 from mailhouse.service.api_tokens import SCOPES, ApiTokens
 from mailhouse.store.base import Store
+
+S = TypeVar("S")
 
 
 def register(operator_actions: argparse._SubParsersAction[argparse.ArgumentParser], *,
@@ -43,10 +46,13 @@ def register(operator_actions: argparse._SubParsersAction[argparse.ArgumentParse
     p.set_defaults(handler=_revoke)
 
 
-def _run(config: Config, work: Callable[[ApiTokens], Awaitable[None]]) -> int:
+def run_service(config: Config, build: Callable[[Store], S],
+                work: Callable[[S], Awaitable[None]]) -> int:
+    """Open the store, run `work` on the service `build` makes over it, and map the service's
+    refusals to the CLI's exit codes: invalid input is a usage error (2), the rest 1."""
     async def action(store: Store) -> int:
         try:
-            await work(ApiTokens(store))
+            await work(build(store))
         except InvalidInput as exc:
             error(str(exc))
             return EXIT_USAGE
@@ -56,6 +62,10 @@ def _run(config: Config, work: Callable[[ApiTokens], Awaitable[None]]) -> int:
         return EXIT_OK
 
     return run_with_store(config, action)
+
+
+def _run(config: Config, work: Callable[[ApiTokens], Awaitable[None]]) -> int:
+    return run_service(config, ApiTokens, work)
 
 
 def _add(args: argparse.Namespace, config: Config) -> int:
