@@ -1,4 +1,4 @@
-"""The web admin's message trace, hourly history and checks pages, in process like
+"""The web admin's message trace, hourly history, checks and API tokens, in process like
 test_web_admin."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from mailhouse.service.api_tokens import ApiTokens
 from mailhouse.store.base import TraceEvent
 from tests.test_web_admin import Admin, run
 
@@ -75,4 +76,33 @@ def test_checks_page_runs_every_check_of_the_doctor(tmp_path: Path) -> None:
         statuses = {name: status for status, name in rows}
         assert statuses.get("mx example.test") == "ok", statuses  # the domain's DNS
         assert {"disk", "certificate"} <= set(statuses), statuses  # and the host's
+    run(tmp_path, test)
+
+
+def test_api_tokens_made_and_revoked_in_the_browser(tmp_path: Path) -> None:
+    async def test(admin: Admin) -> None:
+        await admin.login()
+        made = await admin.post("/tokens/add", scope_read="on", scope_queue="on",
+                                label="deploy", days="30")
+        assert made.status_code == 303
+        page = await admin.client.get("/operators")
+        secret = re.search(r"(mh_[A-Za-z0-9_-]{43})", page.text)
+        assert secret is not None, page.text  # shown once, in the notice
+        api = ApiTokens(admin.store, clock=admin.context.clock)
+        token = await api.authenticate(secret.group(1))
+        assert token is not None and token.admin == "ann"
+        assert token.scopes == ("read", "queue") and token.label == "deploy"
+        again = await admin.client.get("/operators")
+        assert secret.group(1) not in again.text and 'id="tokens"' in again.text
+        for bad in ({"label": "x"}, {"scope_read": "on", "days": "\u00b2"},
+                    {"scope_read": "on", "days": "0"}):
+            await admin.post("/tokens/add", **bad)
+            assert 'class="notice error"' in (await admin.client.get("/operators")).text, bad
+        assert (await admin.post("/tokens/revoke", id=str(token.id))).status_code == 303
+        assert f"Token {token.id} of ann revoked" in (await admin.client.get("/operators")).text
+        assert await api.authenticate(secret.group(1)) is None
+        await admin.post("/tokens/revoke", id="nope")
+        assert "no such token" in (await admin.client.get("/operators")).text
+        actions = [e.action for e in await admin.store.list_audit(20)]
+        assert "token.add" in actions and "token.revoke" in actions
     run(tmp_path, test)

@@ -1,5 +1,8 @@
 """The web admin's operators page: who can log in, adding one, changing a password, removing
-one — through service/operators.py, as `mailhouse operator …` does, audited the same way.
+one — through service/operators.py, as `mailhouse operator …` does, audited the same way —
+and the API tokens (service/api_tokens.py, as `mailhouse operator token …`): an operator makes
+tokens for themselves (the secret shown once, in the next page's notice, never stored) and may
+revoke anyone's, as operators are equals.
 
 A password changed or an operator removed here ends that operator's sessions (other than the
 one making the change), so a leaked password stops working at once. An operator cannot remove
@@ -13,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailhouse.service.accounts import AccountError
+from mailhouse.service.api_tokens import SCOPES, ApiTokens
 from mailhouse.web.pages import Kit, action, actor, credential, page
 from mailhouse.web.pages_manage import done, show
 from mailhouse.web.sessions import Session
@@ -20,7 +24,41 @@ from mailhouse.web.sessions import Session
 
 async def operators_page(kit: Kit, request: Request, session: Session) -> Response:
     return show(kit, request, session, "operators.html",
-                operators=await kit.operators().list_all())
+                operators=await kit.operators().list_all(), scopes=SCOPES,
+                tokens=await tokens(kit).list(), now=kit.context.clock())
+
+
+def tokens(kit: Kit) -> ApiTokens:
+    return ApiTokens(kit.context.store, clock=kit.context.clock)
+
+
+async def token_add(kit: Kit, request: Request, session: Session,
+                    fields: dict[str, str]) -> Response:
+    scopes = [scope for scope in SCOPES if fields.get(f"scope_{scope}") == "on"]
+    days_text = fields.get("days", "").strip()
+    try:
+        if days_text and not (days_text.isascii() and days_text.isdigit()):
+            raise AccountError("expiry is a number of days, or empty for none")
+        new = await tokens(kit).create(session.operator, scopes, actor=actor(session),
+                                       label=fields.get("label", "").strip(),
+                                       days=int(days_text) if days_text else None)
+    except AccountError as exc:
+        return done(kit, session, "/operators", str(exc), "error")
+    return done(kit, session, "/operators",
+                f"Token {new.token.id} made ({' '.join(new.token.scopes)}). Copy it now, it "
+                f"is not shown again: {new.secret}")
+
+
+async def token_revoke(kit: Kit, request: Request, session: Session,
+                       fields: dict[str, str]) -> Response:
+    text = fields.get("id", "")
+    try:
+        if not (text.isascii() and text.isdigit()):
+            raise AccountError("no such token")
+        token = await tokens(kit).revoke(int(text), actor=actor(session))
+    except AccountError as exc:
+        return done(kit, session, "/operators", str(exc), "error")
+    return done(kit, session, "/operators", f"Token {token.id} of {token.admin} revoked.")
 
 
 async def operator_add(kit: Kit, request: Request, session: Session,
@@ -77,4 +115,6 @@ def routes(kit: Kit) -> list[BaseRoute]:
         Route("/operators/add", action(kit, operator_add), methods=["POST"]),
         Route("/operators/password", action(kit, operator_password), methods=["POST"]),
         Route("/operators/remove", action(kit, operator_remove), methods=["POST"]),
+        Route("/tokens/add", action(kit, token_add), methods=["POST"]),
+        Route("/tokens/revoke", action(kit, token_revoke), methods=["POST"]),
     ]
