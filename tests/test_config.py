@@ -337,3 +337,13 @@ def test_endpoint_parser_directly() -> None:
     for bad in ("", ":", "host:", "host:ab", "[::1]", "[::1]:", "host:\uff12\uff15"):
         with pytest.raises(ValueError):
             parse_endpoint(bad)
+
+
+def test_public_addresses_are_canonical_and_reachable(tmp_path: Path) -> None:
+    path = tmp_path / "mailhouse.toml"
+    path.write_text('public_addresses = ["192.0.2.10", "2001:0db8::0010", "192.0.2.10"]\n')
+    assert load_config(path).public_addresses == ("192.0.2.10", "2001:db8::10")
+    for bad in ('["127.0.0.1"]', '["::"]', '["not-an-ip"]', '"192.0.2.10"', '[10]'):
+        path.write_text(f"public_addresses = {bad}\n")
+        with pytest.raises(ConfigError, match="public_addresses"):
+            load_config(path)

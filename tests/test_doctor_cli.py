@@ -8,6 +8,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,13 @@ def test_domain_and_ip_options(capsys: pytest.CaptureFixture[str],
     assert names[f"address {HOST}"]["status"] == "fail"  # 192.0.2.99 is not published
     assert f"ptr {ADDRESS}" not in names
     assert result.code == 1
+    # The config's public_addresses stand where no --ip is given; --ip wins over them.
+    configured = replace(config, public_addresses=("192.0.2.98",))
+    names = {r["name"]: r for r in json.loads(mh(capsys, configured, "doctor", "--json").out)}
+    assert "ptr 192.0.2.98" in names and f"ptr {ADDRESS}" not in names
+    names = {r["name"]: r for r in json.loads(
+        mh(capsys, configured, "doctor", "--json", "--ip", "192.0.2.99").out)}
+    assert "ptr 192.0.2.99" in names and "ptr 192.0.2.98" not in names
 
 
 def test_ntp_option_checks_the_clock(capsys: pytest.CaptureFixture[str],

@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
     p.add_argument("--domain", metavar="DOMAIN", action="append",
                    help="check only this domain (repeatable; default: every domain)")
     p.add_argument("--ip", metavar="ADDRESS", action="append", type=_address,
-                   help="the server's public address (repeatable; default: the hostname's "
-                        "A/AAAA records)")
+                   help="the server's public address (repeatable; default: public_addresses "
+                        "in the config, else the hostname's A/AAAA records)")
     p.add_argument("--ntp", metavar="SERVER", type=_ntp_server,
                    help="compare the clock with this NTP server (default: clock not checked)")
     p.add_argument("--json", action="store_true", help="print the results as a JSON list")
@@ -118,7 +118,8 @@ def doctor_command(args: argparse.Namespace, config: Config, *,
 def build_setup(config: Config, domains: Sequence[str],
                 public_addresses: tuple[str, ...] = ()) -> DoctorSetup:
     """What the doctor checks against, from the config: for each domain the records
-    `dns-records` prints (the DKIM keys read, never made), the certificate `serve` uses."""
+    `dns-records` prints (the DKIM keys read, never made), the certificate `serve` uses, the
+    server's public addresses (`public_addresses`, --ip, override the config's)."""
     offered = offered_services(config)
     records = {domain: parse_records(records_for(config, domain, dkim_keys(config).keys(domain)))
                for domain in domains}
@@ -127,7 +128,7 @@ def build_setup(config: Config, domains: Sequence[str],
                       for host, port in config.listen_endpoints(kind))
     return DoctorSetup(hostname=config.hostname, domains=tuple(domains), records=records,
                        data_dir=config.data_dir, cert_path=cert, listeners=listeners,
-                       public_addresses=public_addresses)
+                       public_addresses=public_addresses or config.public_addresses)
 
 
 def show(results: Sequence[CheckResult], *, as_json: bool = False) -> None:

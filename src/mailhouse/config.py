@@ -290,6 +290,19 @@ def _endpoints(key: str, value: object) -> tuple[str, ...]:
     return _string_list(key, value, parse_endpoint, '"host:port" strings')
 
 
+def _public_address(text: str) -> str:
+    address = ipaddress.ip_address(text)
+    if address.is_loopback or address.is_unspecified or address.is_multicast:
+        raise ValueError("not an address the internet reaches this server at")
+    return str(address)
+
+
+def _public_addresses(key: str, value: object) -> tuple[str, ...]:
+    """Canonical forms (`2001:db8::1`, not `2001:0db8::0001`), so comparisons hold."""
+    texts = _string_list(key, value, _public_address, "IPv4 or IPv6 addresses")
+    return tuple(dict.fromkeys(_public_address(text) for text in texts))
+
+
 def _nameservers(key: str, value: object) -> tuple[str, ...]:
     return _string_list(key, value, parse_nameserver, 'addresses such as "127.0.0.1:5353"')
 
@@ -659,6 +672,9 @@ class Config:
     # When started as root: drop to this user after binding. None: never drop (try-it-now).
     user: str | None = field(default="mailhouse", metadata=checked(_user))
     demo: bool = field(default=False, metadata=checked(_boolean))
+    # The addresses the internet reaches this server at (empty: the doctor takes the
+    # hostname's A/AAAA records for them, so it cannot tell when those point elsewhere).
+    public_addresses: tuple[str, ...] = field(default=(), metadata=checked(_public_addresses))
     listen: ListenConfig = field(default_factory=ListenConfig, metadata=_section(ListenConfig))
     tls: TlsConfig = field(default_factory=TlsConfig, metadata=_section(TlsConfig))
     dns: DnsConfig = field(default_factory=DnsConfig, metadata=_section(DnsConfig))
