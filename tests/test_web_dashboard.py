@@ -1,4 +1,4 @@
-"""The dashboard's sources (web/dashboard.py, web/recent_errors.py): counters read back from
+"""The dashboard's sources (web/dashboard.py, recent_errors.py): counters read back from
 the Prometheus exposition, the certificate's expiry from its file, the last errors kept by a
 logging handler, and the page itself with every source present."""
 
@@ -7,17 +7,23 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import trustme
 
+from mailhouse import recent_errors
 from mailhouse.config import load_config
+from mailhouse.recent_errors import RECENT_ERRORS, RecentErrors
 from mailhouse.service.acme_files import RenewalState, save_state
 from mailhouse.store import open_store
 from mailhouse.store.base import TraceEvent
 from mailhouse.web import dashboard
-from mailhouse.web.recent_errors import RECENT_ERRORS, RecentErrors
 
+SRC = Path(__file__).resolve().parents[1] / "src"
 EXPOSITION = """\
 # HELP mailhouse_connections_total Connections accepted.
 # TYPE mailhouse_connections_total counter
@@ -140,3 +146,29 @@ def test_the_last_day_per_hour_and_the_acme_state(tmp_path: Path) -> None:
     assert view.certificate is not None and view.certificate.path == str(presented)
     assert view.renewal is not None and view.renewal.failing
     assert view.renewal.failures == 3
+
+
+def test_recent_errors_of_every_process(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main process prepares the directory; a child (here a real subprocess, as the
+    supervisor starts them) attaches and its warnings reach the main process's dashboard."""
+    monkeypatch.setattr(RecentErrors, "_installed", None)
+    monkeypatch.delenv(recent_errors.ENV, raising=False)
+    stale = tmp_path / "run" / "errors" / "1.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("[]")
+    directory = recent_errors.prepare(tmp_path)
+    try:
+        assert not stale.exists()  # the last run's processes are gone
+        child = ("import logging, mailhouse.recent_errors as r; r.attach(); "
+                 "logging.getLogger('mailhouse.imap').warning('event=child.trouble')")
+        subprocess.run([sys.executable, "-c", child], check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(SRC)})
+        logging.getLogger("mailhouse.test").error("event=main.trouble")
+        (directory / "9.json").write_text("not json")  # skipped, never raised
+        shown = RecentErrors.shared().newest_first()
+        assert [e.text for e in shown][:2] == ["event=main.trouble", "event=child.trouble"]
+        assert shown[0].pid == os.getpid() and shown[1].pid != os.getpid()
+    finally:
+        logging.getLogger("mailhouse").removeHandler(RecentErrors.shared())
+        os.environ.pop(recent_errors.ENV, None)  # set by prepare(), not by monkeypatch

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mailhouse import metrics, sdnotify
+from mailhouse import metrics, recent_errors, sdnotify
 from mailhouse.config import LISTENER_KINDS, Config, changed_keys, load_config
 from mailhouse.errors import ConfigError
 from mailhouse.fdlimit import ensure_fd_limit
@@ -369,6 +369,7 @@ class App:
         tighten_data_dir(config.data_dir)
         if self.shared_metrics:  # as the service user, before any child process exists
             metrics.prepare(config.data_dir)
+            recent_errors.prepare(config.data_dir)
         tls, pem = configured_tls or self._load_tls()
         self._tls = tls
         if config.acme.enabled:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from mailhouse import metrics
+from mailhouse import metrics, recent_errors
 from mailhouse.config import Config
 from mailhouse.errors import ConfigError
 from mailhouse.logfmt import JsonFormatter, SafeFormatter, Trusted
@@ -344,6 +344,7 @@ def child_main(control: int, *, what: str, role: Callable[[dict[str, Any]], str]
     die_with_parent(int(payload["parent"]))
     configure_logging(config.log.level, role(payload), config.log.format)
     metrics.attach()  # count into the parent's shared directory (metrics.py)
+    recent_errors.attach()  # and keep the last errors there for the dashboard
     child_log = logging.getLogger(f"mailhouse.{what}.process")
     if refuses_root(config):
         child_log.error("event=%s.process_refused reason=running_as_root user=%s", what,

@@ -2,9 +2,9 @@
 queue from the store's aggregate (`Store.queue_stats`, as /metrics reads it), the counters from
 the Prometheus exposition the admin listener serves (summed over every process), the
 certificate from the file `serve` loads, the disk from the data directory's file system, and
-the last errors from web/recent_errors.py, the last day's deliveries and failures per hour
-from the message trace's steps (`Store.event_counts`), and the ACME renewal's state from the
-file the renewal task writes. Nothing here changes anything.
+the last errors from recent_errors.py (every process's), the last day's deliveries and
+failures per hour from the message trace's steps (`Store.event_counts`), and the ACME
+renewal's state from the file the renewal task writes. Nothing here changes anything.
 """
 
 from __future__ import annotations

@@ -30,13 +30,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from mailhouse.recent_errors import RecentErrors
 from mailhouse.service.accounts import AccountError
 from mailhouse.service.operators import Operators, check_operator_password
 from mailhouse.service.throttle import CheckResult, ip_key
 from mailhouse.store.base import AdminAccount
 from mailhouse.store.rules import check_admin_name
 from mailhouse.web.admin import AdminContext
-from mailhouse.web.recent_errors import RecentErrors
 from mailhouse.web.sessions import FormTokens, Session, Sessions
 
 log = logging.getLogger("mailhouse.admin")
