@@ -18,12 +18,17 @@ from mailhouse.store import open_store
 from tests.helpers.cli import run_group
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
+def root_config(tmp_path: Path) -> Config:
+    """A config whose CLI stays root (tests run as root): no privilege drop."""
     path = tmp_path / "mailhouse.toml"
     path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n'
                     'user = "root"\n')
     return load_config(path)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return root_config(tmp_path)
 
 
 def mh(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, config: Config,

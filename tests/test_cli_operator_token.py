@@ -4,33 +4,22 @@ secret, revoked; scopes and expiry checked; every change audited."""
 from __future__ import annotations
 
 import asyncio
-import io
 import re
 from pathlib import Path
 
 import pytest
 
-from mailhouse import cli_common, cli_operator
-from mailhouse.config import Config, load_config
+from mailhouse import cli_common
+from mailhouse.config import Config
 from mailhouse.service.api_tokens import ApiTokens
 from mailhouse.store import open_store
 from mailhouse.store.base import ApiToken
-from tests.helpers.cli import run_group
+from tests.test_cli_operator import mh, root_config
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    path = tmp_path / "mailhouse.toml"
-    path.write_text(f'hostname = "mx.example.test"\ndata_dir = "{tmp_path / "data"}"\n'
-                    'user = "root"\n')
-    return load_config(path)
-
-
-def mh(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, config: Config,
-       *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    run = run_group(cli_operator.register, capsys, config, *argv)
-    return run.code, run.out, run.err
+    return root_config(tmp_path)
 
 
 def authenticate(config: Config, secret: str) -> ApiToken | None:

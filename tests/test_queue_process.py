@@ -4,12 +4,10 @@ server, and never outlives a parent killed with SIGKILL (queue_process.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import smtplib
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.dns import DnsServer
-from tests.helpers.fake_smtp import FakeSmtp, Script, Servers
+from tests.helpers.fake_smtp import Script, Servers
 from tests.helpers.mailhouse import MailhouseServer
 from tests.helpers.net import port_accepts, wait_until
+from tests.helpers.relay import MX_IP, remote_mx
 
 PASSWORD = "correct horse battery"
-MX_IP = "127.0.0.2"
 
 
 def children(pid: int) -> list[int]:
@@ -97,17 +95,8 @@ def test_child_dies_with_a_killed_parent(server: MailhouseServer) -> None:
 
 @pytest.fixture
 def sink() -> Iterator[Servers]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    group = FakeSmtp.group({MX_IP: Script()})
-    servers = asyncio.run_coroutine_threadsafe(group.__aenter__(), loop).result(10)
-    try:
+    with remote_mx(Script()) as servers:
         yield servers
-    finally:
-        asyncio.run_coroutine_threadsafe(group.__aexit__(None, None, None), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def test_queued_mail_wakes_the_queue_process_at_once(tmp_path: Path, sink: Servers) -> None:
