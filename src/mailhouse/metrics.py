@@ -15,7 +15,6 @@ name from the grammar), never peer text, so no client can grow the series withou
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from mailhouse.run_dirs import fresh_shared_dir
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUN_DIR = ("run", "metrics")
@@ -95,10 +96,7 @@ def get() -> Metrics:
 def prepare(data_dir: Path) -> Path:
     """The main process of `serve`, before any child starts: an empty directory for every
     process's values, named in the environment the children inherit."""
-    directory = data_dir.joinpath(*RUN_DIR)
-    shutil.rmtree(directory, ignore_errors=True)  # the last run's processes are gone
-    directory.mkdir(parents=True, mode=0o700)
-    os.environ[ENV] = str(directory)
+    directory = fresh_shared_dir(data_dir, RUN_DIR, ENV)
     attach()
     return directory
 

@@ -17,16 +17,18 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Final
 
+from mailhouse.run_dirs import fresh_shared_dir
+
 RECENT_ERRORS: Final = 20
 MAX_TEXT: Final = 500  # characters of one record's message kept
 MAX_FILE: Final = 64 * 1024  # octets of one process's file read back
+
 ENV: Final = "MAILHOUSE_ERRORS_DIR"
 RUN_DIR: Final = ("run", "errors")
 
@@ -105,10 +107,7 @@ def collect(directory: Path, limit: int) -> list[LoggedError]:
 def prepare(data_dir: Path) -> Path:
     """The main process of `serve`, before any child starts: an empty directory, named in the
     environment the children inherit, and this process's handler writing there."""
-    directory = data_dir.joinpath(*RUN_DIR)
-    shutil.rmtree(directory, ignore_errors=True)  # the last run's processes are gone
-    directory.mkdir(parents=True, mode=0o700)
-    os.environ[ENV] = str(directory)
+    directory = fresh_shared_dir(data_dir, RUN_DIR, ENV)
     attach()
     return directory
 
